@@ -1,0 +1,38 @@
+"""Built-in attacks, registered through the same hook third-party plugins use."""
+
+from ramptool.attacks.apgd import apgd
+from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
+from ramptool.attacks.msd import msd
+from ramptool.attacks.pgd import fgsm_rs, pgd
+from ramptool.hookspecs import hookimpl
+
+
+@hookimpl
+def register_attacks():
+    attacks = {}
+    for norm in ("linf", "l2", "l1"):
+        attacks[f"apgd-{norm}"] = Attack(apgd, norm, f"APGD-CE in the {norm} ball (adaptive step, momentum"
+                                         + (", sparse steps, exact box-l1 projection)" if norm == "l1" else ")"))
+        attacks[f"pgd-{norm}"] = Attack(pgd, norm, f"PGD in the {norm} ball, fixed step, random start"
+                                        + (", SLIDE-style sparse steps" if norm == "l1" else ""))
+    attacks["fgsm-rs"] = Attack(fgsm_rs, "linf", "FGSM with uniform random start, step 1.25*eps (linf)")
+    attacks["msd"] = Attack(msd, None, "MSD: per step, the best of the linf/l2/l1 steepest-descent steps")
+    return attacks
+
+
+def attack_for(family: str, norm: str) -> Attack:
+    """The registered ``{family}-{norm}`` attack, e.g. ``attack_for('apgd', 'l1')``."""
+    from ramptool.plugins import get
+
+    return get("attack", f"{family}-{norm}")
+
+
+def known_norms() -> list[str]:
+    """Every norm some registered attack works in (plugins that add a norm take part)."""
+    from ramptool.plugins import registry
+
+    return sorted({c.obj.norm for c in registry().components["attack"].values() if c.obj.norm})
+
+
+__all__ = ["Attack", "AttackResult", "apgd", "pgd", "fgsm_rs", "msd", "input_gradients_only", "attack_for",
+           "known_norms"]

@@ -1,0 +1,76 @@
+"""What every attack shares: its result type, its registry entry, and the guard that keeps it off the weights."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor  # the kept adversarial point, same shape/dtype/device as x
+    loss: torch.Tensor  # per-sample attack loss at x_adv
+    fooled: torch.Tensor  # per-sample: some visited point was misclassified
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack. ``attack(model, x, y, eps, steps, **options) -> AttackResult``.
+
+    ``norm`` is the threat model it stays inside (``None`` for multi-norm attacks, whose eps is a dict).
+    """
+
+    run: Callable[..., AttackResult]
+    norm: str | None
+    description: str
+    defaults: dict = field(default_factory=dict)
+
+    def __call__(self, model, x, y, eps, steps=10, **options) -> AttackResult:
+        kwargs = {**self.defaults, **options}
+        if self.norm is not None:
+            kwargs["norm"] = self.norm
+        return self.run(model, x, y, eps=eps, steps=steps, **kwargs)
+
+
+@contextlib.contextmanager
+def input_gradients_only(model: torch.nn.Module):
+    """Freeze the parameters while attacking: autograd then builds no graph towards the weights (the bulk of
+    an attack's cost) and parameter ``.grad`` fields cannot be touched. Train/eval mode is left as it is."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def loss_and_input_grad(model, x_adv, y, criterion, need_grad=True):
+    """One forward (and backward to the input): logits, per-sample loss, d(sum loss)/dx."""
+    x_adv = x_adv.detach().requires_grad_(need_grad)
+    logits = model(x_adv)
+    loss = criterion(logits, y)
+    grad = torch.autograd.grad(loss.sum(), x_adv)[0].detach() if need_grad else None
+    return logits.detach(), loss.detach(), grad
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def random_start(x: torch.Tensor, norm: str, eps, generator=None) -> torch.Tensor:
+    """A random point of B_p(x, eps) ∩ [0,1]^d."""
+    from ramptool.threat import lp_norm, project
+
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if norm == "linf":
+        start = x + eps * (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1)
+    else:
+        radius = eps * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        start = x + noise * per_sample(radius / (lp_norm(noise, norm) + 1e-12), x)
+    return project(x, start, norm, eps)

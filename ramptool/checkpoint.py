@@ -1,0 +1,176 @@
+"""Self-describing checkpoints: weights in safetensors, metadata (JSON) in the safetensors header.
+
+Nothing here unpickles arbitrary objects: foreign state_dicts are read with ``torch.load(weights_only=True)``.
+Every write goes to a temporary file in the same folder and is renamed over the target, so a crash never
+leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ramptool.errors import RamptoolError
+
+METADATA_KEY = "ramptool"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
+    from ramptool import __version__
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    header = {METADATA_KEY: json.dumps({**metadata, "ramptool_version": __version__}, default=str)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def resolve(path) -> Path:
+    """A checkpoint path, or a run folder holding ``model.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise RamptoolError(f"checkpoint not found: {path}")
+    return path
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9:
+        return False
+    header_len = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < header_len <= path.stat().st_size
+
+
+def read_metadata(path) -> dict[str, Any] | None:
+    """The ramptool metadata of a checkpoint, or None for a plain (foreign) weights file."""
+    path = resolve(path)
+    if not _is_safetensors(path):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RamptoolError(f"{path} is not a readable checkpoint ({error})") from None
+    return json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
+
+
+def read_weights(path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True``."""
+    path = resolve(path)
+    try:
+        if _is_safetensors(path):
+            return load_file(str(path))
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RamptoolError(f"{path} is not a readable checkpoint: {first[:200]}") from None
+    except Exception as error:  # weights_only refuses pickled objects with UnpicklingError and friends
+        raise RamptoolError(f"{path} refused: it holds pickled objects, not plain tensors "
+                            f"({type(error).__name__}); only tensors are loaded") from None
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise RamptoolError(f"{path} does not hold a state_dict of tensors")
+    return loaded
+
+
+def _strip_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "model."):
+        if weights and all(k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix):]: v for k, v in weights.items()}
+    return weights
+
+
+def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        missing, unexpected, shapes = [], [], []
+        own = model.state_dict()
+        missing = [k for k in own if k not in weights]
+        unexpected = [k for k in weights if k not in own]
+        shapes = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            details.append(f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
+                           f"vs {tuple(own[shapes[0]].shape)})")
+        raise RamptoolError(f"weights in {source} do not fit the architecture: "
+                            f"{'; '.join(details) or str(error).splitlines()[0]}") from None
+
+
+def load_checkpoint(path, arch: str | None = None, dataset: str | None = None, device="cpu", num_classes=None):
+    """(model in eval mode, metadata). A ramptool checkpoint describes itself; a foreign state_dict needs
+    ``arch`` (and the dataset, for input shape and normalisation)."""
+    from ramptool.data import get_dataset
+    from ramptool.models import build_model
+
+    path = resolve(path)
+    metadata = read_metadata(path)
+    weights = read_weights(path)
+    if metadata is not None:
+        model = build_model(metadata["arch"], metadata["num_classes"], metadata["input_shape"],
+                            metadata["mean"], metadata["std"], **metadata.get("arch_options", {}))
+        load_into(model, weights, str(path))
+    else:
+        if arch is None:
+            raise RamptoolError(f"{path} is a plain state_dict without ramptool metadata: pass --arch "
+                                f"(and --dataset) to import it")
+        spec = get_dataset(dataset or "cifar10")
+        weights = _strip_prefixes(weights)
+        classes = num_classes or spec.num_classes or 1000
+        model = build_model(arch, classes, spec.input_shape, spec.mean, spec.std)
+        wrapped = any(k.startswith("backbone.") for k in weights)
+        load_into(model if wrapped else model.backbone, weights, str(path))
+        metadata = {"arch": arch, "arch_options": {}, "num_classes": classes,
+                    "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
+                    "dataset": dataset or "cifar10", "imported_from": str(path)}
+    return model.to(device).eval(), metadata
+
+
+def load_model(path, arch=None, device="cpu", dataset=None):
+    return load_checkpoint(path, arch=arch, device=device, dataset=dataset)[0]
+
+
+def save_state(path, state: dict) -> None:
+    """Training state (optimiser, combiner, RNG, counters): tensors and plain Python values only."""
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise RamptoolError(f"cannot resume from {path}: {type(error).__name__}: "
+                            f"{str(error).splitlines()[0][:200] if str(error) else ''}") from None

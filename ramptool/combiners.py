@@ -1,0 +1,147 @@
+"""Gradient combiners: how the adversarial loss becomes a weight update (SPEC.md §5).
+
+``none`` is plain adversarial training. ``gp`` is RAMP's per-epoch gradient projection: from the epoch's start
+weights f, a natural model trains one epoch on clean CE (f_n) while the main model trains one epoch on the
+adversarial objective (f_a); then, per parameter tensor, f <- f + beta * GP + (1 - beta) * g_a with
+g_n = f_n - f, g_a = f_a - f, GP = cos(g_n, g_a) * g_n if the cosine is positive, else 0.
+The natural epoch runs interleaved step by step with the adversarial one (same result as running it first, and
+a mid-epoch checkpoint then holds both). BatchNorm running statistics are taken from the adversarial model
+(the reference code averages them like weights; statistics are not gradients, and the fused model is
+evaluated under attack). ``gp-step`` applies the same projection to every step's gradients instead.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ramptool.errors import TrainingDiverged
+from ramptool.hookspecs import hookimpl
+
+
+def checked_backward(loss: torch.Tensor) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise TrainingDiverged(f"training loss became {float(loss)}; stopped, the last checkpoint is intact "
+                               f"(lower the learning rate or check the data)")
+    loss.backward()
+
+
+def project_gradient(g_natural: torch.Tensor, g_adversarial: torch.Tensor) -> torch.Tensor:
+    """GP^l = cos(g_n, g_a) * g_n if cos > 0 else 0, for one parameter tensor."""
+    denominator = g_natural.norm() * g_adversarial.norm()
+    cos = (g_natural * g_adversarial).sum() / denominator.clamp_min(1e-30)
+    return torch.where(cos > 0, cos * g_natural, torch.zeros_like(g_natural))
+
+
+def combine(anchor: torch.Tensor, natural: torch.Tensor, adversarial: torch.Tensor, beta: float) -> torch.Tensor:
+    """f + beta*GP + (1-beta)*g_a, written as f_a + beta*(GP - g_a) so that beta=0 returns f_a exactly."""
+    g_a = adversarial - anchor
+    return adversarial + beta * (project_gradient(natural - anchor, g_a) - g_a)
+
+
+class Combiner:
+    """Plain training step: backward the adversarial loss, step the optimiser."""
+
+    description = "none: plain update from the training method's loss"
+
+    def __init__(self, model, make_optimizer, beta: float = 0.5):
+        self.beta = beta
+
+    def start_epoch(self, model) -> None:
+        pass
+
+    def train_step(self, model, optimizer, compute_loss, x, y):
+        loss, stats = compute_loss()
+        optimizer.zero_grad(set_to_none=True)
+        checked_backward(loss)
+        optimizer.step()
+        return loss.detach(), stats
+
+    def end_epoch(self, model) -> None:
+        pass
+
+    def set_lr(self, lr: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EpochGradientProjection(Combiner):
+    """gp: RAMP's per-epoch projection of the natural-training delta onto the adversarial one (beta)."""
+
+    description = "gp: per-epoch fusion of natural and adversarial training deltas (RAMP, --beta)"
+
+    def __init__(self, model, make_optimizer, beta: float = 0.5):
+        super().__init__(model, make_optimizer, beta)
+        self.natural = copy.deepcopy(model)
+        self.natural_optimizer = make_optimizer(self.natural)
+        self.anchor: dict[str, torch.Tensor] | None = None
+
+    def start_epoch(self, model):
+        self.anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
+        self.natural.load_state_dict(model.state_dict())
+
+    def train_step(self, model, optimizer, compute_loss, x, y):
+        loss, stats = super().train_step(model, optimizer, compute_loss, x, y)
+        self.natural.train()
+        natural_logits = self.natural(x)
+        natural_loss = F.cross_entropy(natural_logits.float(), y)
+        self.natural_optimizer.zero_grad(set_to_none=True)
+        checked_backward(natural_loss)
+        self.natural_optimizer.step()
+        stats = {**stats, "acc_natural": (natural_logits.argmax(1) == y).float().mean().detach()}
+        return loss, stats
+
+    @torch.no_grad()
+    def end_epoch(self, model):
+        natural = dict(self.natural.named_parameters())
+        for name, param in model.named_parameters():
+            param.copy_(combine(self.anchor[name], natural[name], param, self.beta))
+        self.anchor = None
+
+    def set_lr(self, lr):
+        for group in self.natural_optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self):
+        return {"natural": {k: v.clone() for k, v in self.natural.state_dict().items()},
+                "natural_optimizer": self.natural_optimizer.state_dict(),
+                "anchor": self.anchor}
+
+    def load_state_dict(self, state):
+        self.natural.load_state_dict(state["natural"])
+        self.natural_optimizer.load_state_dict(state["natural_optimizer"])
+        self.anchor = state["anchor"]
+
+
+class StepGradientProjection(Combiner):
+    """gp-step: every step, gradient = beta*GP(g_clean, g_adv) + (1-beta)*g_adv, per parameter tensor."""
+
+    description = "gp-step: per-step projection of the clean gradient onto the adversarial one (--beta)"
+
+    def train_step(self, model, optimizer, compute_loss, x, y):
+        loss, stats = compute_loss()
+        params = [p for p in model.parameters() if p.requires_grad]
+        checked_backward(loss)
+        adversarial = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        optimizer.zero_grad(set_to_none=True)
+        model.train()
+        clean_loss = F.cross_entropy(model(x).float(), y)
+        checked_backward(clean_loss)
+        with torch.no_grad():
+            for p, g_a in zip(params, adversarial):
+                g_n = p.grad if p.grad is not None else torch.zeros_like(p)
+                p.grad = g_a + self.beta * (project_gradient(g_n, g_a) - g_a)
+        optimizer.step()
+        return loss.detach(), stats
+
+
+@hookimpl
+def register_combiners():
+    return {"none": Combiner, "gp": EpochGradientProjection, "gp-step": StepGradientProjection}

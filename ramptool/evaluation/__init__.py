@@ -1,0 +1,1 @@
+"""Robustness evaluation: per-sample flags, union accuracy, AutoAttack, corruptions, reports."""

@@ -1,0 +1,239 @@
+"""Training methods: small objects that turn a batch into a loss (SPEC.md §4, §6). One trainer runs them all.
+
+A method receives the model in train mode, switches it to eval mode while it attacks (APGD's BatchNorm must not
+see or update batch statistics of adversarial iterates), and computes its loss in train mode. Accuracy stats are
+returned as tensors so the trainer decides when to synchronise with the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ramptool.attacks import attack_for
+from ramptool.attacks.base import AttackResult
+from ramptool.errors import RamptoolError
+from ramptool.hookspecs import hookimpl
+
+
+@dataclass
+class MethodContext:
+    norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
+    eps: dict[str, float] = field(default_factory=dict)
+    pair: tuple[str, str] | None = None  # (q, r): q is the source norm whose correct subset is paired
+    attack: str = "apgd"  # attack family: the attack for norm p is the registered "{attack}-{p}"
+    attack_steps: int = 10
+    lam: float = 0.5
+    pairing: str = "kl"
+    autocast: contextlib.AbstractContextManager | None = None
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _accuracy(logits, y):
+    return (logits.argmax(1) == y).float().mean().detach()
+
+
+class TrainingMethod:
+    """Base class: ``loss(model, x, y) -> (loss, stats)``; ``state_dict`` holds what must survive a resume."""
+
+    uses = "norms"  # which context field names the threat models: "norms" or "pair"
+
+    def __init__(self, ctx: MethodContext):
+        self.ctx = ctx
+        for norm in self.norms:
+            if norm not in ctx.eps:
+                raise RamptoolError(f"no eps for norm {norm!r}: pass --eps {norm}=VALUE")
+
+    @property
+    def norms(self) -> list[str]:
+        if self.uses == "pair":
+            if not self.ctx.pair or len(self.ctx.pair) != 2:
+                raise RamptoolError(f"method {type(self).__name__} needs --pair q,r (two norms)")
+            return list(self.ctx.pair)
+        return list(self.ctx.norms)
+
+    def _autocast(self):
+        return self.ctx.autocast if self.ctx.autocast is not None else contextlib.nullcontext()
+
+    def attack(self, model, x, y, norm) -> AttackResult:
+        with eval_mode(model), self._autocast():
+            result = attack_for(self.ctx.attack, norm)(model, x, y, self.ctx.eps[norm], steps=self.ctx.attack_steps)
+        return AttackResult(result.x_adv.to(x.dtype), result.loss.float(), result.fooled)
+
+    def forward(self, model, x):
+        with self._autocast():
+            return model(x).float()
+
+    def loss(self, model, x, y):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Clean(TrainingMethod):
+    """Natural training: cross-entropy on clean inputs."""
+
+    def loss(self, model, x, y):
+        logits = self.forward(model, x)
+        return F.cross_entropy(logits, y), {"acc_clean": _accuracy(logits, y)}
+
+    @property
+    def norms(self):
+        return []
+
+
+class SingleNormAT(TrainingMethod):
+    """Adversarial training against one norm (linf-, l2- or l1-AT); pass exactly one norm."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if len(ctx.norms) != 1:
+            raise RamptoolError(f"method 'at' trains against exactly one norm, got --norms {','.join(ctx.norms)}")
+
+    def loss(self, model, x, y):
+        norm = self.norms[0]
+        logits = self.forward(model, self.attack(model, x, y, norm).x_adv)
+        return F.cross_entropy(logits, y), {f"acc_{norm}": _accuracy(logits, y)}
+
+
+class SAT(TrainingMethod):
+    """SAT: per batch, one norm sampled uniformly; CE on its adversarial examples."""
+
+    def loss(self, model, x, y):
+        norm = self.norms[int(torch.randint(len(self.norms), (1,)))]
+        logits = self.forward(model, self.attack(model, x, y, norm).x_adv)
+        return F.cross_entropy(logits, y), {f"acc_{norm}": _accuracy(logits, y)}
+
+
+class AVG(TrainingMethod):
+    """AVG: mean of the CE losses on every norm's adversarial examples."""
+
+    def loss(self, model, x, y):
+        losses, stats = [], {}
+        for norm in self.norms:
+            logits = self.forward(model, self.attack(model, x, y, norm).x_adv)
+            losses.append(F.cross_entropy(logits, y))
+            stats[f"acc_{norm}"] = _accuracy(logits, y)
+        return torch.stack(losses).mean(), stats
+
+
+def _worst_per_sample(results: list[AttackResult]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the adversarial point with the highest attack loss, and which result it came from."""
+    choice = torch.stack([r.loss for r in results]).argmax(dim=0)
+    stacked = torch.stack([r.x_adv for r in results])
+    index = choice.view(1, -1, *([1] * (stacked.dim() - 2))).expand(1, *stacked.shape[1:])
+    return stacked.gather(0, index).squeeze(0), choice
+
+
+class MAX(TrainingMethod):
+    """MAX: per sample, CE on the highest-loss example among all norms."""
+
+    def loss(self, model, x, y):
+        results = [self.attack(model, x, y, norm) for norm in self.norms]
+        x_worst, _ = _worst_per_sample(results)
+        logits = self.forward(model, x_worst)
+        stats = {f"acc_{n}": (~r.fooled).float().mean() for n, r in zip(self.norms, results)}
+        return F.cross_entropy(logits, y), {**stats, "acc_max": _accuracy(logits, y)}
+
+
+class MSD(TrainingMethod):
+    """MSD: one inner maximisation whose every step keeps the best of the linf/l2/l1 steepest-descent steps."""
+
+    def loss(self, model, x, y):
+        from ramptool.plugins import get
+
+        eps = {n: self.ctx.eps[n] for n in self.norms}
+        with eval_mode(model), self._autocast():
+            result = get("attack", "msd")(model, x, y, eps, steps=self.ctx.attack_steps)
+        logits = self.forward(model, result.x_adv.to(x.dtype))
+        return F.cross_entropy(logits, y), {"acc_msd": _accuracy(logits, y)}
+
+
+class EAT(TrainingMethod):
+    """E-AT: per batch one norm of the pair, sampled with probability proportional to 1 - its running robust
+    accuracy under the training attack (0.5/0.5 until every norm has been seen)."""
+
+    uses = "pair"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.correct = torch.zeros(len(self.norms), dtype=torch.float64)
+        self.seen = torch.zeros(len(self.norms), dtype=torch.float64)
+
+    def probabilities(self) -> torch.Tensor:
+        if bool((self.seen > 0).all()):
+            weights = 1.0 - self.correct / self.seen
+        else:
+            weights = torch.full_like(self.seen, 0.5)
+        if float(weights.sum()) <= 0:  # every norm fully robust so far: nothing to prefer
+            weights = torch.ones_like(weights)
+        return weights / weights.sum()
+
+    def loss(self, model, x, y):
+        index = int(torch.multinomial(self.probabilities(), 1))
+        norm = self.norms[index]
+        result = self.attack(model, x, y, norm)
+        self.correct[index] += float((~result.fooled).sum())
+        self.seen[index] += x.shape[0]
+        logits = self.forward(model, result.x_adv)
+        return F.cross_entropy(logits, y), {f"acc_{norm}": _accuracy(logits, y)}
+
+    def state_dict(self):
+        return {"correct": self.correct.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state):
+        self.correct, self.seen = state["correct"].clone(), state["seen"].clone()
+
+
+class RAMP(TrainingMethod):
+    """RAMP: MAX over the key pair (q, r) plus lambda * pairing loss between q and r predictions on the points
+    the model gets right under the q attack.
+
+    The two adversarial batches go through the train-mode model in two separate forwards (each batch's
+    BatchNorm statistics are its own, as in E-AT/MAX); f(x*) is gathered from their logits instead of a third
+    forward (the paper's code makes three).
+    """
+
+    uses = "pair"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        from ramptool.plugins import get
+
+        self.pairing_loss = get("pairing-loss", ctx.pairing)
+
+    def loss(self, model, x, y):
+        q, r = self.norms
+        result_q = self.attack(model, x, y, q)
+        result_r = self.attack(model, x, y, r)
+        logits_q = self.forward(model, result_q.x_adv)
+        logits_r = self.forward(model, result_r.x_adv)
+        take_q = (result_q.loss >= result_r.loss)[:, None]
+        loss_max = F.cross_entropy(torch.where(take_q, logits_q, logits_r), y)
+        kept = (logits_q.argmax(1) == y).detach()
+        loss_pair = self.pairing_loss(logits_q[kept], logits_r[kept])
+        stats = {f"acc_{q}": _accuracy(logits_q, y), f"acc_{r}": _accuracy(logits_r, y),
+                 "loss_pair": loss_pair.detach()}
+        return loss_max + self.ctx.lam * loss_pair, stats
+
+
+@hookimpl
+def register_methods():
+    return {"clean": Clean, "at": SingleNormAT, "sat": SAT, "avg": AVG, "max": MAX, "msd": MSD, "e-at": EAT,
+            "ramp": RAMP}
