@@ -50,7 +50,8 @@ class Component:
     @property
     def description(self) -> str:
         text = getattr(self.obj, "description", None) or inspect.getdoc(self.obj) or ""
-        return text.strip().splitlines()[0] if text.strip() else ""
+        first_paragraph = " ".join(text.strip().split("\n\n")[0].split())
+        return first_paragraph.split(". ")[0].rstrip(".")
 
 
 class Registry:

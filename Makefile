@@ -1,0 +1,44 @@
+# make demo: set everything up and run the main job; make test: set everything up and run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup data demo test test-fast bench lint clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fashion-MNIST: Debian's package when we can install it; otherwise ramptool falls back to torchvision's download.
+data:
+	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+	    || echo "could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST"; \
+	  else echo "not root: torchvision will download Fashion-MNIST"; fi; \
+	fi
+
+demo: setup data
+	$(PY) -m ramptool.demo
+
+test: setup data
+	$(PY) -m pytest -q
+
+test-fast: setup data
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup data
+	$(PY) bench/attacks.py
+	$(PY) bench/train.py
+	$(PY) bench/eval.py
+
+lint: setup
+	$(VENV)/bin/ruff check ramptool tests bench plugins

@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests are seeded; slow end-to-end tests carry @pytest.mark.slow (skipped by make test-fast)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# one data cache for the whole run (Fashion-MNIST is prepared there from Debian's package)
+os.environ.setdefault("RAMPTOOL_DATA", str(Path(__file__).resolve().parents[1] / ".venv" / "ramptool-data"))
+
+FMNIST_EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    """The first 256 Fashion-MNIST test points as [0,1] tensors."""
+    from ramptool.data import load_split
+
+    return load_split("fashion-mnist", "test", subset=256).tensors()
+
+
+@pytest.fixture(scope="session")
+def clean_model_dir(tmp_path_factory):
+    """A small CNN trained clean for one epoch on 6000 Fashion-MNIST points (~10 s), as a ramptool run folder."""
+    from ramptool.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("clean_model")
+    train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=6000, method="clean", optimizer="adam",
+                      lr=1e-3, schedule="constant", epochs=1, eps=dict(FMNIST_EPS), progress=False,
+                      overwrite=True, device="cpu"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def clean_model(clean_model_dir):
+    from ramptool.checkpoint import load_model
+
+    return load_model(clean_model_dir)
