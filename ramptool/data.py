@@ -142,8 +142,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_python(path: Path, label_key: bytes):
-    with open(path, "rb") as handle:
-        batch = _NumpyOnlyUnpickler(handle, encoding="bytes").load()
+    try:
+        with open(path, "rb") as handle:
+            batch = _NumpyOnlyUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise RamptoolError(f"{path} is not a readable CIFAR batch: {error}") from None
     data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     return data, np.asarray(batch[label_key], dtype=np.int64)
 

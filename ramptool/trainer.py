@@ -163,6 +163,7 @@ class Trainer:
             from ramptool.models import build_model
 
             self.arch, self.arch_options = cfg.arch, cfg.arch_options
+            torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
             self.model = build_model(cfg.arch, self.train_data.num_classes, self.spec.input_shape,
                                      self.spec.mean, self.spec.std, **cfg.arch_options)
         self.model.to(self.device)

@@ -1,0 +1,196 @@
+"""Key tradeoff pair (SPEC.md §3): which two norms RAMP should pair.
+
+Rule: evaluate one single-norm AT model per norm against every norm (R[model][attack]); the two norms whose
+own AT models are least robust against their own attack (lowest R[p][p]) form the pair, and q, the source
+norm whose correctly classified points anchor the pairing loss, is the one of the two with the lower R[q][q].
+When fine-tuning, q is the norm the pretrained model was trained for and r is the weakest other norm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ramptool.errors import RamptoolError
+
+
+def choose_pair(matrix: dict[str, dict[str, float]], fine_tune_from: str | None = None) -> tuple[str, str, str]:
+    """(q, r, evidence) from a robustness matrix R[model norm][attack norm]. Ties on R[p][p] keep the order in
+    which the norms are listed."""
+    norms = list(matrix)
+    if len(norms) < 2:
+        raise RamptoolError("the pair finder needs single-norm AT models for at least two norms")
+    for norm in norms:
+        if norm not in matrix[norm]:
+            raise RamptoolError(f"the {norm}-AT model was not evaluated against {norm}")
+    own = {p: matrix[p][p] for p in norms}
+    ranked = sorted(norms, key=lambda p: (own[p], norms.index(p)))
+    shown = ", ".join(f"R[{p}][{p}]={own[p]:.3f}" for p in ranked)
+    if fine_tune_from is None:
+        q, r = ranked[0], ranked[1]
+        return q, r, f"lowest own-norm robustness: {shown}; q={q} (lowest), r={r}"
+    if fine_tune_from not in own:
+        raise RamptoolError(f"fine-tuning norm {fine_tune_from!r} is not among the evaluated norms {norms}")
+    r = next(p for p in ranked if p != fine_tune_from)
+    return fine_tune_from, r, (f"fine-tuning from a {fine_tune_from} model fixes q={fine_tune_from}; "
+                               f"r={r} is the weakest other norm ({shown})")
+
+
+def single_trained_norm(metadata: dict, path: str) -> str:
+    norms = metadata.get("trained_norms") or []
+    if len(norms) != 1:
+        raise RamptoolError(f"{path} was not trained for a single norm (trained_norms={norms}); the pair "
+                            f"finder needs one single-norm AT model per norm")
+    return norms[0]
+
+
+def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
+                      n_examples: int = 500, steps: int = 100, device="cpu"):
+    """R[trained norm][attack norm] under ramptool's APGD-CE, for one single-norm model per norm."""
+    from ramptool.checkpoint import load_checkpoint
+    from ramptool.data import load_split
+    from ramptool.evaluation.flags import accuracies, apgd_flags
+
+    x, y = load_split(dataset, "test", data_dir, n_examples).tensors()
+    matrix, sources = {}, {}
+    for path in checkpoints:
+        model, metadata = load_checkpoint(path, device=device)
+        norm = single_trained_norm(metadata, path)
+        if norm in matrix:
+            raise RamptoolError(f"two checkpoints were trained for {norm}: {sources[norm]} and {path}")
+        acc = accuracies(apgd_flags(model, x, y, norms, eps, steps=steps), norms)
+        matrix[norm] = {p: acc[p] for p in norms} | {"clean": acc["clean"]}
+        sources[norm] = str(path)
+    ordered = {p: matrix[p] for p in norms if p in matrix}
+    return ordered, sources
+
+
+def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(matrix)
+    values = [[100 * matrix[m][p] for p in norms] for m in models]
+    fig, ax = plt.subplots(figsize=(1.4 * len(norms) + 2, 1.0 * len(models) + 1.5))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(len(norms)), [f"{p} attack" for p in norms])
+    ax.set_yticks(range(len(models)), [f"{m}-AT" for m in models])
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
+    fig.colorbar(image, ax=ax, label="robust accuracy (%)")
+    ax.set_title("single-norm AT models vs each attack")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset, optimizer, lr, out: Path,
+                             device, seed, progress=True) -> list[str]:
+    from ramptool.trainer import TrainConfig, train
+
+    paths = []
+    for norm in norms:
+        run = out / f"{norm}-at"
+        if (run / "model.safetensors").exists():
+            from ramptool.checkpoint import read_metadata
+
+            if (read_metadata(run) or {}).get("finished"):
+                paths.append(str(run))
+                continue
+        train(TrainConfig(out=str(run), dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, method="at",
+                          norms=[norm], eps=dict(eps), epochs=epochs, optimizer=optimizer, lr=lr,
+                          weight_decay=0.0 if optimizer == "adam" else 5e-4, schedule="cosine", device=device,
+                          seed=seed, overwrite=True, progress=progress))
+        paths.append(str(run))
+    return paths
+
+
+def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, steps=100, fine_tune_from=None,
+              out: Path | None = None, device="cpu") -> dict:
+    matrix, sources = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps, device)
+    q, r, evidence = choose_pair(matrix, fine_tune_from)
+    result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
+              "norms": norms, "dataset": dataset, "n_examples": n_examples, "attack": f"apgd-ce x{steps}",
+              "checkpoints": sources, "fine_tune_from": fine_tune_from}
+    if out is not None:
+        from ramptool.checkpoint import atomic_write
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "pair.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+        save_heatmap(matrix, norms, out / "pair_matrix.png")
+    return result
+
+
+def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, epochs, subset, optimizer, lr,
+                      n_examples, steps, fine_tune_from, out, device, seed, console) -> dict:
+    """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
+    from rich.table import Table
+
+    from ramptool.attacks import known_norms
+    from ramptool.threat import parse_eps, parse_norm, parse_norms
+    from ramptool.trainer import resolve_device
+
+    known = known_norms()
+    norm_list = parse_norms(norms, known)
+    eps_map = parse_eps(eps, dataset, known)
+    missing = [p for p in norm_list if p not in eps_map]
+    if missing:
+        raise RamptoolError(f"no eps for {', '.join(missing)}: pass --eps {missing[0]}=VALUE")
+    fine_tune_norm = parse_norm(fine_tune_from, known) if fine_tune_from else None
+    device_name = str(resolve_device(device))
+    out_dir = Path(out)
+    if train_models:
+        console.print(f"training {', '.join(f'{p}-AT' for p in norm_list)} on {dataset} ({epochs} epochs each)")
+        ckpts = list(ckpts) + train_single_norm_models(norm_list, eps_map, dataset, data_dir, arch, epochs, subset,
+                                                       optimizer, lr, out_dir, device_name, seed)
+    if not ckpts:
+        raise RamptoolError("pass one --ckpt per norm (single-norm AT models), or --train to train them")
+    result = find_pair(ckpts, norm_list, eps_map, dataset, data_dir, n_examples, steps, fine_tune_norm, out_dir,
+                       device_name)
+    table = Table(title=f"robust accuracy (%) of single-norm AT models, {n_examples} {dataset} test points")
+    table.add_column("model")
+    for column in ["clean", *norm_list]:
+        table.add_column(column if column == "clean" else f"{column} attack", justify="right")
+    for model_norm, row in result["matrix"].items():
+        table.add_row(f"{model_norm}-AT", *[f"{100 * row[c]:.1f}" for c in ["clean", *norm_list]])
+    console.print(table)
+    console.print(f"key pair: [bold]q={result['q']}, r={result['r']}[/]  ({result['evidence']})")
+    console.print(f"wrote {out_dir / 'pair.json'} and {out_dir / 'pair_matrix.png'}")
+    return result
+
+
+def resolve_auto_pair(cfg, pair_from: Path | None) -> list[str]:
+    """`--pair auto`: the pair from pair.json (fine-tuning overrides q with the checkpoint's norm), or run the
+    finder with the training run's own budget."""
+    fine_tune_from, arch = None, cfg.arch
+    if cfg.init:
+        from ramptool.checkpoint import read_metadata
+
+        metadata = read_metadata(cfg.init) or {}
+        trained = metadata.get("trained_norms") or []
+        fine_tune_from = trained[0] if len(trained) == 1 else None
+        arch = metadata.get("arch", cfg.arch)
+    if pair_from is not None:
+        if not Path(pair_from).is_file():
+            raise RamptoolError(f"--pair-from {pair_from}: file not found")
+        try:
+            saved = json.loads(Path(pair_from).read_text())
+            matrix = saved["matrix"]
+        except (json.JSONDecodeError, KeyError):
+            raise RamptoolError(f"{pair_from} is not a pair.json written by `ramptool pair`") from None
+        q, r, _ = choose_pair({p: matrix[p] for p in saved.get("norms", list(matrix)) if p in matrix},
+                              fine_tune_from)
+        return [q, r]
+    from ramptool.trainer import resolve_device
+
+    out = Path(cfg.out) / "pair"
+    norms = [p for p in ("linf", "l2", "l1") if p in cfg.eps]
+    checkpoints = train_single_norm_models(norms, cfg.eps, cfg.dataset, cfg.data_dir, arch, cfg.epochs,
+                                           cfg.subset, cfg.optimizer, cfg.lr, out,
+                                           str(resolve_device(cfg.device)), cfg.seed, cfg.progress)
+    result = find_pair(checkpoints, norms, cfg.eps, cfg.dataset, cfg.data_dir, n_examples=500,
+                       fine_tune_from=fine_tune_from, out=out, device=str(resolve_device(cfg.device)))
+    return [result["q"], result["r"]]

@@ -1,0 +1,339 @@
+"""Attacks: every registered attack stays in its threat model and leaves the model as it found it; APGD is as
+strong as it should be (against PGD, across eps, against pyautoattack's APGD) and follows AutoAttack's
+schedule."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import FMNIST_EPS
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+from ramptool.attacks import apgd, pgd
+from ramptool.attacks.apgd import checkpoint_schedule
+from ramptool.attacks.losses import dlr, dlr_targeted
+from ramptool.errors import RamptoolError
+from ramptool.models.small_cnn import SmallCNN
+from ramptool.plugins import get, registry
+from ramptool.threat import lp_norm
+
+ATTACK_NAMES = registry().names("attack")
+AUTOATTACK_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Other processes share the few CPU cores: OpenMP threads spin-waiting on each other then make these small
+    batches ~20x slower than a single thread (measured: 2.8 s vs 0.15 s for a 5-step attack on 32 points)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def eps_for(attack):
+    """Each norm's Fashion-MNIST radius; multi-norm attacks (norm None) take all of them as a dict."""
+    return dict(FMNIST_EPS) if attack.norm is None else FMNIST_EPS[attack.norm]
+
+
+def assert_in_threat_model(x_adv, x, attack, eps):
+    assert ((x_adv >= 0) & (x_adv <= 1)).all()
+    balls = {attack.norm: eps} if attack.norm is not None else eps
+    inside = [lp_norm(x_adv - x, norm) <= radius * (1 + 1e-5) for norm, radius in balls.items()]
+    # a multi-norm attack is inside the union: at least one ball per sample
+    assert torch.stack(inside).any(dim=0).all()
+
+
+def robust(model, x, y, result):
+    """Robust per sample: correct at the returned point and no visited point was misclassified."""
+    with torch.no_grad():
+        return (model(result.x_adv).argmax(1) == y) & ~result.fooled
+
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def random_cnn(dtype=torch.float32):
+    torch.manual_seed(1)
+    return SmallCNN(num_classes=10, in_chans=1, image_size=28).to(dtype).eval()
+
+
+def batchnorm_cnn():
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
+    )
+
+
+def with_known_grads(model):
+    """Gives every parameter a recognisable .grad, returning copies to compare with afterwards."""
+    generator = torch.Generator().manual_seed(3)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+    return [p.grad.clone() for p in model.parameters()]
+
+
+MODEL_KINDS = [
+    "random", "random-float64", "trained",
+    pytest.param("random-cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
+
+
+@pytest.fixture
+def model_and_batch(request, clean_model, fmnist_test):
+    x, y = fmnist_test[0][:32], fmnist_test[1][:32]
+    kind = request.param
+    if kind == "trained":
+        return copy.deepcopy(clean_model), x, y
+    if kind == "random-float64":
+        return random_cnn(torch.float64), x.double(), y
+    if kind == "random-cuda":
+        return random_cnn().cuda(), x.cuda(), y.cuda()
+    return random_cnn(), x, y
+
+
+@pytest.mark.parametrize("model_and_batch", MODEL_KINDS, indirect=True)
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_stays_in_its_threat_model_and_leaves_the_model_alone(name, model_and_batch):
+    model, x, y = model_and_batch
+    attack = get("attack", name)
+    eps = eps_for(attack)
+    grads_before = with_known_grads(model)
+    x_before = x.clone()
+
+    result = attack(model, x, y, eps, steps=5)
+
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype and result.x_adv.device == x.device
+    assert torch.equal(x, x_before)
+    assert_in_threat_model(result.x_adv, x, attack, eps)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads_before, strict=True))
+    with torch.no_grad():
+        logits = model(result.x_adv)
+    assert torch.allclose(result.loss, F.cross_entropy(logits, y, reduction="none"), rtol=1e-4, atol=1e-5)
+    assert result.fooled.shape == y.shape and result.fooled.dtype == torch.bool
+    # the returned point was visited, so if it is misclassified the attack must say so
+    assert result.fooled[logits.argmax(1) != y].all()
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_keeps_train_mode_and_frozen_parameters(name, fmnist_test):
+    model = random_cnn().train()
+    model.features[0].weight.requires_grad_(False)  # a frozen layer, as when fine-tuning
+    x, y = fmnist_test[0][:16], fmnist_test[1][:16]
+    attack = get("attack", name)
+
+    result = attack(model, x, y, eps_for(attack), steps=3)
+
+    assert all(m.training for m in model.modules())
+    assert not model.features[0].weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "features.0.weight")
+    assert_in_threat_model(result.x_adv, x, attack, eps_for(attack))
+    with torch.no_grad():  # SmallCNN has no dropout or BatchNorm, so train mode is deterministic
+        assert torch.allclose(result.loss, F.cross_entropy(model(result.x_adv), y, reduction="none"),
+                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
+def test_attack_in_eval_mode_leaves_batchnorm_statistics_alone(name, fmnist_test):
+    model = batchnorm_cnn()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        model(fmnist_test[0][:64])
+    model.eval()
+    buffers_before = {n: b.clone() for n, b in model.named_buffers()}
+    x, y = fmnist_test[0][:16], fmnist_test[1][:16]
+    attack = get("attack", name)
+
+    result = attack(model, x, y, eps_for(attack), steps=3)
+
+    assert all(torch.equal(b, buffers_before[n]) for n, b in model.named_buffers())
+    assert not any(m.training for m in model.modules())
+    assert_in_threat_model(result.x_adv, x, attack, eps_for(attack))
+
+
+def test_parameters_are_unfrozen_even_when_the_attack_fails(fmnist_test):
+    model = random_cnn()
+    x = fmnist_test[0][:4]
+    wrong_labels = torch.zeros(4, 3, dtype=torch.long)  # cross-entropy raises inside the attack
+    with pytest.raises(RuntimeError):
+        apgd(model, x, wrong_labels, "linf", 0.1, steps=2)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def trained_batch(fmnist_test):
+    return fmnist_test[0][:96], fmnist_test[1][:96]
+
+
+@pytest.fixture(scope="module")
+def apgd_robust_accuracy(clean_model, trained_batch):
+    """APGD-CE (10 steps) robust accuracy of the trained model at 0.25, 0.5 and 1 x each norm's eps."""
+    x, y = trained_batch
+    torch.manual_seed(0)
+    return {
+        (norm, scale): robust(clean_model, x, y, apgd(clean_model, x, y, norm, scale * eps, steps=10))
+        .float().mean().item()
+        for norm, eps in FMNIST_EPS.items() for scale in (0.25, 0.5, 1.0)
+    }
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_apgd_breaks_the_clean_model_at_least_as_well_as_pgd(norm, clean_model, trained_batch,
+                                                               apgd_robust_accuracy):
+    x, y = trained_batch
+    clean = accuracy(clean_model, x, y)
+    ours = apgd_robust_accuracy[(norm, 1.0)]
+    pgd_result = pgd(clean_model, x, y, norm, FMNIST_EPS[norm], steps=10,
+                     generator=torch.Generator().manual_seed(0))
+    assert clean > 0.7
+    assert ours < 0.6 * clean
+    assert ours <= robust(clean_model, x, y, pgd_result).float().mean().item() + 0.02
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_apgd_robust_accuracy_does_not_increase_with_eps(norm, apgd_robust_accuracy):
+    sweep = [apgd_robust_accuracy[(norm, scale)] for scale in (0.25, 0.5, 1.0)]
+    assert sweep[0] >= sweep[1] >= sweep[2]
+    assert sweep[0] > sweep[2]
+
+
+def test_apgd_l1_is_stronger_than_fixed_topk_sparse_pgd(clean_model, fmnist_test):
+    """SPEC §2: plain sparse PGD with a fixed top-k is much weaker than APGD-l1 at the same steps."""
+    x, y = fmnist_test
+    apgd_l1 = robust(clean_model, x, y, apgd(clean_model, x, y, "l1", FMNIST_EPS["l1"], steps=10))
+    pgd_l1 = robust(clean_model, x, y, pgd(clean_model, x, y, "l1", FMNIST_EPS["l1"], steps=10,
+                                           generator=torch.Generator().manual_seed(0)))
+    assert apgd_l1.float().mean() <= pgd_l1.float().mean() - 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_apgd_agrees_with_pyautoattack(norm, clean_model, fmnist_test):
+    """APGD-CE, 100 steps, one restart, at AutoAttack's evaluation settings (keep the misclassified iterate,
+    initial l1 top-k 0.2): robust accuracy within 2 points of pyautoattack's APGDAttack."""
+    x, y = fmnist_test[0][:128], fmnist_test[1][:128]
+    eps = FMNIST_EPS[norm]
+    ours = robust(clean_model, x, y, apgd(clean_model, x, y, norm, eps, steps=100, keep="misclassified",
+                                          l1_sparsity=0.2))
+    reference = APGDAttack(clean_model, norm=AUTOATTACK_NORM[norm], eps=eps, n_iter=100, n_restarts=1,
+                           loss="ce", seed=0, device="cpu")
+    x_reference = reference.perturb(x, y)
+    assert (lp_norm(x_reference - x, norm) <= eps * (1 + 1e-4)).all()
+    theirs = accuracy(clean_model, x_reference, y)
+    assert abs(ours.float().mean().item() - theirs) <= 0.02
+    assert theirs < 0.6 * accuracy(clean_model, x, y)
+
+
+def autoattack_checkpoints(steps):
+    """The iterations at which pyautoattack's APGD checks its step size: its counter loop, its constants."""
+    reference = APGDAttack(nn.Identity(), norm="Linf", eps=0.1, n_iter=steps)
+    marks, window, counter = [], reference.n_iter_2, 0
+    for i in range(steps):
+        counter += 1
+        if counter == window:
+            marks.append(i)
+            window = max(window - reference.size_decr, reference.n_iter_min)
+            counter = 0
+    return marks
+
+
+def test_checkpoint_schedule_is_autoattacks():
+    assert checkpoint_schedule(100) == [21, 40, 56, 69, 79, 86, 92, 98]
+    for steps in (1, 2, 5, 10, 20, 33, 50, 100, 250, 1000):
+        assert checkpoint_schedule(steps) == autoattack_checkpoints(steps), steps
+
+
+def test_dlr_losses_match_autoattack_and_are_scale_invariant():
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(64, 10, generator=generator)
+    y = torch.randint(0, 10, (64,), generator=generator)
+    y_target = (y + torch.randint(1, 10, (64,), generator=generator)) % 10
+    reference = APGDAttack_targeted(nn.Identity(), norm="Linf", eps=0.1)
+    reference.y_target = y_target
+    assert torch.allclose(dlr(logits, y), reference.dlr_loss(logits, y), atol=1e-6)
+    assert torch.allclose(dlr_targeted(logits, y, y_target), reference.dlr_loss_targeted(logits, y),
+                          atol=1e-6)
+    assert torch.allclose(dlr(3.0 * logits + 7.0, y), dlr(logits, y), atol=1e-5)
+    # negative exactly when the true class wins
+    assert torch.equal(dlr(logits, y) < 0, logits.argmax(1) == y)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_apgd_dlr_raises_the_margin_loss(norm, clean_model, fmnist_test):
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    result = apgd(clean_model, x, y, norm, FMNIST_EPS[norm], steps=10, loss="dlr")
+    with torch.no_grad():
+        loss_clean = dlr(clean_model(x), y)
+        loss_adv = dlr(clean_model(result.x_adv), y)
+    assert torch.allclose(result.loss, loss_adv, rtol=1e-4, atol=1e-5)
+    assert (result.loss >= loss_clean - 1e-6).all()
+    assert robust(clean_model, x, y, result).float().mean() < 0.6 * accuracy(clean_model, x, y)
+
+
+@pytest.mark.parametrize("loss", ["ce-targeted", "dlr-targeted"])
+def test_targeted_apgd_moves_points_to_the_target(loss, clean_model, fmnist_test):
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    with torch.no_grad():
+        clean_logits = clean_model(x)
+    y_target = clean_logits.topk(2, dim=1).indices[:, 1]  # AutoAttack's choice: the runner-up class
+    result = apgd(clean_model, x, y, "linf", FMNIST_EPS["linf"], steps=10, loss=loss, y_target=y_target)
+    with torch.no_grad():
+        adv_logits = clean_model(result.x_adv)
+    expected = (-F.cross_entropy(adv_logits, y_target, reduction="none") if loss == "ce-targeted"
+                else dlr_targeted(adv_logits, y, y_target))
+    assert torch.allclose(result.loss, expected, rtol=1e-4, atol=1e-5)
+    hit_before = (clean_logits.argmax(1) == y_target).float().mean()
+    hit_after = (adv_logits.argmax(1) == y_target).float().mean()
+    assert hit_before == 0 and hit_after > 0.4
+
+
+def test_targeted_loss_without_targets_and_unknown_options_are_rejected(fmnist_test):
+    model, x, y = random_cnn(), fmnist_test[0][:4], fmnist_test[1][:4]
+    for options in ({"loss": "ce-targeted"}, {"loss": "hinge"}, {"keep": "last"}):
+        with pytest.raises(RamptoolError):
+            apgd(model, x, y, "linf", 0.1, steps=2, **options)
+    with pytest.raises(RamptoolError):
+        apgd(model, x, y, "l0", 0.1, steps=2)
+    with pytest.raises(RamptoolError):
+        get("attack", "fgsm-rs").run(model, x, y, norm="l2", eps=0.5)
+
+
+class ForwardCounter(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, clean_model, fmnist_test):
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    eps = FMNIST_EPS[norm]
+    full = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified")
+    early = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified", early_stop=True)
+    assert_in_threat_model(early.x_adv, x, get("attack", f"apgd-{norm}"), eps)
+    with torch.no_grad():
+        logits = clean_model(early.x_adv)
+    assert torch.allclose(early.loss, F.cross_entropy(logits, y, reduction="none"), rtol=1e-4, atol=1e-5)
+    assert (logits.argmax(1) != y)[early.fooled].all()
+    # on a batch with robust points it never stops, so it finds exactly the same points
+    assert not full.fooled.all() and torch.equal(early.fooled, full.fooled)
+
+    broken = full.fooled
+    counted = ForwardCounter(clean_model)
+    stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", early_stop=True)
+    assert stopped.fooled.all()
+    assert counted.calls < 20
+    with torch.no_grad():
+        assert (clean_model(stopped.x_adv).argmax(1) != y[broken]).all()

@@ -1,0 +1,314 @@
+"""Backbones behind the Normalized wrapper, and checkpoints: round trip, imports, refusals, atomic writes."""
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ramptool.checkpoint import atomic_write, load_checkpoint, read_weights, save_checkpoint
+from ramptool.cli import app
+from ramptool.data import CIFAR10_MEAN, CIFAR10_STD
+from ramptool.errors import RamptoolError
+from ramptool.models import Normalized, build_model
+from ramptool.models.preact_resnet import PreActResNet18
+from ramptool.models.small_cnn import SmallCNN
+
+FMNIST_METADATA = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [1, 28, 28],
+                   "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist", "method": "ramp", "epochs": 3,
+                   "eps": {"linf": 0.1, "l2": 1.5, "l1": 10.0}}
+
+
+def randomized_preact_resnet18(num_classes=10) -> PreActResNet18:
+    """A PreAct ResNet-18 whose BatchNorm statistics are not the defaults, so a lost buffer is noticed."""
+    model = PreActResNet18(num_classes)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(17)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def preact_source() -> PreActResNet18:
+    """One randomized PreAct ResNet-18 shared by the import tests (building it is the slow part)."""
+    return randomized_preact_resnet18()
+
+
+def assert_same_tensors(actual: dict, expected: dict):
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert actual[name].dtype == tensor.dtype, name
+        assert torch.equal(actual[name], tensor), name
+
+
+class WritesMarkerWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# ---------------------------------------------------------------- models
+
+def test_normalized_feeds_the_backbone_standardised_pixels():
+    backbone = SmallCNN(10, 3, 32).eval()
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+    model = Normalized(backbone, mean, std).eval()
+    x = torch.rand(4, 3, 32, 32)
+
+    by_hand = torch.stack([(x[:, c] - mean[c]) / std[c] for c in range(3)], dim=1)
+
+    torch.testing.assert_close(model(x), backbone(by_hand), rtol=0, atol=1e-6)
+    assert not torch.allclose(model(x), backbone(x))
+    # mean and std travel with the weights, so a checkpoint knows its own normalisation
+    assert {"mean", "std"} <= model.state_dict().keys()
+
+
+@pytest.mark.parametrize("arch, in_chans, image_size, options", [
+    ("small-cnn", 1, 28, {}),
+    ("small-cnn", 3, 32, {}),
+    ("small-cnn", 1, 32, {}),
+    ("small-cnn", 3, 28, {}),
+    ("preact-resnet18", 3, 32, {}),
+    ("preact-resnet18-softplus", 3, 32, {}),
+    ("wrn-28-10", 3, 32, {}),
+    ("timm:resnet18", 3, 32, {}),
+    ("timm:resnet18", 3, 32, {"cifar_stem": True}),
+])
+def test_backbones_give_one_logit_per_class(arch, in_chans, image_size, options):
+    model = build_model(arch, 10, (in_chans, image_size, image_size), (0.5,) * in_chans, (0.25,) * in_chans,
+                        **options).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, in_chans, image_size, image_size))
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+
+
+def test_timm_cifar_stem_keeps_full_resolution_in_the_stem():
+    plain = build_model("timm:resnet18", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD).backbone
+    cifar = build_model("timm:resnet18", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, cifar_stem=True).backbone
+    assert (plain.conv1.kernel_size, plain.conv1.stride) == ((7, 7), (2, 2))
+    assert (cifar.conv1.kernel_size, cifar.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    with pytest.raises(RamptoolError, match="timm cannot build 'no_such_net'"):
+        build_model("timm:no_such_net", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
+
+
+# ---------------------------------------------------------------- checkpoint round trip and import
+
+def test_checkpoint_round_trip_keeps_metadata_and_every_tensor(tmp_path):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    path = tmp_path / "model.safetensors"
+
+    save_checkpoint(path, model, FMNIST_METADATA)
+    loaded, metadata = load_checkpoint(tmp_path)  # a run folder resolves to its model.safetensors
+
+    assert {k: v for k, v in metadata.items() if k != "ramptool_version"} == FMNIST_METADATA
+    assert metadata["ramptool_version"]
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+    assert not loaded.training
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_checkpoint_round_trip_keeps_batchnorm_buffers(tmp_path, preact_source):
+    model = Normalized(preact_source, CIFAR10_MEAN, CIFAR10_STD)
+    metadata = {"arch": "preact-resnet18", "num_classes": 10, "input_shape": [3, 32, 32],
+                "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, metadata)
+
+    loaded, _ = load_checkpoint(tmp_path / "ckpt.safetensors")
+
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+
+
+@pytest.mark.parametrize("layout", ["plain", "module-prefix", "nested-state-dict"])
+def test_plain_preact_state_dict_imports_with_arch(tmp_path, layout, preact_source):
+    source = preact_source
+    weights = source.state_dict()
+    if layout == "module-prefix":  # what nn.DataParallel checkpoints look like
+        weights = {f"module.{name}": tensor for name, tensor in weights.items()}
+    saved = {"state_dict": weights, "epoch": 200} if layout == "nested-state-dict" else weights
+    path = tmp_path / "preact.pt"
+    torch.save(saved, path)
+
+    model, metadata = load_checkpoint(path, arch="preact-resnet18", dataset="cifar10")
+
+    assert_same_tensors(model.backbone.state_dict(), source.state_dict())
+    assert metadata["arch"] == "preact-resnet18" and metadata["num_classes"] == 10
+    assert metadata["mean"] == list(CIFAR10_MEAN) and metadata["std"] == list(CIFAR10_STD)
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    normalised = (x - mean) / std
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(normalised))
+
+
+# ---------------------------------------------------------------- refusals and clear errors
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_malicious_pickle_is_refused_without_running_code(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    payload = {"conv1.weight": WritesMarkerWhenUnpickled(marker)}
+    path = tmp_path / "evil.pt"
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))  # the protocol torch's legacy format uses
+
+    with pytest.raises(RamptoolError, match="refused"):
+        load_checkpoint(path, arch="preact-resnet18", dataset="cifar10")
+    with pytest.raises(RamptoolError, match="refused"):
+        read_weights(path)
+    assert not marker.exists()
+
+
+def test_a_state_dict_that_does_not_fit_the_arch_names_the_mismatch(tmp_path, preact_source):
+    weights = dict(preact_source.state_dict())
+    del weights["linear.weight"]
+    weights["head.extra.weight"] = torch.zeros(3)
+    torch.save(weights, tmp_path / "odd.pt")
+
+    with pytest.raises(RamptoolError) as error:
+        load_checkpoint(tmp_path / "odd.pt", arch="preact-resnet18", dataset="cifar10")
+
+    message = str(error.value)
+    assert "do not fit the architecture" in message
+    assert "1 missing (e.g. linear.weight)" in message
+    assert "1 unexpected (e.g. head.extra.weight)" in message
+
+
+def test_weights_for_another_number_of_classes_name_the_shape(tmp_path):
+    torch.save(randomized_preact_resnet18(num_classes=100).state_dict(), tmp_path / "c100.pt")
+
+    shape_mismatch = r"of another shape \(e.g. linear.weight: \(100, 512\) vs \(10, 512\)\)"
+    with pytest.raises(RamptoolError, match=shape_mismatch):
+        load_checkpoint(tmp_path / "c100.pt", arch="preact-resnet18", dataset="cifar10")
+
+
+def test_a_small_cnn_state_dict_does_not_load_as_a_resnet(tmp_path):
+    torch.save(SmallCNN(10, 3, 32).state_dict(), tmp_path / "small.pt")
+
+    names = r"missing \(e.g. conv1.weight\).*unexpected \(e.g. features.0.weight\)"
+    with pytest.raises(RamptoolError, match=names):
+        load_checkpoint(tmp_path / "small.pt", arch="preact-resnet18", dataset="cifar10")
+
+
+def test_a_plain_state_dict_without_arch_asks_for_it(tmp_path):
+    torch.save(SmallCNN(10, 1, 28).state_dict(), tmp_path / "plain.pt")
+
+    with pytest.raises(RamptoolError, match="plain state_dict without ramptool metadata: pass --arch"):
+        load_checkpoint(tmp_path / "plain.pt")
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+    with pytest.raises(RamptoolError, match=str(path)):
+        load_checkpoint(path, arch="small-cnn", dataset="fashion-mnist")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path, suffix):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    path = tmp_path / f"cut{suffix}"
+    if suffix == ".safetensors":
+        save_checkpoint(path, model, FMNIST_METADATA)
+    else:
+        torch.save(model.backbone.state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    with pytest.raises(RamptoolError, match=f"{path} is not a readable checkpoint"):
+        load_checkpoint(path, arch="small-cnn", dataset="fashion-mnist")
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(RamptoolError, match=f"checkpoint not found: {tmp_path / 'model.safetensors'}"):
+        load_checkpoint(tmp_path)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"the previous checkpoint")
+
+    def write_half_then_crash(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(b"half a new che")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, write_half_then_crash)
+
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_save_checkpoint_failing_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, FMNIST_METADATA)
+    previous = path.read_bytes()
+
+    def interrupted_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(previous[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ramptool.checkpoint.save_file", interrupted_save_file)
+    with torch.no_grad():
+        model.backbone.features[0].weight.zero_()
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, {**FMNIST_METADATA, "epochs": 4})
+
+    assert path.read_bytes() == previous
+    assert list(tmp_path.iterdir()) == [path]
+    assert load_checkpoint(path)[1]["epochs"] == 3
+
+
+def test_a_successful_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"old")
+
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(b"new"))
+
+    assert path.read_bytes() == b"new"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+# ---------------------------------------------------------------- ramptool info
+
+def test_info_prints_the_metadata(tmp_path):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    save_checkpoint(tmp_path / "model.safetensors", model, FMNIST_METADATA)
+
+    result = CliRunner().invoke(app, ["info", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert {k: v for k, v in printed.items() if k != "ramptool_version"} == FMNIST_METADATA
+
+
+def test_info_on_a_plain_state_dict_says_how_to_import_it(tmp_path):
+    torch.save(SmallCNN(10, 1, 28).state_dict(), tmp_path / "plain.pt")
+
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "plain.pt")])
+
+    assert result.exit_code == 0, result.output
+    tensor_count = len(SmallCNN(10, 1, 28).state_dict())
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert f"plain state_dict, {tensor_count} tensors, no ramptool metadata" in output
+    assert "--arch" in result.output

@@ -1,0 +1,208 @@
+"""The plugin registry: built-ins, a real third-party plugin installed with pip, clashes, broken plugins."""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ramptool import hookimpl
+from ramptool.errors import RamptoolError
+from ramptool.plugins import Registry, build_plugin_manager
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGIN = REPO / "plugins" / "ramptool-example"
+RAMPTOOL_SCRIPT = Path(sys.executable).parent / "ramptool"
+
+BUILT_INS = {
+    "attack": {"apgd-linf", "apgd-l2", "apgd-l1", "pgd-linf", "pgd-l2", "pgd-l1", "fgsm-rs", "msd"},
+    "pairing-loss": {"kl", "mse", "cosine"},
+    "combiner": {"none", "gp", "gp-step"},
+    "backbone": {"small-cnn", "preact-resnet18", "preact-resnet18-softplus", "wrn-28-10", "wrn-34-20",
+                 "wrn-70-16", "timm:<name>"},
+    "dataset": {"fashion-mnist", "mnist", "cifar10", "cifar100", "imagenet", "imagefolder"},
+    "method": {"ramp", "e-at", "max", "avg", "msd", "sat", "at", "clean"},
+}
+
+
+def run_ramptool(*args, pythonpath=None, timeout=120):
+    env = dict(os.environ, COLUMNS="250")  # wide enough that rich never wraps a table row's first line
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    return subprocess.run([str(RAMPTOOL_SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def table_rows(stdout: str) -> dict[tuple[str, str], str]:
+    """(kind, name) -> plugin for every row of the `ramptool plugins` table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 4 and cells[0] and cells[0] != "kind":
+            rows[(cells[0], cells[1])] = cells[2]
+    return rows
+
+
+def write_fake_distribution(folder: Path, dist_name: str, plugin_name: str, module: str, module_source: str):
+    """A minimal installed distribution (dist-info with METADATA and entry_points.txt) plus its module."""
+    (folder / f"{module}.py").write_text(module_source)
+    dist_info = folder / f"{dist_name}-0.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[ramptool]\n{plugin_name} = {module}\n")
+
+
+@pytest.fixture(scope="module")
+def example_plugin_site(tmp_path_factory):
+    """The example plugin installed for real by pip into a folder that subprocesses put on PYTHONPATH."""
+    # build from a copy: an in-tree setuptools build would leave build/ and *.egg-info in the repository
+    source = tmp_path_factory.mktemp("example-source") / "ramptool-example"
+    shutil.copytree(EXAMPLE_PLUGIN, source)
+    site = tmp_path_factory.mktemp("example-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(source)], check=True, timeout=300)
+    return site
+
+
+def test_registry_lists_every_built_in_under_its_module():
+    registry = Registry(build_plugin_manager(entry_points=False))
+    for kind, expected in BUILT_INS.items():
+        assert expected <= set(registry.names(kind)), kind
+    for component in registry.all():
+        assert component.plugin.startswith("ramptool."), component
+        assert component.description, f"{component.kind} {component.name} has no description"
+
+
+@pytest.mark.parametrize("kind", sorted(BUILT_INS))
+def test_unknown_name_lists_the_known_ones(kind):
+    registry = Registry(build_plugin_manager(entry_points=False))
+    first_known = re.escape(sorted(BUILT_INS[kind])[0])
+    with pytest.raises(RamptoolError, match=rf"unknown {kind} 'nope'; known: .*{first_known}"):
+        registry.get(kind, "nope")
+
+
+def test_installed_example_plugin_is_listed_by_ramptool_plugins(example_plugin_site):
+    assert (example_plugin_site / "ramptool_example" / "__init__.py").is_file()
+    entry_points = next(example_plugin_site.glob("ramptool_example-*.dist-info")) / "entry_points.txt"
+    assert "example = ramptool_example" in entry_points.read_text()
+
+    result = run_ramptool("plugins", pythonpath=[example_plugin_site])
+
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    rows = table_rows(result.stdout)
+    assert rows[("pairing-loss", "js")] == "example"
+    assert rows[("backbone", "tiny-mlp")] == "example"
+    assert rows[("pairing-loss", "kl")] == "ramptool.pairing"
+    assert "Jensen-Shannon divergence" in result.stdout
+
+
+def test_example_plugin_components_are_used_by_name(example_plugin_site):
+    logits_q = torch.randn(5, 10, generator=torch.Generator().manual_seed(1))
+    logits_r = torch.randn(5, 10, generator=torch.Generator().manual_seed(2))
+    script = """
+import json, sys
+import torch
+from ramptool.models import build_model
+from ramptool.plugins import get, registry
+
+logits_q, logits_r = (torch.tensor(t, requires_grad=True) for t in json.loads(sys.argv[1]))
+model = build_model("tiny-mlp", 7, (1, 28, 28), (0.5,), (0.25,), hidden=16)
+js = get("pairing-loss", "js")
+loss = js(logits_q, logits_r)
+loss.backward()
+empty = js(logits_q[:0], logits_r[:0])
+print(json.dumps({
+    "logits_shape": list(model(torch.rand(2, 1, 28, 28)).shape),
+    "hidden": model.backbone[1].out_features,
+    "js": loss.item(),
+    "js_swapped": js(logits_r, logits_q).item(),
+    "js_self": js(logits_q, logits_q).item(),
+    "gradient_reaches_both": bool(logits_q.grad.abs().sum() > 0 and logits_r.grad.abs().sum() > 0),
+    "empty": empty.item(),
+    "empty_has_graph": empty.requires_grad,
+    "provider": registry().components["pairing-loss"]["js"].plugin,
+}))
+"""
+    env = dict(os.environ, PYTHONPATH=str(example_plugin_site))
+    logits_json = json.dumps([logits_q.tolist(), logits_r.tolist()])
+    result = subprocess.run([sys.executable, "-c", script, logits_json], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    p_q, p_r = F.softmax(logits_q, dim=1), F.softmax(logits_r, dim=1)
+    mixture = (p_q + p_r) / 2
+    kl_q, kl_r = (p_q * (p_q / mixture).log()).sum(1), (p_r * (p_r / mixture).log()).sum(1)
+    expected = (0.5 * kl_q + 0.5 * kl_r).mean()
+    assert report["logits_shape"] == [2, 7]
+    assert report["hidden"] == 16
+    assert report["js"] == pytest.approx(expected.item(), rel=1e-5)
+    assert 0 < report["js"] < math.log(2)
+    assert report["js_swapped"] == pytest.approx(report["js"], rel=1e-6)
+    assert report["js_self"] == pytest.approx(0.0, abs=1e-7)
+    assert report["gradient_reaches_both"]
+    assert report["empty"] == 0.0 and report["empty_has_graph"]
+    assert report["provider"] == "example"
+
+
+def test_a_name_registered_twice_names_both_plugins():
+    class ClashingPlugin:
+        @hookimpl
+        def register_pairing_losses(self):
+            return {"kl": lambda logits_q, logits_r: logits_q.sum() * 0.0}
+
+    manager = build_plugin_manager(entry_points=False)
+    manager.register(ClashingPlugin(), name="clashing-plugin")
+    with pytest.raises(RamptoolError) as error:
+        Registry(manager)
+    message = str(error.value)
+    assert "pairing-loss 'kl' is registered twice" in message
+    assert "'ramptool.pairing'" in message and "'clashing-plugin'" in message
+
+
+def test_a_clash_through_an_entry_point_stops_the_cli_with_one_line(tmp_path):
+    write_fake_distribution(tmp_path, "clashing", "clashing", "clashing_plugin", (
+        "from ramptool import hookimpl\n\n\n"
+        "@hookimpl\ndef register_methods():\n    return {'ramp': object}\n"))
+
+    result = run_ramptool("plugins", pythonpath=[tmp_path])
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: method 'ramp' is registered twice: by plugin 'ramptool.methods' and by plugin 'clashing'"]
+
+
+def test_a_broken_plugin_is_skipped_with_one_warning(tmp_path):
+    write_fake_distribution(tmp_path, "broken", "broken", "broken_plugin",
+                            "raise ImportError('this plugin is broken on purpose')\n")
+
+    result = run_ramptool("plugins", pythonpath=[tmp_path])
+
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: skipping plugin 'broken' (broken_plugin)")
+    assert "this plugin is broken on purpose" in warnings[0]
+    rows = table_rows(result.stdout)
+    for kind, names in BUILT_INS.items():
+        assert {(kind, name) for name in names} <= rows.keys()
+
+
+def test_cli_rejects_an_unknown_method_before_creating_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+
+    result = run_ramptool("train", "--method", "nope", "--out", str(out))
+
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: unknown method 'nope'; known: ")
+    assert {"ramp", "e-at", "clean"} <= set(line.split("known: ")[1].split(", "))
+    assert not out.exists()

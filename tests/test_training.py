@@ -1,0 +1,287 @@
+"""Training methods, pairing losses, combiners, E-AT sampling, resume and divergence handling (issue 5)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pluggy
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ramptool.checkpoint import load_checkpoint, read_metadata, read_weights
+from ramptool.combiners import EpochGradientProjection, combine, project_gradient
+from ramptool.errors import RamptoolError, TrainingDiverged
+from ramptool.methods import EAT, MethodContext
+from ramptool.pairing import cosine_pairing, kl_pairing, mse_pairing
+from ramptool.trainer import TrainConfig, train
+
+EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+
+
+def quick_config(out, **overrides):
+    settings = dict(out=str(out), dataset="fashion-mnist", subset=256, batch_size=64, attack_steps=2, eps=EPS,
+                    optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", epochs=1, progress=False,
+                    device="cpu", pair=["linf", "l1"])
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("clean", {}), ("at", {"norms": ["l1"]}), ("sat", {}), ("avg", {}), ("max", {}), ("msd", {}),
+    ("e-at", {}), ("ramp", {}), ("ramp", {"combiner": "gp"}), ("ramp", {"combiner": "gp-step"}),
+    ("ramp", {"pairing": "mse", "attack": "pgd"}),
+])
+def test_every_method_trains_an_epoch_and_writes_a_loadable_checkpoint(tmp_path, method, extra, fmnist_test):
+    summary = train(quick_config(tmp_path, method=method, **extra))
+    assert summary["epochs"] == 1
+    model, metadata = load_checkpoint(tmp_path)
+    assert metadata["method"] == method and metadata["finished"] and metadata["epoch"] == 1
+    x, _ = fmnist_test
+    assert model(x[:8]).shape == (8, 10)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 1 and torch.isfinite(torch.tensor(record["loss"]))
+
+
+def test_pairing_losses_vanish_on_identical_inputs_and_match_hand_computation():
+    logits_q = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    logits_r = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    for loss in (kl_pairing, mse_pairing, cosine_pairing):
+        assert loss(logits_q, logits_q.clone()).abs().item() < 1e-7
+        assert loss(logits_q[:0], logits_r[:0]).item() == 0.0
+    p, q = logits_q.softmax(1), logits_r.softmax(1)
+    kl = sum(sum(p[i, j] * torch.log(p[i, j] / q[i, j]) for j in range(3)) for i in range(2)) / 2
+    mse = sum(0.5 * sum((p[i, j] - q[i, j]) ** 2 for j in range(3)) for i in range(2)) / 2
+    cos = sum(1 - (p[i] @ q[i]) / (p[i].norm() * q[i].norm()) for i in range(2)) / 2
+    assert kl_pairing(logits_q, logits_r).item() == pytest.approx(kl.item(), rel=1e-5)
+    assert mse_pairing(logits_q, logits_r).item() == pytest.approx(mse.item(), rel=1e-5)
+    assert cosine_pairing(logits_q, logits_r).item() == pytest.approx(cos.item(), rel=1e-5)
+
+
+def test_pairing_gradient_flows_through_both_predictions():
+    logits_q = torch.randn(4, 5, requires_grad=True)
+    logits_r = torch.randn(4, 5, requires_grad=True)
+    kl_pairing(logits_q, logits_r).backward()
+    assert logits_q.grad.abs().sum() > 0 and logits_r.grad.abs().sum() > 0
+
+
+def test_gradient_projection_follows_the_formula_per_tensor():
+    anchor = torch.zeros(3)
+    natural = torch.tensor([1.0, 0.0, 0.0])
+    adversarial = torch.tensor([1.0, 1.0, 0.0])
+    cos = 1 / 2 ** 0.5
+    assert torch.allclose(project_gradient(natural - anchor, adversarial - anchor), cos * natural)
+    expected = anchor + 0.5 * cos * natural + 0.5 * adversarial
+    assert torch.allclose(combine(anchor, natural, adversarial, 0.5), expected)
+    opposed = torch.tensor([-1.0, 0.0, 0.0])  # negative cosine: the natural delta is dropped
+    assert torch.equal(project_gradient(opposed, adversarial), torch.zeros(3))
+    assert torch.allclose(combine(anchor, opposed, adversarial, 0.5), 0.5 * adversarial)
+
+
+def test_gp_end_of_epoch_combines_each_tensor_and_keeps_the_adversarial_batchnorm_statistics():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    gp = EpochGradientProjection(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), beta=0.5)
+    gp.start_epoch(model)
+    anchor = {k: v.clone() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        for p in gp.natural.parameters():
+            p.add_(torch.randn_like(p))
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model[1].running_mean.fill_(3.0)
+        gp.natural[1].running_mean.fill_(-7.0)
+    adversarial = {k: v.clone() for k, v in model.named_parameters()}
+    natural = dict(gp.natural.named_parameters())
+    gp.end_epoch(model)
+    for name, param in model.named_parameters():
+        g_n, g_a = natural[name] - anchor[name], adversarial[name] - anchor[name]
+        cos = (g_n * g_a).sum() / (g_n.norm() * g_a.norm())
+        gp_term = cos * g_n if cos > 0 else torch.zeros_like(g_n)
+        assert torch.allclose(param, anchor[name] + 0.5 * gp_term + 0.5 * g_a, atol=1e-6)
+    assert torch.equal(model[1].running_mean, torch.full((2,), 3.0))
+
+
+def test_gp_with_beta_zero_equals_plain_adversarial_training(tmp_path):
+    plain = train(quick_config(tmp_path / "plain", method="at", norms=["linf"], epochs=2))
+    fused = train(quick_config(tmp_path / "gp", method="at", norms=["linf"], epochs=2, combiner="gp", beta=0.0))
+    assert plain["epochs"] == fused["epochs"] == 2
+    a, b = read_weights(tmp_path / "plain"), read_weights(tmp_path / "gp")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gp_with_beta_half_differs_from_plain_training(tmp_path):
+    train(quick_config(tmp_path / "plain", method="at", norms=["linf"]))
+    train(quick_config(tmp_path / "gp", method="at", norms=["linf"], combiner="gp", beta=0.5))
+    a, b = read_weights(tmp_path / "plain"), read_weights(tmp_path / "gp")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eat_sampling_follows_running_robust_accuracies():
+    eat = EAT(MethodContext(eps=EPS, pair=("linf", "l1")))
+    assert torch.allclose(eat.probabilities(), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    eat.correct[:] = torch.tensor([80.0, 20.0])
+    eat.seen[:] = torch.tensor([100.0, 100.0])
+    # weights 1 - acc = 0.2 and 0.8
+    assert torch.allclose(eat.probabilities(), torch.tensor([0.2, 0.8], dtype=torch.float64))
+    torch.manual_seed(0)
+    draws = torch.multinomial(eat.probabilities().expand(4000, 2), 1).squeeze(1)
+    assert abs(draws.float().mean().item() - 0.8) < 0.03
+
+
+def test_eat_statistics_are_updated_from_the_training_attack(tmp_path):
+    train(quick_config(tmp_path, method="e-at"))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["method"]["seen"].sum().item() == 256
+    assert (state["method"]["correct"] <= state["method"]["seen"]).all()
+
+
+def _run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "ramptool.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+RESUME_ARGS = ["train", "--method", "ramp", "--pair", "linf,l1", "--subset", "768", "--batch-size", "64",
+               "--attack-steps", "2", "--optimizer", "adam", "--lr", "0.001", "--epochs", "3", "--device", "cpu",
+               "--schedule", "cosine", "--no-progress", "--combiner", "gp", "--seed", "3"]
+
+
+def _wait_for_epochs(run: Path, process, epochs: int, timeout=300):
+    deadline = time.time() + timeout
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= epochs:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.communicate()}")
+        time.sleep(0.02)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_and_after_ctrl_c_reproduces_the_uninterrupted_weights(tmp_path):
+    reference = _run_cli([*RESUME_ARGS, "--out", str(tmp_path / "reference")])
+    assert reference.wait() == 0, reference.communicate()
+
+    killed = _run_cli([*RESUME_ARGS, "--out", str(tmp_path / "killed")])
+    _wait_for_epochs(tmp_path / "killed", killed, 1)
+    time.sleep(0.3)  # mid-way through the second epoch
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert read_metadata(tmp_path / "killed")["epoch"] in (1, 2)
+
+    interrupted = _run_cli([*RESUME_ARGS, "--out", str(tmp_path / "interrupted")])
+    _wait_for_epochs(tmp_path / "interrupted", interrupted, 1)
+    time.sleep(0.3)
+    interrupted.send_signal(signal.SIGINT)
+    _, stderr = interrupted.communicate()
+    assert interrupted.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert read_metadata(tmp_path / "interrupted")["step"] > 0  # a mid-epoch checkpoint
+
+    for name in ("killed", "interrupted"):
+        resumed = _run_cli(["train", "--resume", "--out", str(tmp_path / name), "--no-progress"])
+        assert resumed.wait() == 0, resumed.communicate()
+        expected, got = read_weights(tmp_path / "reference"), read_weights(tmp_path / name)
+        assert all(torch.equal(expected[k], got[k]) for k in expected), name
+
+
+class _NanAfterFirstEpoch:
+    """Test plugin: a method whose loss turns NaN in the second epoch."""
+
+    from ramptool import hookimpl
+
+    @staticmethod
+    @hookimpl
+    def register_methods():
+        from ramptool.methods import Clean
+
+        class NanLater(Clean):
+            calls = 0
+
+            def loss(self, model, x, y):
+                loss, stats = super().loss(model, x, y)
+                NanLater.calls += 1
+                return (loss * float("nan") if NanLater.calls > 4 else loss), stats
+
+        return {"nan-later": NanLater}
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    from ramptool import plugins
+
+    manager = plugins.build_plugin_manager(entry_points=False)
+    manager.register(_NanAfterFirstEpoch, name="nan-test")
+    plugins.reset_registry(manager)
+    try:
+        with pytest.raises(TrainingDiverged, match="nan"):
+            train(quick_config(tmp_path, method="nan-later", epochs=3))  # 4 steps per epoch
+    finally:
+        plugins.reset_registry()
+    model, metadata = load_checkpoint(tmp_path)
+    assert metadata["epoch"] == 1 and not metadata["finished"]
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_refuses_to_overwrite_a_finished_run_and_needs_a_state_to_resume(tmp_path):
+    train(quick_config(tmp_path, method="clean"))
+    with pytest.raises(RamptoolError, match="finished run"):
+        train(quick_config(tmp_path, method="clean"))
+    train(quick_config(tmp_path, method="clean", overwrite=True))
+    with pytest.raises(RamptoolError, match="nothing to resume"):
+        train(TrainConfig(out=str(tmp_path / "empty"), resume=True))
+
+
+def test_finetune_cli_starts_from_a_checkpoint_and_records_lambda(tmp_path, clean_model_dir):
+    process = _run_cli(["finetune", "--ckpt", str(clean_model_dir), "--pair", "linf,l1", "--subset", "128",
+                        "--batch-size", "64", "--attack-steps", "2", "--optimizer", "adam", "--lr", "1e-4",
+                        "--out", str(tmp_path / "ft"), "--no-progress", "--device", "cpu"])
+    stdout, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    metadata = read_metadata(tmp_path / "ft")
+    assert metadata["lambda"] == 0.5 and metadata["method"] == "ramp" and metadata["trained_norms"] == ["linf", "l1"]
+    assert metadata["init"] == str(clean_model_dir)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["finetune", "--out", "x"], "needs --ckpt"),
+    (["train", "--pair", "linf", "--out", "x"], "two norms"),
+    (["train", "--eps", "l3=1", "--out", "x"], "unknown norm"),
+    (["train", "--method", "at", "--norms", "linf,l2", "--out", "x", "--subset", "64"], "exactly one norm"),
+    (["train", "--combiner", "nope", "--out", "x", "--subset", "64"], "unknown combiner"),
+])
+def test_cli_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    process = _run_cli(args, cwd=tmp_path)
+    _, stderr = process.communicate()
+    assert process.returncode == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_loss_of_ramp_equals_max_plus_lambda_times_pairing():
+    from ramptool.methods import RAMP
+    from ramptool.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, (1, 28, 28), (0.5,), (0.5,))
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    ctx = MethodContext(eps=EPS, pair=("linf", "l1"), attack_steps=2, lam=0.7)
+    method = RAMP(ctx)
+    model.train()
+    torch.manual_seed(1)
+    loss, stats = method.loss(model, x, y)
+    torch.manual_seed(1)
+    q = method.attack(model, x, y, "linf")
+    r = method.attack(model, x, y, "l1")
+    logits_q, logits_r = model(q.x_adv), model(r.x_adv)
+    worst = torch.where((q.loss >= r.loss)[:, None], logits_q, logits_r)
+    kept = logits_q.argmax(1) == y
+    expected = F.cross_entropy(worst, y) + 0.7 * kl_pairing(logits_q[kept], logits_r[kept])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model.training
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
