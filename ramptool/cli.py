@@ -67,11 +67,11 @@ def training_command(
     from ramptool.trainer import train
 
     mode = ctx.info_name
-    if mode == "finetune" and ckpt is None and not resume:
-        raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, or a state_dict with --arch)")
-    if mode == "train" and ckpt is not None:
-        raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
     recipe = {**MODE_DEFAULTS[mode], **load_recipe(config)}
+    if mode == "finetune" and ckpt is None and "init" not in recipe and not resume:
+        raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, or a state_dict with --arch)")
+    if mode == "train" and (ckpt is not None or "init" in recipe):
+        raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
     cli = dict(out=out, dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, init=ckpt, method=method,
                norms=norms, pair=pair, eps=eps, attack=attack, attack_steps=attack_steps, lam=lam,
                pairing=pairing, combiner=combiner, beta=beta, epochs=epochs, batch_size=batch_size,

@@ -173,6 +173,7 @@ def resolve_auto_pair(cfg, pair_from: Path | None) -> list[str]:
         trained = metadata.get("trained_norms") or []
         fine_tune_from = trained[0] if len(trained) == 1 else None
         arch = metadata.get("arch", cfg.arch)
+    arch = arch or "small-cnn"
     if pair_from is not None:
         if not Path(pair_from).is_file():
             raise RamptoolError(f"--pair-from {pair_from}: file not found")

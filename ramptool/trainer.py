@@ -33,7 +33,7 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     subset: int | None = None
-    arch: str = "small-cnn"
+    arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
     arch_options: dict = field(default_factory=dict)
     init: str | None = None  # fine-tuning: the checkpoint to start from
     method: str = "ramp"
@@ -162,9 +162,9 @@ class Trainer:
         else:
             from ramptool.models import build_model
 
-            self.arch, self.arch_options = cfg.arch, cfg.arch_options
+            self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(cfg.arch, self.train_data.num_classes, self.spec.input_shape,
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
                                      self.spec.mean, self.spec.std, **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:

@@ -1,0 +1,94 @@
+"""The key-tradeoff-pair rule (SPEC.md §3) on synthetic matrices, and `ramptool pair` end to end (issue 7)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ramptool.errors import RamptoolError
+from ramptool.pair import choose_pair, resolve_auto_pair
+from ramptool.trainer import TrainConfig
+
+# R[model norm][attack norm], shaped like the paper's CIFAR-10 standard-eps outcome: (linf, l1)
+PAPER_LIKE = {
+    "linf": {"linf": 0.48, "l2": 0.60, "l1": 0.08},
+    "l2": {"linf": 0.30, "l2": 0.70, "l1": 0.30},
+    "l1": {"linf": 0.05, "l2": 0.40, "l1": 0.58},
+}
+
+
+def test_pair_is_the_two_lowest_own_norm_robustness_with_q_the_lower():
+    q, r, evidence = choose_pair(PAPER_LIKE)
+    assert (q, r) == ("linf", "l1")
+    assert "R[linf][linf]=0.480" in evidence
+
+
+def test_q_and_r_order_follows_own_norm_robustness_not_listing_order():
+    swapped = {k: dict(v) for k, v in PAPER_LIKE.items()}
+    swapped["l1"]["l1"], swapped["linf"]["linf"] = 0.40, 0.50
+    assert choose_pair(swapped)[:2] == ("l1", "linf")
+
+
+def test_ties_keep_the_listing_order():
+    tied = {"l2": {"l2": 0.5, "linf": 0.1, "l1": 0.1}, "linf": {"linf": 0.5, "l2": 0.1, "l1": 0.1},
+            "l1": {"l1": 0.5, "l2": 0.1, "linf": 0.1}}
+    assert choose_pair(tied)[:2] == ("l2", "linf")
+    two_tied_low = {"linf": {"linf": 0.3}, "l2": {"l2": 0.7}, "l1": {"l1": 0.3}}
+    assert choose_pair(two_tied_low)[:2] == ("linf", "l1")
+
+
+def test_fine_tuning_fixes_q_to_the_pretrained_norm():
+    assert choose_pair(PAPER_LIKE, fine_tune_from="linf")[:2] == ("linf", "l1")
+    assert choose_pair(PAPER_LIKE, fine_tune_from="l1")[:2] == ("l1", "linf")
+    # the pretrained norm is outside the natural pair: it is still q, paired with the weakest other norm
+    assert choose_pair(PAPER_LIKE, fine_tune_from="l2")[:2] == ("l2", "linf")
+
+
+def test_plugin_norms_take_part():
+    with_l0 = {**{k: dict(v) for k, v in PAPER_LIKE.items()}, "l0": {"l0": 0.20}}
+    assert choose_pair(with_l0)[:2] == ("l0", "linf")
+
+
+def test_rule_errors_are_clear():
+    with pytest.raises(RamptoolError, match="at least two norms"):
+        choose_pair({"linf": {"linf": 0.5}})
+    with pytest.raises(RamptoolError, match="not among"):
+        choose_pair(PAPER_LIKE, fine_tune_from="l0")
+
+
+def test_auto_pair_reads_pair_json_and_applies_the_fine_tuning_override(tmp_path, clean_model_dir):
+    saved = {"norms": ["linf", "l2", "l1"], "matrix": PAPER_LIKE}
+    (tmp_path / "pair.json").write_text(json.dumps(saved))
+    cfg = TrainConfig(out=str(tmp_path / "run"), eps={"linf": 0.1, "l2": 1.5, "l1": 10.0})
+    assert resolve_auto_pair(cfg, tmp_path / "pair.json") == ["linf", "l1"]
+    with pytest.raises(RamptoolError, match="not a pair.json"):
+        (tmp_path / "bad.json").write_text("{}")
+        resolve_auto_pair(cfg, tmp_path / "bad.json")
+
+
+@pytest.mark.slow
+def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
+    out = tmp_path / "pair"
+    process = subprocess.run(
+        [sys.executable, "-m", "ramptool.cli", "pair", "--train", "--subset", "3000", "--epochs", "1",
+         "--n-examples", "100", "--steps", "20", "--out", str(out), "--device", "cpu"],
+        capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr
+    result = json.loads((out / "pair.json").read_text())
+    assert set(result["matrix"]) == {"linf", "l2", "l1"}
+    own = {p: result["matrix"][p][p] for p in result["matrix"]}
+    expected = sorted(own, key=lambda p: (own[p], ["linf", "l2", "l1"].index(p)))[:2]
+    assert [result["q"], result["r"]] == expected
+    assert (out / "pair_matrix.png").stat().st_size > 0
+    assert "key pair" in process.stdout
+    # each single-norm model is most robust against its own norm among the three models
+    for norm in ("linf", "l1"):
+        assert result["matrix"][norm][norm] >= max(result["matrix"][m][norm] for m in result["matrix"]) - 0.05
+
+
+def test_pair_command_rejects_models_not_trained_for_one_norm(clean_model_dir):
+    process = subprocess.run([sys.executable, "-m", "ramptool.cli", "pair", "--ckpt", str(clean_model_dir),
+                              "--ckpt", str(clean_model_dir), "--n-examples", "8"], capture_output=True, text=True)
+    assert process.returncode == 2
+    assert "not trained for a single norm" in process.stderr
