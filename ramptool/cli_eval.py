@@ -1,19 +1,230 @@
-"""``ramptool eval``: evaluation subcommands (issue 6 replaces these)."""
+"""``ramptool eval``: union accuracy (AutoAttack), common corruptions, robust accuracy vs eps.
+
+A thin layer: the work happens in ``ramptool.evaluation``. User mistakes raise RamptoolError (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from ramptool.errors import RamptoolError
 
 eval_app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+DEFAULT_MULTIPLES = "0.25,0.5,1,1.5,2"
+
+
+def _positive(value: int, flag: str) -> int:
+    if value <= 0:
+        raise RamptoolError(f"{flag} must be positive, got {value}")
+    return value
+
+
+def _device(name: str):
+    from ramptool.trainer import resolve_device
+
+    return resolve_device(name)
+
+
+def checkpoint_names(paths: list[str]) -> dict[str, Path]:
+    """Short unique names for the table: the run folder's name (or the file's stem)."""
+    from ramptool.checkpoint import MODEL_FILE, resolve
+
+    names: dict[str, Path] = {}
+    for given in paths:
+        path = resolve(given)
+        base = path.parent.name if path.name == MODEL_FILE else path.stem
+        name, count = base or "model", 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names[name] = path
+    return names
+
+
+def _test_points(dataset: str, data_dir, n_examples: int, sample_seed):
+    from ramptool.data import load_split
+
+    return load_split(dataset, "test", data_dir, _positive(n_examples, "--n-examples"),
+                      sample_seed=sample_seed).tensors()
 
 
 @eval_app.command()
-def union():
-    """Union accuracy under AutoAttack (not implemented yet)."""
-    raise RamptoolError("ramptool eval union is not implemented yet")
+def union(
+    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
+    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    data_dir: str | None = typer.Option(None, help="Dataset root."),
+    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    n_examples: int = typer.Option(1000, help="Test points (the first N)."),
+    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 [default: dataset's]."),
+    norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
+    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
+    attack: str = typer.Option("autoattack", help="autoattack (reported numbers) or apgd (quick check)."),
+    steps: int = typer.Option(100, help="--attack apgd: iterations."),
+    union_only: bool = typer.Option(False, "--union-only", help="Cascade: each norm attacks only points still "
+                                    "robust (same union, less time; per-norm numbers become upper bounds)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip norms already finished in --out."),
+    out: str = typer.Option("runs/eval", help="Folder for report.json, report.md, report.png and flags."),
+    batch_size: int = typer.Option(500, help="Attack batch size."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="AutoAttack seed."),
+):
+    """Clean, per-norm and union accuracy under AutoAttack, for one or more checkpoints side by side."""
+    from ramptool.evaluation.report import print_union_table, write_union_reports
+    from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
+    from ramptool.threat import parse_eps, parse_norms
+
+    if not ckpt:
+        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
+    norm_list = parse_norms(norms)
+    _positive(batch_size, "--batch-size")
+    _positive(steps, "--steps")
+    target = _device(device)
+    reports = {}
+    for name, path in checkpoint_names(ckpt).items():
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target)
+        eps_values = parse_eps(eps, dataset_name)
+        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
+        with console.status(f"evaluating {name} on {len(y)} {dataset_name} points"):
+            report = evaluate_union(model, x, y, norm_list, eps_values, version=version,
+                                    out_dir=Path(out) / name, resume=resume, union_only=union_only,
+                                    batch_size=batch_size, seed=seed, attack=attack, steps=steps,
+                                    recorded_clean=recorded_clean_accuracy(metadata), console=console)
+        reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
+    print_union_table(reports, console)
+    written = write_union_reports(reports, out)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
 
 
 @eval_app.command()
-def corruptions():
-    """Common-corruption accuracy (not implemented yet)."""
-    raise RamptoolError("ramptool eval corruptions is not implemented yet")
+def corruptions(
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
+    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    data_dir: str | None = typer.Option(None, help="Dataset root."),
+    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir)."),
+    corruption_names: str | None = typer.Option(None, "--corruptions",
+                                                help="Subset, e.g. fog,snow [default: all 15]."),
+    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 [default: 1-5]."),
+    from_dir: Path | None = typer.Option(None, help="CIFAR-10-C style folder (<corruption>.npy, "
+                                                    "labels.npy) instead of corrupting the test set."),
+    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache [default: $RAMPTOOL_CACHE/"
+                                                     "corruptions or ~/.cache/ramptool/corruptions]."),
+    out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),
+    batch_size: int = typer.Option(500),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the random corruptions."),
+):
+    """Accuracy under the 15 common corruptions x 5 severities (imagecorruptions), per corruption and mean."""
+    from rich.progress import Progress
+
+    from ramptool.evaluation.corruptions import (
+        CORRUPTIONS,
+        default_cache_dir,
+        evaluate_corruption_folder,
+        evaluate_corruptions,
+        folder_corruptions,
+        parse_corruptions,
+        parse_severities,
+    )
+    from ramptool.evaluation.report import corruption_table, write_corruption_report
+    from ramptool.evaluation.union import load_for_evaluation
+
+    if corruption_names:
+        names = parse_corruptions(corruption_names)
+    else:
+        names = folder_corruptions(from_dir) if from_dir is not None else list(CORRUPTIONS)
+    severity_list = parse_severities(severities)
+    _positive(n_examples, "--n-examples")
+    _positive(batch_size, "--batch-size")
+    model, metadata, dataset_name = load_for_evaluation(ckpt, dataset, arch, _device(device))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("corruptions", total=len(names) * len(severity_list))
+
+        def step(corruption, severity):
+            progress.update(task, advance=1, description=f"{corruption} s{severity}")
+
+        if from_dir is not None:
+            report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
+                                                metadata["input_shape"], batch_size, on_step=step)
+        else:
+            x, y = _test_points(dataset_name, data_dir, n_examples, None)
+            report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
+                                          cache_dir or default_cache_dir(), batch_size, on_step=step)
+    report = {"checkpoint": str(ckpt), **report, "dataset": dataset_name}
+    console.print(corruption_table(report))
+    written = write_corruption_report(report, out)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+
+
+def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[float]]:
+    """['linf=1/255,2/255', 'l2=0.25,0.5'] -> {'linf': [...], 'l2': [...]}."""
+    from ramptool.threat import parse_norm, parse_number
+
+    values: dict[str, list[float]] = {}
+    for entry in entries:
+        if "=" not in entry:
+            raise RamptoolError(f"--eps-values {entry!r} must look like norm=v1,v2,... e.g. linf=2/255,4/255")
+        key, listed = entry.split("=", 1)
+        norm = parse_norm(key)
+        if norm not in norms:
+            raise RamptoolError(f"--eps-values for {norm}, which is not in --norms {','.join(norms)}")
+        numbers = [parse_number(part) for part in listed.split(",") if part.strip()]
+        if not numbers or any(not number > 0 for number in numbers):
+            raise RamptoolError(f"--eps-values for {norm} must be positive numbers, got {listed!r}")
+        values[norm] = numbers
+    return values
+
+
+@eval_app.command()
+def curve(
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
+    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    data_dir: str | None = typer.Option(None, help="Dataset root."),
+    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
+    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 [default: dataset's]."),
+    eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
+                                         "linf=2/255,4/255,8/255; repeat per norm."),
+    multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "
+                                                          "reference eps."),
+    n_examples: int = typer.Option(500, help="Test points (the first N)."),
+    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    steps: int = typer.Option(100, help="APGD-CE iterations."),
+    out: str = typer.Option("runs/eval", help="Folder for curve.json and curve.png."),
+    batch_size: int = typer.Option(500),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+):
+    """Robust accuracy vs eps under APGD-CE; warns where it does not fall as eps grows."""
+    from ramptool.evaluation.report import curve_table, write_curve_report
+    from ramptool.evaluation.union import load_for_evaluation, robustness_curve
+    from ramptool.threat import parse_eps, parse_norms, parse_number
+
+    norm_list = parse_norms(norms)
+    explicit = parse_eps_values(eps_values, norm_list)
+    factors = [parse_number(part) for part in multiples.split(",") if part.strip()]
+    if not factors or any(not factor > 0 for factor in factors):
+        raise RamptoolError(f"--multiples must be positive numbers, got {multiples!r}")
+    _positive(steps, "--steps")
+    _positive(batch_size, "--batch-size")
+    model, _, dataset_name = load_for_evaluation(ckpt, dataset, arch, _device(device))
+    reference = parse_eps(eps, dataset_name)
+    missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
+    if missing:
+        raise RamptoolError(f"no eps known for {', '.join(missing)} on {dataset_name}: pass --eps or --eps-values")
+    sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
+    x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
+    with console.status(f"APGD-CE on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values"):
+        result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
+                                  reference_eps={norm: reference[norm] for norm in norm_list if norm in reference},
+                                  console=console)
+    result = {"checkpoint": str(ckpt), "dataset": dataset_name, **result}
+    console.print(curve_table(result))
+    written = write_curve_report(result, out)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

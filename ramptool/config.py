@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ramptool.errors import RamptoolError
 from ramptool.threat import parse_eps, parse_norms

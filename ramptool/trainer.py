@@ -18,8 +18,15 @@ from pathlib import Path
 
 import torch
 
-from ramptool.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_state, read_metadata, \
-    save_checkpoint, save_state
+from ramptool.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    load_checkpoint,
+    load_state,
+    read_metadata,
+    save_checkpoint,
+    save_state,
+)
 from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
@@ -143,8 +150,9 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
-        if cfg.resume:
-            saved = load_state(self.out / STATE_FILE)["config"]
+        resumed_state = load_state(self.out / STATE_FILE) if cfg.resume else None
+        if resumed_state is not None:
+            saved = resumed_state["config"]
             cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
                                                  progress=self.cfg.progress, device=self.cfg.device)
         self.device = resolve_device(cfg.device)
@@ -184,8 +192,8 @@ class Trainer:
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
-        if cfg.resume:
-            self._load_state(load_state(self.out / STATE_FILE))
+        if resumed_state is not None:
+            self._load_state(resumed_state)
 
     # ------------------------------------------------------------------ state
 
@@ -295,6 +303,19 @@ class Trainer:
         self.save(finished=False)
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if cfg.progress:
+            _report_epoch(record)
+
+
+def _report_epoch(record: dict) -> None:
+    """One line per epoch, readable in a log file where the live progress bar does not render."""
+    from rich.console import Console
+
+    parts = [f"epoch {record['epoch']}", f"{record['seconds']:.0f} s", f"{record['img_per_s']:.0f} img/s",
+             *(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "acc")))]
+    if "eval" in record:
+        parts.append("eval " + " ".join(f"{k} {100 * v:.1f}" for k, v in record["eval"].items()))
+    Console().print("  ".join(parts), highlight=False)
 
 
 def _progress(enabled: bool):

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pluggy
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,5 @@
 """Per-sample losses that attacks maximise (CE, DLR and their targeted forms, as in AutoAttack)."""
 
-import torch
 import torch.nn.functional as F
 
 from ramptool.errors import RamptoolError

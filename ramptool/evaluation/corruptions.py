@@ -1,0 +1,245 @@
+"""Common corruptions (SPEC.md §8): the 15 ImageNet-C / CIFAR-10-C corruptions x 5 severities.
+
+Corrupted images come from ``imagecorruptions`` (the maintained ``imagecorruptions-imaug`` distribution), which
+wants HxWx3 uint8 images of at least 32x32. Smaller images are edge-padded to 32 and cropped back (lossless
+for the untouched pixels, unlike a resize round trip); grayscale images are replicated to three channels and
+the first channel is taken back, so per-channel noise keeps the strength its severity defines (averaging the
+three channels would weaken it by sqrt(3)). Corrupted sets are seeded per (corruption, severity) and cached
+on disk as uint8 ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ramptool.checkpoint import atomic_write
+from ramptool.errors import RamptoolError
+
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+# imagecorruptions' held-out validation corruptions; CIFAR-10-C ships them too
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SEVERITIES = (1, 2, 3, 4, 5)
+MIN_SIDE = 32
+# these two take their randomness from a seed argument instead of numpy's global generator
+SEEDED_BY_ARGUMENT = ("impulse_noise", "glass_blur")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("RAMPTOOL_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "ramptool") / "corruptions"
+
+
+def parse_corruptions(text: str | None) -> list[str]:
+    """'fog,snow' -> ['fog', 'snow']; None or '' -> the 15 standard corruptions."""
+    if not text or not text.strip():
+        return list(CORRUPTIONS)
+    names = [part.strip().lower().replace("-", "_") for part in text.split(",") if part.strip()]
+    known = CORRUPTIONS + EXTRA_CORRUPTIONS
+    for name in names:
+        if name not in known:
+            raise RamptoolError(f"unknown corruption {name!r}; use some of: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise RamptoolError(f"corruption listed twice in {text!r}")
+    return names
+
+
+def parse_severities(text: str | None) -> list[int]:
+    if not text or not text.strip():
+        return list(SEVERITIES)
+    try:
+        severities = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RamptoolError(f"severities must be integers 1-5, got {text!r}") from None
+    if not severities or any(s not in SEVERITIES for s in severities) or len(set(severities)) != len(severities):
+        raise RamptoolError(f"severities must be distinct integers 1-5, got {text!r}")
+    return severities
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """[0,1] NCHW floats -> NHWC uint8."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """NHWC (or NHW) uint8 -> [0,1] NCHW floats."""
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _corruption_seed(seed: int, corruption: str, severity: int) -> int:
+    names = CORRUPTIONS + EXTRA_CORRUPTIONS
+    return int(np.random.SeedSequence([seed, names.index(corruption), severity]).generate_state(1)[0])
+
+
+def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -> np.ndarray:
+    """NHWC uint8 images (1 or 3 channels, any size) -> the same shape, corrupted. Deterministic in ``seed``."""
+    from imagecorruptions import corrupt
+
+    if images.ndim != 4 or images.shape[3] not in (1, 3) or images.dtype != np.uint8:
+        raise RamptoolError(f"corruptions need NHWC uint8 images with 1 or 3 channels, got "
+                            f"{images.dtype} {images.shape}")
+    _, height, width, channels = images.shape
+    pad_h, pad_w = max(0, MIN_SIDE - height), max(0, MIN_SIDE - width)
+    padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    result = np.empty_like(images)
+    saved_state = np.random.get_state()
+    np.random.seed(_corruption_seed(seed, corruption, severity))
+    try:
+        for index, image in enumerate(images):
+            padded = np.pad(image, padding, mode="edge")
+            if channels == 1:
+                padded = np.repeat(padded, 3, axis=2)
+            extra = {"seed": int(np.random.randint(2**31 - 1))} if corruption in SEEDED_BY_ARGUMENT else {}
+            corrupted = np.asarray(corrupt(padded, severity=severity, corruption_name=corruption, **extra))
+            corrupted = corrupted[padding[0][0]:padding[0][0] + height, padding[1][0]:padding[1][0] + width]
+            result[index] = corrupted[..., :1] if channels == 1 else corrupted
+    finally:
+        np.random.set_state(saved_state)
+    return result
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)
+
+
+def corrupted_set(images: np.ndarray, corruption: str, severity: int, seed: int = 0, dataset: str | None = None,
+                  cache_dir=None) -> np.ndarray:
+    """``corrupt_images``, read from the cache when this (dataset, corruption, severity, n, seed) was made before.
+
+    The file name also carries a hash of the clean images, so another sample or data folder never hits a
+    stale entry."""
+    if cache_dir is None:
+        return corrupt_images(images, corruption, severity, seed)
+    content = hashlib.sha256(images.tobytes()).hexdigest()[:8]
+    path = (Path(cache_dir) / f"{dataset or 'images'}-{corruption}-s{severity}-n{len(images)}-seed{seed}-"
+                              f"{content}.npy")
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            cached = None
+        if cached is not None and cached.shape == images.shape and cached.dtype == np.uint8:
+            return cached
+    corrupted = corrupt_images(images, corruption, severity, seed)
+    _save_npy(path, corrupted)
+    return corrupted
+
+
+@torch.no_grad()
+def accuracy_on(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    device = next(model.parameters()).device
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
+    return correct / max(len(y), 1)
+
+
+def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: int, clean: float | None,
+             **details) -> dict:
+    corruption_mean = {c: float(np.mean(list(row.values()))) for c, row in accuracy.items()}
+    severity_mean = {str(s): float(np.mean([row[str(s)] for row in accuracy.values()])) for s in severities}
+    return {"n": n, "clean": clean, "severities": list(severities), "corruptions": list(accuracy),
+            "accuracy": accuracy, "corruption_mean": corruption_mean, "severity_mean": severity_mean,
+            "mean": float(np.mean(list(corruption_mean.values()))), **details}
+
+
+def _check_input_shape(model_shape, images: np.ndarray, source: str) -> None:
+    channels = images.shape[3] if images.ndim == 4 else 1
+    found = (channels, images.shape[1], images.shape[2])
+    if model_shape is not None and tuple(model_shape) != found:
+        raise RamptoolError(f"{source} holds images of shape {found} (C, H, W) but the model takes "
+                            f"{tuple(model_shape)}")
+
+
+def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=None, severities=None,
+                         seed: int = 0, dataset: str | None = None, cache_dir=None, batch_size: int = 500,
+                         on_step=None) -> dict:
+    """Accuracy of ``model`` on every (corruption, severity) of the [0,1] NCHW test points (x, y).
+
+    ``on_step(corruption, severity)`` is called after each pair (progress display)."""
+    corruptions = list(corruptions or CORRUPTIONS)
+    severities = list(severities or SEVERITIES)
+    for name in corruptions:
+        if name not in CORRUPTIONS + EXTRA_CORRUPTIONS:
+            raise RamptoolError(f"unknown corruption {name!r}; use some of: {', '.join(CORRUPTIONS)}")
+    images = to_uint8_images(x)
+    started = time.perf_counter()
+    accuracy: dict[str, dict[str, float]] = {}
+    for corruption in corruptions:
+        accuracy[corruption] = {}
+        for severity in severities:
+            corrupted = corrupted_set(images, corruption, severity, seed, dataset, cache_dir)
+            accuracy[corruption][str(severity)] = accuracy_on(model, to_tensor(corrupted), y, batch_size)
+            if on_step is not None:
+                on_step(corruption, severity)
+    return _summary(accuracy, severities, len(y), accuracy_on(model, x, y, batch_size), seed=seed,
+                    dataset=dataset, source="imagecorruptions",
+                    seconds=round(time.perf_counter() - started, 3))
+
+
+def folder_corruptions(folder) -> list[str]:
+    """The standard corruptions a CIFAR-10-C style folder holds a ``<corruption>.npy`` for."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RamptoolError(f"--from-dir {folder} is not a folder")
+    names = [name for name in CORRUPTIONS if (folder / f"{name}.npy").is_file()]
+    if not names:
+        raise RamptoolError(f"{folder} holds none of the corruption files ({CORRUPTIONS[0]}.npy, ...)")
+    return names
+
+
+def evaluate_corruption_folder(model, folder, corruptions=None, severities=None, n: int | None = None,
+                               input_shape=None, batch_size: int = 500, on_step=None) -> dict:
+    """Accuracy on a CIFAR-10-C style folder: ``<corruption>.npy`` holds 5*N uint8 images (NHWC or NHW)
+    stacked by severity, ``labels.npy`` the N labels (or the 5*N repeated ones). ``n`` keeps the first n
+    of each severity; ``input_shape`` (C, H, W) is the model's, checked against the files."""
+    folder = Path(folder)
+    corruptions = list(corruptions or folder_corruptions(folder))
+    labels_path = folder / "labels.npy"
+    if not labels_path.is_file():
+        raise RamptoolError(f"{folder} has no labels.npy (expected a CIFAR-10-C style folder)")
+    missing = [name for name in corruptions if not (folder / f"{name}.npy").is_file()]
+    if missing:
+        raise RamptoolError(f"{folder} has no {missing[0]}.npy")
+    severities = list(severities or SEVERITIES)
+    labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+    started = time.perf_counter()
+    accuracy: dict[str, dict[str, float]] = {}
+    per_severity = None
+    for corruption in corruptions:
+        stacked = np.load(folder / f"{corruption}.npy", mmap_mode="r", allow_pickle=False)
+        if stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or len(stacked) % len(SEVERITIES):
+            raise RamptoolError(f"{folder / (corruption + '.npy')}: expected 5*N uint8 images, got "
+                                f"{stacked.dtype} {stacked.shape}")
+        _check_input_shape(input_shape, stacked[:1], str(folder / f"{corruption}.npy"))
+        per_severity = len(stacked) // len(SEVERITIES)
+        if len(labels) not in (per_severity, len(stacked)):
+            raise RamptoolError(f"labels.npy has {len(labels)} labels for {per_severity} images per severity")
+        keep = per_severity if n is None else min(n, per_severity)
+        accuracy[corruption] = {}
+        for severity in severities:
+            start = (severity - 1) * per_severity
+            block = np.array(stacked[start:start + keep])  # a copy: torch wants writable memory
+            block_labels = labels[start:start + keep] if len(labels) == len(stacked) else labels[:keep]
+            accuracy[corruption][str(severity)] = accuracy_on(model, to_tensor(block),
+                                                              torch.from_numpy(block_labels), batch_size)
+            if on_step is not None:
+                on_step(corruption, severity)
+    kept = per_severity if n is None else min(n, per_severity)
+    return _summary(accuracy, severities, kept, None, source=str(folder),
+                    seconds=round(time.perf_counter() - started, 3))

@@ -1,0 +1,200 @@
+"""Reports of evaluations: rich tables, JSON, a markdown table ready to paste, and PNG charts.
+
+Every file is written atomically, so an interrupted run never leaves a half-written report next to good ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from ramptool.checkpoint import atomic_write  # noqa: E402
+
+NORM_ORDER = ("linf", "l2", "l1")
+ATTACK_LABELS = {"autoattack": "AutoAttack", "apgd": "APGD-CE"}
+
+
+def write_json(path: Path, data) -> Path:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return Path(path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return Path(path)
+
+
+def save_figure(figure, path: Path) -> Path:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(figure)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------ union reports
+
+def accuracy_columns(reports: dict[str, dict]) -> list[str]:
+    """clean, the norms (linf, l2, l1 first, then any plugin norm), union."""
+    norms = {norm for report in reports.values() for norm in report["norms"]}
+    ordered = [norm for norm in NORM_ORDER if norm in norms] + sorted(norms - set(NORM_ORDER))
+    return ["clean", *ordered, "union"]
+
+
+def percent_cell(report: dict, column: str) -> str:
+    """'48.2', '≤48.2' for a cascade's upper bound, '-' when the model was not evaluated on that column."""
+    if column not in report["accuracy"]:
+        return "-"
+    bound = "≤" if column in report.get("upper_bounds", []) else ""
+    return f"{bound}{100 * report['accuracy'][column]:.1f}"
+
+
+def settings_line(report: dict) -> str:
+    attack = ATTACK_LABELS.get(report["attack"], report["attack"])
+    detail = report["version"] if "version" in report else f"{report['steps']} steps"
+    eps = ", ".join(f"{norm}={value:g}" for norm, value in report["eps"].items())
+    cascade = ", union-only cascade (≤: upper bound)" if report.get("union_only") else ""
+    return f"{attack} {detail}, {report['n']} points, eps {eps}{cascade}"
+
+
+def union_table(reports: dict[str, dict], title: str = "robust accuracy (%)") -> Table:
+    columns = accuracy_columns(reports)
+    table = Table(title=title)
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right", style="bold" if column == "union" else None)
+    table.add_column("seconds", justify="right")
+    for name, report in reports.items():
+        table.add_row(name, *[percent_cell(report, column) for column in columns],
+                      f"{sum(report['seconds'].values()):.0f}")
+    return table
+
+
+def print_union_table(reports: dict[str, dict], console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(union_table(reports))
+    for name, report in reports.items():
+        console.print(f"{name}: {settings_line(report)}", highlight=False)
+
+
+def markdown_table(reports: dict[str, dict]) -> str:
+    columns = accuracy_columns(reports)
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, report in reports.items():
+        lines.append(f"| {name} | " + " | ".join(percent_cell(report, column) for column in columns) + " |")
+    lines.append("")
+    lines.extend(f"- {name}: {settings_line(report)}" for name, report in reports.items())
+    return "\n".join(lines) + "\n"
+
+
+def plot_union_bars(reports: dict[str, dict], path: Path) -> Path:
+    columns = accuracy_columns(reports)
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4))
+    width = 0.8 / len(reports)
+    for offset, (name, report) in enumerate(reports.items()):
+        positions = [i + (offset - (len(reports) - 1) / 2) * width for i in range(len(columns))]
+        values = [100 * report["accuracy"].get(column, 0.0) for column in columns]
+        bars = axes.bar(positions, values, width, label=name)
+        for bar, column in zip(bars, columns):
+            if column in report["accuracy"]:
+                axes.annotate(percent_cell(report, column), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                              ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(range(len(columns)), columns)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title("clean, per-norm and union accuracy")
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def write_union_reports(reports: dict[str, dict], out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"json": write_json(out_dir / "report.json", {"models": reports}),
+            "markdown": write_text(out_dir / "report.md", markdown_table(reports)),
+            "png": plot_union_bars(reports, out_dir / "report.png")}
+
+
+# ------------------------------------------------------------------------------------------ eps curve
+
+def plot_curve(curve: dict, path: Path) -> Path:
+    norms = list(curve["eps_values"])
+    figure, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.5), squeeze=False, layout="constrained")
+    for axis, norm in zip(axes[0], norms):
+        # eps 0 is the clean accuracy: every curve starts there
+        xs = [0.0, *curve["eps_values"][norm]]
+        ys = [100 * curve["clean"], *[100 * value for value in curve["accuracy"][norm]]]
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
+        reference = curve.get("reference_eps", {}).get(norm)
+        if reference is not None:
+            axis.axvline(reference, linestyle="--", color="gray", label=f"eps {reference:g}")
+            axis.legend(fontsize=8)
+        axis.set_xlabel(f"{norm} eps")
+        axis.set_ylabel("robust accuracy (%)")
+        axis.set_ylim(0, 105)
+        axis.set_title(norm)
+    figure.suptitle(f"APGD-CE ({curve['steps']} steps), {curve['n']} points")
+    return save_figure(figure, path)
+
+
+def curve_table(curve: dict) -> Table:
+    table = Table(title="robust accuracy (%) vs eps")
+    for column in ("norm", "eps", "accuracy"):
+        table.add_column(column, justify="right" if column != "norm" else "left")
+    for norm, values in curve["eps_values"].items():
+        for value, accuracy in zip(values, curve["accuracy"][norm]):
+            table.add_row(norm, f"{value:g}", f"{100 * accuracy:.1f}")
+    return table
+
+
+def write_curve_report(curve: dict, out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"json": write_json(out_dir / "curve.json", curve), "png": plot_curve(curve, out_dir / "curve.png")}
+
+
+# ------------------------------------------------------------------------------------------ corruptions
+
+def corruption_table(report: dict) -> Table:
+    severities = report["severities"]
+    clean = f" (clean {100 * report['clean']:.1f})" if report["clean"] is not None else ""
+    table = Table(title=f"accuracy (%) under common corruptions, {report['n']} points{clean}")
+    table.add_column("corruption")
+    for severity in severities:
+        table.add_column(f"s{severity}", justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    for corruption, row in report["accuracy"].items():
+        table.add_row(corruption, *[f"{100 * row[str(s)]:.1f}" for s in severities],
+                      f"{100 * report['corruption_mean'][corruption]:.1f}")
+    table.add_row("mean", *[f"{100 * report['severity_mean'][str(s)]:.1f}" for s in severities],
+                  f"{100 * report['mean']:.1f}", style="bold")
+    return table
+
+
+def plot_corruption_heatmap(report: dict, path: Path) -> Path:
+    corruptions, severities = list(report["accuracy"]), report["severities"]
+    grid = [[100 * report["accuracy"][c][str(s)] for s in severities] for c in corruptions]
+    figure, axes = plt.subplots(figsize=(1.2 + 0.9 * len(severities), 0.9 + 0.38 * len(corruptions)))
+    image = axes.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for row, values in enumerate(grid):
+        for column, value in enumerate(values):
+            axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                      color="white" if value < 60 else "black")
+    axes.set_xticks(range(len(severities)), [str(s) for s in severities])
+    axes.set_yticks(range(len(corruptions)), corruptions)
+    axes.set_xlabel("severity")
+    clean = f", clean {100 * report['clean']:.1f}" if report["clean"] is not None else ""
+    axes.set_title(f"accuracy (%), mean {100 * report['mean']:.1f}{clean}")
+    figure.colorbar(image, ax=axes)
+    return save_figure(figure, path)
+
+
+def write_corruption_report(report: dict, out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"json": write_json(out_dir / "corruptions.json", report),
+            "png": plot_corruption_heatmap(report, out_dir / "corruptions.png")}

@@ -1,0 +1,226 @@
+"""Union evaluation: flags, the union-only cascade, resume, sanity warnings, AutoAttack cross-check, CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ramptool.errors import RamptoolError
+from ramptool.evaluation import union as union_module
+from ramptool.evaluation.union import (
+    FLAGS_FILE,
+    EvaluationInterrupted,
+    evaluate_union,
+    not_falling_warnings,
+    sanity_warnings,
+)
+
+FMNIST_EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+NORMS = ["linf", "l2", "l1"]
+QUICK = {"attack": "apgd", "steps": 10, "batch_size": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Other processes share these two cores; two OpenMP threads per process then spin-wait, which made a
+    small CNN's backward pass ~20x slower here (measured). One thread keeps the attack tests' time predictable."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def points(fmnist_test):
+    x, y = fmnist_test
+    return x[:48], y[:48]
+
+
+def read_flags(folder):
+    with safe_open(str(folder / FLAGS_FILE), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+
+
+def run_cli(args, capsys):
+    from ramptool.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_union_is_the_and_of_the_saved_per_norm_flags(clean_model, points, tmp_path):
+    x, y = points
+    report = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path, **QUICK)
+    flags, _ = read_flags(tmp_path)
+    assert set(flags) == {"clean", *NORMS}
+    union = flags["clean"] & flags["linf"] & flags["l2"] & flags["l1"]
+    assert report["accuracy"]["union"] == pytest.approx(union.float().mean().item())
+    for norm in NORMS:
+        assert not (flags[norm] & ~flags["clean"]).any(), "a point wrong on clean data counted robust"
+        assert report["accuracy"][norm] == pytest.approx(flags[norm].float().mean().item())
+        assert report["attacked"][norm] == int(flags["clean"].sum())
+        assert report["seconds"][norm] > 0
+    assert report["accuracy"]["clean"] == pytest.approx((clean_model(x).argmax(1) == y).float().mean().item())
+    # the clean model is far from robust at these eps, and the union is below every norm
+    assert report["accuracy"]["union"] < min(report["accuracy"][n] for n in NORMS) < report["accuracy"]["clean"]
+    assert report["upper_bounds"] == [] and report["warnings"] == []
+
+
+def test_union_only_cascade_gives_the_same_union_attacking_fewer_points(clean_model, points):
+    x, y = points
+    full = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, **QUICK)
+    cascade = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, union_only=True, **QUICK)
+    assert cascade["accuracy"]["union"] == full["accuracy"]["union"]
+    assert cascade["accuracy"]["clean"] == full["accuracy"]["clean"]
+    assert cascade["accuracy"]["linf"] == full["accuracy"]["linf"]  # the first norm is attacked in full
+    assert cascade["upper_bounds"] == ["l2", "l1"]
+    for norm in ("l2", "l1"):
+        assert cascade["accuracy"][norm] >= full["accuracy"][norm]
+    assert cascade["attacked"]["linf"] == full["attacked"]["linf"]
+    assert cascade["attacked"]["l2"] == round(full["accuracy"]["linf"] * len(y))
+    assert cascade["attacked"]["l1"] < cascade["attacked"]["l2"] < full["attacked"]["l2"]
+
+
+def test_resume_after_an_interruption_gives_the_same_report(clean_model, points, tmp_path, monkeypatch):
+    x, y = points
+    reference = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, **QUICK)
+    attack = union_module._attack_flags
+    attacked_norms = []
+
+    def interrupted_at_l2(model, x, y, norm, *args, **kwargs):
+        if norm == "l2":
+            raise KeyboardInterrupt
+        attacked_norms.append(norm)
+        return attack(model, x, y, norm, *args, **kwargs)
+
+    monkeypatch.setattr(union_module, "_attack_flags", interrupted_at_l2)
+    with pytest.raises(EvaluationInterrupted, match="--resume"):
+        evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path, **QUICK)
+    flags, metadata = read_flags(tmp_path)
+    assert set(flags) == {"clean", "linf"} and json.loads(metadata["done"]) == ["linf"]
+
+    monkeypatch.setattr(union_module, "_attack_flags", lambda model, x, y, norm, *a, **k: (
+        attacked_norms.append(norm) or attack(model, x, y, norm, *a, **k)))
+    resumed = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path, resume=True, **QUICK)
+    assert attacked_norms == ["linf", "l2", "l1"], "linf was attacked again after resuming"
+    assert resumed["resumed"] == ["linf"]
+    assert resumed["accuracy"] == reference["accuracy"]
+    assert resumed["attacked"] == reference["attacked"]
+    assert set(read_flags(tmp_path)[0]) == {"clean", *NORMS}
+
+
+def test_resume_refuses_flags_of_other_points_or_eps(clean_model, points, tmp_path):
+    x, y = points
+    evaluate_union(clean_model, x, y, ["linf"], FMNIST_EPS, out_dir=tmp_path, **QUICK)
+    with pytest.raises(RamptoolError, match="linf eps 0.1, now 0.2"):
+        evaluate_union(clean_model, x, y, ["linf"], {**FMNIST_EPS, "linf": 0.2}, out_dir=tmp_path, resume=True,
+                       **QUICK)
+    with pytest.raises(RamptoolError, match="other test points"):
+        evaluate_union(clean_model, x[:40], y[:40], ["linf"], FMNIST_EPS, out_dir=tmp_path, resume=True, **QUICK)
+    with pytest.raises(RamptoolError, match="union_only=False, now True"):
+        evaluate_union(clean_model, x, y, ["linf"], FMNIST_EPS, out_dir=tmp_path, resume=True, union_only=True,
+                       **QUICK)
+
+
+def test_sanity_warnings_catch_impossible_and_suspicious_numbers(clean_model, points, capsys):
+    impossible = {"clean": 0.9, "linf": 0.4, "l2": 0.5, "union": 0.45}
+    assert any("above the linf accuracy" in m for m in sanity_warnings(impossible, ["linf", "l2"], 1000))
+    plausible = {"clean": 0.9, "linf": 0.4, "l2": 0.5, "union": 0.35}
+    assert sanity_warnings(plausible, ["linf", "l2"], 1000, recorded_clean=0.92) == []
+    low_clean = {**plausible, "clean": 0.5}
+    assert any("wrong normalisation?" in m for m in sanity_warnings(low_clean, ["linf", "l2"], 1000, 0.9))
+    # 12 points of gap on 20 points is within sampling noise: no warning
+    assert sanity_warnings({**plausible, "clean": 0.7}, ["linf", "l2"], 20, recorded_clean=0.82) == []
+
+    x, y = points
+    report = evaluate_union(clean_model, x, y, ["linf"], FMNIST_EPS, recorded_clean=1.0, **QUICK)
+    assert any("wrong normalisation?" in m for m in report["warnings"])
+    assert "WARNING" in capsys.readouterr().err
+
+    rising = not_falling_warnings({"l2": [0.5, 1.0, 2.0]}, {"l2": [0.6, 0.4, 0.5]}, 100)
+    assert len(rising) == 1 and "rises from 40.0% at eps 1 to 50.0% at eps 2" in rising[0]
+    assert not_falling_warnings({"l2": [0.5, 1.0]}, {"l2": [0.6, 0.61]}, 100) == []
+
+
+@pytest.mark.slow
+def test_fast_autoattack_matches_pyautoattack_called_directly(clean_model, points):
+    """Independent check: AutoAttack built by hand here, nothing of ramptool on the attack path."""
+    import pyautoattack
+
+    x, y = points[0][:40], points[1][:40]
+    report = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, version="fast", seed=0, batch_size=500)
+    names = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+    for norm in NORMS:
+        adversary = pyautoattack.AutoAttack(clean_model, attacks=["apgd-ce", "apgd-t"], norm=names[norm],
+                                            eps=FMNIST_EPS[norm], version="custom", device="cpu", seed=0)
+        # AutoAttack's standard-version settings for each norm, set by hand
+        adversary.apgd_targeted.n_restarts = 1
+        if norm == "l1":
+            adversary.apgd.use_largereps = adversary.apgd_targeted.use_largereps = True
+            adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 5, 5
+        else:
+            adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 1, 9
+        _, predictions = adversary.run_standard_evaluation(x, y, batch_size=500)
+        direct = (predictions == y).float().mean().item()
+        assert abs(report["accuracy"][norm] - direct) <= 0.01, (norm, report["accuracy"][norm], direct)
+
+
+def test_cli_eval_union_writes_reports_and_resumes(clean_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "union", "--ckpt", str(clean_model_dir), "--n-examples", "16", "--out", str(out),
+            "--device", "cpu", "--batch-size", "64"]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0, stdout
+    name = clean_model_dir.name
+    report = json.loads((out / "report.json").read_text())["models"][name]
+    assert report["n"] == 16 and report["version"] == "fast" and report["attack"] == "autoattack"
+    assert report["eps"] == FMNIST_EPS and report["dataset"] == "fashion-mnist"
+    accuracy = report["accuracy"]
+    assert accuracy["union"] <= min(accuracy[n] for n in NORMS) <= max(accuracy[n] for n in NORMS) <= accuracy["clean"]
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("| model | clean | linf | l2 | l1 | union |")
+    assert f"| {name} | {100 * accuracy['clean']:.1f} |" in markdown
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / name / FLAGS_FILE).is_file()
+    assert "union" in stdout
+
+    code, _, _ = run_cli(args + ["--resume"], capsys)
+    again = json.loads((out / "report.json").read_text())["models"][name]
+    assert code == 0 and again["resumed"] == NORMS and again["accuracy"] == accuracy
+
+
+def test_cli_eval_curve_writes_json_and_png(clean_model_dir, tmp_path, capsys):
+    out = tmp_path / "curve"
+    code, stdout, _ = run_cli(["eval", "curve", "--ckpt", str(clean_model_dir), "--n-examples", "16", "--steps", "5",
+                               "--norms", "linf,l2", "--eps-values", "linf=0.05,0.1,0.2", "--multiples", "0.5,1",
+                               "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["eps_values"] == {"linf": [0.05, 0.1, 0.2], "l2": [0.75, 1.5]}
+    assert curve["reference_eps"] == {"linf": 0.1, "l2": 1.5}
+    assert all(0 <= a <= curve["clean"] for values in curve["accuracy"].values() for a in values)
+    assert curve["accuracy"]["linf"][2] <= curve["accuracy"]["linf"][0]
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eps", "linf=-0.1"], "eps for linf must be positive"),
+    (["--norms", "linf,l3"], "unknown norm 'l3'"),
+    (["--version", "plus"], "unknown version 'plus'"),
+    (["--n-examples", "0"], "--n-examples must be positive"),
+])
+def test_cli_eval_union_rejects_bad_input_in_one_line(clean_model_dir, tmp_path, capsys, extra, message):
+    code, _, err = run_cli(["eval", "union", "--ckpt", str(clean_model_dir), "--out", str(tmp_path), "--device",
+                            "cpu", *extra], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_eval_curve_rejects_bad_eps_values(clean_model_dir, tmp_path, capsys):
+    code, _, err = run_cli(["eval", "curve", "--ckpt", str(clean_model_dir), "--eps-values", "l1=5,-1",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "must be positive" in err
