@@ -1,6 +1,6 @@
 """Union evaluation, full vs the union-only cascade, on the same points in one run.
 
-    .venv/bin/python bench/eval.py [--n 200] [--attack autoattack|apgd] [--version fast|standard]
+    .venv/bin/python bench/eval.py [--n 100] [--attack autoattack|apgd] [--version fast|standard]
                                    [--ckpt RUN] [--threads 1] [--seed 0]
 
 Full: every norm attacks every correctly classified point. Cascade (``--union-only``): each norm attacks only
@@ -44,16 +44,18 @@ def model_folder(ckpt: str | None, out: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="Fashion-MNIST test points (the first N)")
+    parser.add_argument("--n", type=int, default=100, help="Fashion-MNIST test points (the first N)")
     parser.add_argument("--attack", choices=["autoattack", "apgd"], default="autoattack")
     parser.add_argument("--version", choices=["fast", "standard"], default="fast")
     parser.add_argument("--steps", type=int, default=100, help="--attack apgd: iterations")
     parser.add_argument("--ckpt", help="checkpoint or run folder to evaluate instead of the bench model")
     parser.add_argument("--out", default="runs/bench-eval", help="where the bench model is kept")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids spin-waiting on busy cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0: torch's default). On a CPU shared with other jobs, more threads "
+                             "than free cores spin against each other and run many times slower")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     folder = model_folder(args.ckpt, Path(args.out))
@@ -63,7 +65,7 @@ def main() -> int:
     settings = dict(version=args.version, attack=args.attack, steps=args.steps, seed=args.seed, batch_size=500)
     print(f"{folder}: {len(y)} points, {args.attack}"
           f"{' ' + args.version if args.attack == 'autoattack' else f' {args.steps} steps'}, eps {eps}, "
-          f"{torch.get_num_threads()} threads")
+          f"torch threads {torch.get_num_threads()}")
 
     reports = {}
     for name, union_only in (("full", False), ("cascade", True)):
@@ -85,8 +87,9 @@ def main() -> int:
     same = full["accuracy"]["union"] == cascade["accuracy"]["union"]
     print(f"\nunion: full {100 * full['accuracy']['union']:.2f}%, cascade {100 * cascade['accuracy']['union']:.2f}% "
           f"-> {'identical' if same else 'DIFFERENT'}")
-    print(f"time: full {full_seconds:.1f} s, cascade {cascade_seconds:.1f} s, speedup {full_seconds / cascade_seconds:.2f}x"
-          f" ({sum(full['attacked'].values())} vs {sum(cascade['attacked'].values())} points attacked)")
+    print(f"time: full {full_seconds:.1f} s, cascade {cascade_seconds:.1f} s, "
+          f"speedup {full_seconds / cascade_seconds:.2f}x "
+          f"({sum(full['attacked'].values())} vs {sum(cascade['attacked'].values())} points attacked)")
     if not same:
         difference = round(abs(full["accuracy"]["union"] - cascade["accuracy"]["union"]) * len(y))
         print(f"{difference} point(s) differ: AutoAttack's random starts depend on the batch a point is in")

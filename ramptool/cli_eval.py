@@ -56,12 +56,12 @@ def _test_points(dataset: str, data_dir, n_examples: int, sample_seed):
 @eval_app.command()
 def union(
     ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     n_examples: int = typer.Option(1000, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 [default: dataset's]."),
+    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
     version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
     attack: str = typer.Option("autoattack", help="autoattack (reported numbers) or apgd (quick check)."),
@@ -104,17 +104,17 @@ def union(
 @eval_app.command()
 def corruptions(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
-    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
-                                                help="Subset, e.g. fog,snow [default: all 15]."),
-    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 [default: 1-5]."),
+                                                help="Subset, e.g. fog,snow (default: all 15)."),
+    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 (default: 1-5)."),
     from_dir: Path | None = typer.Option(None, help="CIFAR-10-C style folder (<corruption>.npy, "
                                                     "labels.npy) instead of corrupting the test set."),
-    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache [default: $RAMPTOOL_CACHE/"
-                                                     "corruptions or ~/.cache/ramptool/corruptions]."),
+    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache (default: $RAMPTOOL_CACHE/"
+                                                     "corruptions or ~/.cache/ramptool/corruptions)."),
     out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -151,7 +151,8 @@ def corruptions(
 
         if from_dir is not None:
             report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
-                                                metadata["input_shape"], batch_size, on_step=step)
+                                                metadata["input_shape"], metadata["num_classes"], batch_size,
+                                                on_step=step)
         else:
             x, y = _test_points(dataset_name, data_dir, n_examples, None)
             report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
@@ -184,11 +185,11 @@ def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[flo
 @eval_app.command()
 def curve(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
-    dataset: str | None = typer.Option(None, help="Dataset [default: the checkpoint's]."),
+    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
-    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 [default: dataset's]."),
+    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 (default: dataset's)."),
     eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
                                          "linf=2/255,4/255,8/255; repeat per norm."),
     multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "

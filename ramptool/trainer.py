@@ -303,8 +303,7 @@ class Trainer:
         self.save(finished=False)
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if cfg.progress:
-            _report_epoch(record)
+        _report_epoch(record)
 
 
 def _report_epoch(record: dict) -> None:

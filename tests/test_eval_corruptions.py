@@ -128,6 +128,8 @@ def test_folder_evaluation_matches_corrupting_in_memory(clean_model, gray_points
     assert first_four["n"] == 4 and first_four["accuracy"] == expected["accuracy"]
     with pytest.raises(RamptoolError, match=r"shape \(1, 28, 28\).*takes \(3, 32, 32\)"):
         evaluate_corruption_folder(clean_model, tmp_path, input_shape=(3, 32, 32))
+    with pytest.raises(RamptoolError, match="model predicts 5 classes"):
+        evaluate_corruption_folder(clean_model, tmp_path, num_classes=5)
     with pytest.raises(RamptoolError, match="has no snow.npy"):
         evaluate_corruption_folder(clean_model, tmp_path, ["snow"])
 

@@ -204,10 +204,11 @@ def folder_corruptions(folder) -> list[str]:
 
 
 def evaluate_corruption_folder(model, folder, corruptions=None, severities=None, n: int | None = None,
-                               input_shape=None, batch_size: int = 500, on_step=None) -> dict:
+                               input_shape=None, num_classes: int | None = None, batch_size: int = 500,
+                               on_step=None) -> dict:
     """Accuracy on a CIFAR-10-C style folder: ``<corruption>.npy`` holds 5*N uint8 images (NHWC or NHW)
     stacked by severity, ``labels.npy`` the N labels (or the 5*N repeated ones). ``n`` keeps the first n
-    of each severity; ``input_shape`` (C, H, W) is the model's, checked against the files."""
+    of each severity; ``input_shape`` (C, H, W) and ``num_classes`` are the model's, checked against the files."""
     folder = Path(folder)
     corruptions = list(corruptions or folder_corruptions(folder))
     labels_path = folder / "labels.npy"
@@ -218,6 +219,9 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
         raise RamptoolError(f"{folder} has no {missing[0]}.npy")
     severities = list(severities or SEVERITIES)
     labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+    if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise RamptoolError(f"{labels_path} has labels up to {labels.max()} but the model predicts "
+                            f"{num_classes} classes: a folder of another dataset?")
     started = time.perf_counter()
     accuracy: dict[str, dict[str, float]] = {}
     per_severity = None
