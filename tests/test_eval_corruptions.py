@@ -21,13 +21,7 @@ from ramptool.evaluation.corruptions import (
 from ramptool.evaluation.report import write_corruption_report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other processes share these two cores; one OpenMP thread avoids spin-waiting (see test_eval_union.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ NORMS = ["linf", "l2", "l1"]
 QUICK = {"attack": "apgd", "steps": 10, "batch_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other processes share these two cores; two OpenMP threads per process then spin-wait, which made a
-    small CNN's backward pass ~20x slower here (measured). One thread keeps the attack tests' time predictable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
