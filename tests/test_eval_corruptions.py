@@ -20,7 +20,6 @@ from ramptool.evaluation.corruptions import (
 )
 from ramptool.evaluation.report import write_corruption_report
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
