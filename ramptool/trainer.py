@@ -265,7 +265,7 @@ class Trainer:
         if self.step == 0:
             self.combiner.start_epoch(self.model)
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=self.n_batches, completed=self.step,
-                                 stats="") if cfg.progress else None
+                                 stats="") if not isinstance(progress, nullcontext) else None
         sums: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
         batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
@@ -318,7 +318,9 @@ def _report_epoch(record: dict) -> None:
 
 
 def _progress(enabled: bool):
-    if not enabled:
+    from rich.console import Console
+
+    if not enabled or not Console().is_terminal:  # in a log file the per-epoch lines say it all
         return nullcontext()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
