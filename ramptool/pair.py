@@ -127,6 +127,7 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
 def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, epochs, subset, optimizer, lr,
                       n_examples, steps, fine_tune_from, out, device, seed, console) -> dict:
     """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ramptool.attacks import known_norms
@@ -157,7 +158,7 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
     for model_norm, row in result["matrix"].items():
         table.add_row(f"{model_norm}-AT", *[f"{100 * row[c]:.1f}" for c in ["clean", *norm_list]])
     console.print(table)
-    console.print(f"key pair: [bold]q={result['q']}, r={result['r']}[/]  ({result['evidence']})")
+    console.print(f"key pair: [bold]q={result['q']}, r={result['r']}[/]  ({escape(result['evidence'])})")
     console.print(f"wrote {out_dir / 'pair.json'} and {out_dir / 'pair_matrix.png'}")
     return result
 
