@@ -3,7 +3,8 @@
 Rule: evaluate one single-norm AT model per norm against every norm (R[model][attack]); the two norms whose
 own AT models are least robust against their own attack (lowest R[p][p]) form the pair, and q, the source
 norm whose correctly classified points anchor the pairing loss, is the one of the two with the lower R[q][q].
-When fine-tuning, q is the norm the pretrained model was trained for and r is the weakest other norm.
+When fine-tuning, q is the norm the pretrained model was trained for: if it is one of the pair, r is the other;
+if not, r is the norm the pretrained norm's AT model is least robust against (where it trades off hardest).
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ def choose_pair(matrix: dict[str, dict[str, float]], fine_tune_from: str | None 
         return q, r, f"lowest own-norm robustness: {shown}; q={q} (lowest), r={r}"
     if fine_tune_from not in own:
         raise RamptoolError(f"fine-tuning norm {fine_tune_from!r} is not among the evaluated norms {norms}")
-    r = next(p for p in ranked if p != fine_tune_from)
-    return fine_tune_from, r, (f"fine-tuning from a {fine_tune_from} model fixes q={fine_tune_from}; "
-                               f"r={r} is the weakest other norm ({shown})")
+    q = fine_tune_from
+    if q in ranked[:2]:
+        r = ranked[1] if q == ranked[0] else ranked[0]
+        return q, r, f"fine-tuning from a {q} model fixes q={q}; the pair by {shown} is ({ranked[0]}, {ranked[1]})"
+    others = [p for p in norms if p != q]
+    r = min(others, key=lambda p: (matrix[q][p], norms.index(p)))
+    weakest = ", ".join(f"R[{q}][{p}]={matrix[q][p]:.3f}" for p in others)
+    return q, r, (f"fine-tuning from a {q} model fixes q={q}, outside the pair ({ranked[0]}, {ranked[1]}) of "
+                  f"{shown}; r={r}, where the {q} model is least robust ({weakest})")
 
 
 def single_trained_norm(metadata: dict, path: str) -> str:

@@ -41,8 +41,19 @@ def test_ties_keep_the_listing_order():
 def test_fine_tuning_fixes_q_to_the_pretrained_norm():
     assert choose_pair(PAPER_LIKE, fine_tune_from="linf")[:2] == ("linf", "l1")
     assert choose_pair(PAPER_LIKE, fine_tune_from="l1")[:2] == ("l1", "linf")
-    # the pretrained norm is outside the natural pair: it is still q, paired with the weakest other norm
+    # the pretrained norm is outside the natural pair: it is still q, paired with its model's weakest norm
     assert choose_pair(PAPER_LIKE, fine_tune_from="l2")[:2] == ("l2", "linf")
+
+
+def test_fine_tuning_outside_the_pair_pairs_q_with_where_its_model_is_weakest():
+    # measured on Fashion-MNIST (l∞ 0.1, l2 1.5, l1 10): the natural pair is (l2, l1), yet an l∞ model lacks l1
+    fashion_mnist = {"linf": {"linf": 0.702, "l2": 0.464, "l1": 0.308},
+                     "l2": {"linf": 0.624, "l2": 0.644, "l1": 0.606},
+                     "l1": {"linf": 0.406, "l2": 0.546, "l1": 0.674}}
+    assert choose_pair(fashion_mnist)[:2] == ("l2", "l1")
+    q, r, evidence = choose_pair(fashion_mnist, fine_tune_from="linf")
+    assert (q, r) == ("linf", "l1")
+    assert "R[linf][l1]=0.308" in evidence
 
 
 def test_plugin_norms_take_part():
