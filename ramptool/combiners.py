@@ -23,7 +23,7 @@ from ramptool.hookspecs import hookimpl
 
 def checked_backward(loss: torch.Tensor) -> None:
     if not bool(torch.isfinite(loss)):
-        raise TrainingDiverged(f"training loss became {float(loss)}; stopped, the last checkpoint is intact "
+        raise TrainingDiverged(f"training loss became {loss.detach().item()}; stopped, the last checkpoint is intact "
                                f"(lower the learning rate or check the data)")
     loss.backward()
 

@@ -17,6 +17,7 @@ from ramptool.attacks import attack_for
 from ramptool.attacks.base import AttackResult
 from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
+from ramptool.plugins import get
 
 
 @dataclass
@@ -156,8 +157,6 @@ class MSD(TrainingMethod):
     """MSD: one inner maximisation whose every step keeps the best of the linf/l2/l1 steepest-descent steps."""
 
     def loss(self, model, x, y):
-        from ramptool.plugins import get
-
         eps = {n: self.ctx.eps[n] for n in self.norms}
         with eval_mode(model), self._autocast():
             result = get("attack", "msd")(model, x, y, eps, steps=self.ctx.attack_steps)
@@ -214,8 +213,6 @@ class RAMP(TrainingMethod):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        from ramptool.plugins import get
-
         self.pairing_loss = get("pairing-loss", ctx.pairing)
 
     def loss(self, model, x, y):
