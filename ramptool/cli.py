@@ -157,7 +157,8 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    steps: int = typer.Option(100, help="APGD iterations for the matrix."),
+    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast) or apgd (APGD-CE, quick look)."),
+    steps: int = typer.Option(100, help="--attack apgd: iterations."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
     device: str = typer.Option("auto"),
@@ -169,7 +170,7 @@ def pair(
     find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,
                       norms=norms, eps=eps, epochs=epochs, subset=subset, optimizer=optimizer, lr=lr,
                       n_examples=n_examples, steps=steps, fine_tune_from=fine_tune_from, out=out,
-                      device=device, seed=seed, console=console)
+                      device=device, seed=seed, console=console, attack=attack)
 
 
 def _mount_eval():
