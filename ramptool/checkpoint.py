@@ -56,6 +56,11 @@ def resolve(path) -> Path:
     return path
 
 
+def run_finished(run) -> bool:
+    """Whether the run folder holds a checkpoint of a run that completed all its epochs."""
+    return (Path(run) / MODEL_FILE).exists() and bool((read_metadata(run) or {}).get("finished"))
+
+
 def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(9)

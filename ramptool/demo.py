@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ramptool.checkpoint import load_checkpoint, read_metadata
+from ramptool.checkpoint import load_checkpoint, run_finished
 from ramptool.config import build_train_config, load_recipe
 from ramptool.data import load_split
 from ramptool.evaluation.report import print_union_table, write_union_reports
@@ -28,7 +28,7 @@ NORMS = ("linf", "l2", "l1")
 
 
 def ensure_run(recipe: str, out: Path, console: Console, **overrides) -> Path:
-    if (out / "model.safetensors").exists() and (read_metadata(out) or {}).get("finished"):
+    if run_finished(out):
         console.print(f"reusing {out}")
         return out
     console.print(f"[bold]training[/] {recipe} -> {out}")

@@ -97,17 +97,15 @@ def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Pa
 
 def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset, optimizer, lr, out: Path,
                              device, seed, progress=True) -> list[str]:
+    from ramptool.checkpoint import run_finished
     from ramptool.trainer import TrainConfig, train
 
     paths = []
     for norm in norms:
         run = out / f"{norm}-at"
-        if (run / "model.safetensors").exists():
-            from ramptool.checkpoint import read_metadata
-
-            if (read_metadata(run) or {}).get("finished"):
-                paths.append(str(run))
-                continue
+        if run_finished(run):
+            paths.append(str(run))
+            continue
         train(TrainConfig(out=str(run), dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, method="at",
                           norms=[norm], eps=dict(eps), epochs=epochs, optimizer=optimizer, lr=lr,
                           weight_decay=0.0 if optimizer == "adam" else 5e-4, schedule="cosine", device=device,

@@ -23,7 +23,7 @@ from ramptool.checkpoint import (
     STATE_FILE,
     load_checkpoint,
     load_state,
-    read_metadata,
+    run_finished,
     save_checkpoint,
     save_state,
 )
@@ -112,8 +112,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
             raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
         return
     if (out / MODEL_FILE).exists() and not overwrite:
-        finished = (read_metadata(out) or {}).get("finished", False)
-        what = "a finished run" if finished else "an unfinished run (continue it with --resume)"
+        what = "a finished run" if run_finished(out) else "an unfinished run (continue it with --resume)"
         raise RamptoolError(f"{out} already holds {what}; pass --overwrite or choose another --out")
 
 
@@ -239,12 +238,14 @@ class Trainer:
         return lr
 
     def evaluate(self) -> dict:
-        from ramptool.evaluation.flags import accuracies, apgd_flags
+        from ramptool.evaluation.union import evaluate_union
+        from ramptool.methods import eval_mode
 
         x, y = self.eval_data.tensors()
         norms = [n for n in ("linf", "l2", "l1") if n in self.cfg.eps] or list(self.cfg.eps)
-        flags = apgd_flags(self.model, x, y, norms, self.cfg.eps, steps=self.cfg.eval_steps)
-        return accuracies(flags, norms)
+        with eval_mode(self.model):
+            report = evaluate_union(self.model, x, y, norms, self.cfg.eps, attack="apgd", steps=self.cfg.eval_steps)
+        return report["accuracy"]
 
     def run(self) -> dict:
         cfg = self.cfg
