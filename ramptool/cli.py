@@ -57,6 +57,8 @@ def training_command(
     eval_n: int | None = typer.Option(None, help="After each epoch, APGD-100 on N test points."),
     amp: str | None = typer.Option(None, help="bf16 autocast (CUDA)."),
     channels_last: bool | None = typer.Option(None, "--channels-last", help="channels-last memory (CUDA)."),
+    batch_attacks: str | None = typer.Option(None, help="auto, on, off: run several norms' attacks as one "
+                                             "batch (ramp/max/avg; default auto = on for CUDA)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -76,8 +78,8 @@ def training_command(
                pairing=pairing, combiner=combiner, beta=beta, epochs=epochs, batch_size=batch_size,
                optimizer=optimizer, lr=lr, weight_decay=weight_decay, no_decay_bn_bias=no_decay_bn_bias,
                schedule=schedule, lr_drop_epoch=lr_drop_epoch, seed=seed, device=device, eval_n=eval_n,
-               amp=amp, channels_last=channels_last, resume=resume or None, overwrite=overwrite or None,
-               progress=progress)
+               amp=amp, channels_last=channels_last, batch_attacks=batch_attacks, resume=resume or None,
+               overwrite=overwrite or None, progress=progress)
     if resume:
         if out is None:
             raise RamptoolError("--resume needs --out, the run folder to continue")

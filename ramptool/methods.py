@@ -30,6 +30,7 @@ class MethodContext:
     lam: float = 0.5
     pairing: str = "kl"
     autocast: contextlib.AbstractContextManager | None = None
+    batch_attacks: bool = False  # several norms' attack iterates through the model as one batch (see attack_all)
 
 
 @contextlib.contextmanager
@@ -72,6 +73,18 @@ class TrainingMethod:
         with eval_mode(model), self._autocast():
             result = attack_for(self.ctx.attack, norm)(model, x, y, self.ctx.eps[norm], steps=self.ctx.attack_steps)
         return AttackResult(result.x_adv.to(x.dtype), result.loss.float(), result.fooled)
+
+    def attack_all(self, model, x, y, norms) -> list[AttackResult]:
+        """Every norm's attack on the same batch. When the attack family can run them jointly (APGD), they share
+        the first evaluation at x and, with ``batch_attacks``, every later forward/backward too."""
+        attacks = [attack_for(self.ctx.attack, norm) for norm in norms]
+        joint, options = attacks[0].joint, attacks[0].defaults
+        if joint is None or any(a.joint is not joint or a.defaults != options for a in attacks):
+            return [self.attack(model, x, y, norm) for norm in norms]
+        with eval_mode(model), self._autocast():
+            results = joint(model, x, y, [(norm, self.ctx.eps[norm]) for norm in norms],
+                            steps=self.ctx.attack_steps, batched=self.ctx.batch_attacks, **options)
+        return [AttackResult(r.x_adv.to(x.dtype), r.loss.float(), r.fooled) for r in results]
 
     def forward(self, model, x):
         with self._autocast():
@@ -127,8 +140,8 @@ class AVG(TrainingMethod):
 
     def loss(self, model, x, y):
         losses, stats = [], {}
-        for norm in self.norms:
-            logits = self.forward(model, self.attack(model, x, y, norm).x_adv)
+        for norm, result in zip(self.norms, self.attack_all(model, x, y, self.norms)):
+            logits = self.forward(model, result.x_adv)
             losses.append(F.cross_entropy(logits, y))
             stats[f"acc_{norm}"] = _accuracy(logits, y)
         return torch.stack(losses).mean(), stats
@@ -146,7 +159,7 @@ class MAX(TrainingMethod):
     """MAX: per sample, CE on the highest-loss example among all norms."""
 
     def loss(self, model, x, y):
-        results = [self.attack(model, x, y, norm) for norm in self.norms]
+        results = self.attack_all(model, x, y, self.norms)
         x_worst, _ = _worst_per_sample(results)
         logits = self.forward(model, x_worst)
         stats = {f"acc_{n}": (~r.fooled).float().mean() for n, r in zip(self.norms, results)}
@@ -204,9 +217,10 @@ class RAMP(TrainingMethod):
     """RAMP: MAX over the key pair (q, r) plus lambda * pairing loss between q and r predictions on the points
     the model gets right under the q attack.
 
-    The two adversarial batches go through the train-mode model in two separate forwards (each batch's
-    BatchNorm statistics are its own, as in E-AT/MAX); f(x*) is gathered from their logits instead of a third
-    forward (the paper's code makes three).
+    Both attacks run jointly (``attack_all``): they share their first forward/backward at x. The two adversarial
+    batches go through the train-mode model in two separate forwards (each batch's BatchNorm statistics are its
+    own, as in E-AT/MAX); f(x*) is gathered from their logits instead of a third forward (the paper's code makes
+    three).
     """
 
     uses = "pair"
@@ -217,8 +231,7 @@ class RAMP(TrainingMethod):
 
     def loss(self, model, x, y):
         q, r = self.norms
-        result_q = self.attack(model, x, y, q)
-        result_r = self.attack(model, x, y, r)
+        result_q, result_r = self.attack_all(model, x, y, [q, r])
         logits_q = self.forward(model, result_q.x_adv)
         logits_r = self.forward(model, result_r.x_adv)
         take_q = (result_q.loss >= result_r.loss)[:, None]

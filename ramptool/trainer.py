@@ -68,6 +68,7 @@ class TrainConfig:
     eval_steps: int = 100
     amp: str | None = None
     channels_last: bool = False
+    batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -183,10 +184,14 @@ class Trainer:
             autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
         elif cfg.amp not in (None, "none"):
             raise RamptoolError(f"unknown --amp {cfg.amp!r}; use bf16")
+        if cfg.batch_attacks not in ("auto", "on", "off"):
+            raise RamptoolError(f"unknown --batch-attacks {cfg.batch_attacks!r}; use auto, on or off")
+        # a CPU's cost grows linearly (or worse) with the batch, so concatenating only pays on a GPU
+        batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
                                      pair=tuple(cfg.pair) if cfg.pair else None, attack=cfg.attack,
                                      attack_steps=cfg.attack_steps, lam=cfg.lam, pairing=cfg.pairing,
-                                     autocast=autocast)
+                                     autocast=autocast, batch_attacks=batch_attacks)
         self.method = get("method", cfg.method)(self.context)
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0

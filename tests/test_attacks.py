@@ -12,7 +12,7 @@ from conftest import FMNIST_EPS
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
 from ramptool.attacks import apgd, pgd
-from ramptool.attacks.apgd import checkpoint_schedule
+from ramptool.attacks.apgd import apgd_joint, checkpoint_schedule
 from ramptool.attacks.losses import dlr, dlr_targeted
 from ramptool.errors import RamptoolError
 from ramptool.models.small_cnn import SmallCNN
@@ -335,3 +335,61 @@ def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, c
     assert counted.calls < 20
     with torch.no_grad():
         assert (clean_model(stopped.x_adv).argmax(1) != y[broken]).all()
+
+
+def counting(model):
+    """``model`` wrapped to count its forwards and the samples they carried."""
+    counter = ForwardCounter(model)
+    counter.samples = 0
+    inner = counter.forward
+
+    def forward(x):
+        counter.samples += x.shape[0]
+        return inner(x)
+
+    counter.forward = forward
+    return counter
+
+
+def test_joint_apgd_follows_each_lone_apgd_exactly_and_shares_the_first_forward(fmnist_test):
+    x, y = fmnist_test[0][:48], fmnist_test[1][:48]
+    model = counting(random_cnn())
+    lone = [apgd(model, x, y, norm, eps, steps=10) for norm, eps in FMNIST_EPS.items()]
+    assert model.calls == 3 * 11
+    model.calls = 0
+    joint = apgd_joint(model, x, y, list(FMNIST_EPS.items()), steps=10)
+    assert model.calls == 1 + 3 * 10  # one shared evaluation at x, then each instance's ten iterates
+    for a, b in zip(lone, joint):
+        assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.loss, b.loss) and torch.equal(a.fooled, b.fooled)
+
+
+def test_batched_joint_apgd_sends_one_batch_per_step_and_finds_the_same_points(fmnist_test):
+    # float64 so that a sample's output cannot depend on its batch's size through kernel choice
+    x, y = fmnist_test[0][:48].double(), fmnist_test[1][:48]
+    model = counting(random_cnn(torch.float64))
+    lone = [apgd(model, x, y, norm, eps, steps=10) for norm, eps in FMNIST_EPS.items()]
+    model.calls = model.samples = 0
+    batched = apgd_joint(model, x, y, list(FMNIST_EPS.items()), steps=10, batched=True)
+    assert model.calls == 1 + 10 and model.samples == 48 + 10 * 3 * 48
+    for a, b in zip(lone, batched):
+        assert torch.allclose(a.x_adv, b.x_adv, atol=1e-9) and torch.allclose(a.loss, b.loss, atol=1e-9)
+        assert torch.equal(a.fooled, b.fooled)
+
+
+def test_joint_apgd_with_random_starts_and_early_stop_drops_finished_instances(clean_model, fmnist_test):
+    x, y = fmnist_test[0][:48], fmnist_test[1][:48]
+    model = counting(copy.deepcopy(clean_model))
+    # a small linf ball leaves robust points, a huge l2 ball fools everybody: only linf runs to the end
+    threats = [("linf", 0.005), ("l2", 20.0)]
+    lone = [apgd(model, x, y, norm, eps, steps=20, random_init=True, keep="misclassified", early_stop=True,
+                 generator=torch.Generator().manual_seed(index)) for index, (norm, eps) in enumerate(threats)]
+    generator = torch.Generator().manual_seed(0)
+    model.samples = 0
+    joint = apgd_joint(model, x, y, threats, steps=20, random_init=True, keep="misclassified", early_stop=True,
+                       generator=generator, batched=True)
+    assert not joint[0].fooled.all() and joint[1].fooled.all()
+    # the l2 instance left the shared batches early (the last 2 * 48: each instance's final evaluation)
+    assert model.samples < (1 + 20) * 2 * 48 + 2 * 48
+    for (norm, eps), result in zip(threats, joint):
+        assert_in_threat_model(result.x_adv, x, get("attack", f"apgd-{norm}"), eps)
+    assert torch.equal(lone[1].fooled, joint[1].fooled)

@@ -251,6 +251,7 @@ def test_finetune_cli_starts_from_a_checkpoint_and_records_lambda(tmp_path, clea
     (["train", "--eps", "l3=1", "--out", "x"], "unknown norm"),
     (["train", "--method", "at", "--norms", "linf,l2", "--out", "x", "--subset", "64"], "exactly one norm"),
     (["train", "--combiner", "nope", "--out", "x", "--subset", "64"], "unknown combiner"),
+    (["train", "--batch-attacks", "maybe", "--out", "x", "--subset", "64"], "unknown --batch-attacks"),
 ])
 def test_cli_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     process = _run_cli(args, cwd=tmp_path)
@@ -284,3 +285,28 @@ def test_loss_of_ramp_equals_max_plus_lambda_times_pairing():
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.mark.parametrize("method_name", ["ramp", "max", "avg"])
+def test_batching_the_attacks_of_several_norms_changes_neither_loss_nor_gradients(method_name):
+    from ramptool.plugins import get
+
+    torch.manual_seed(0)
+    # BatchNorm: the batched attack must still run in eval mode, where a sample's output ignores its batch
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 10),
+    ).double().train()
+    x, y = torch.rand(16, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (16,))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    outcomes = []
+    for batched in (False, True):
+        model.load_state_dict(initial)  # the train-mode forwards move the BatchNorm statistics
+        ctx = MethodContext(eps=EPS, pair=("linf", "l1"), attack_steps=3, batch_attacks=batched)
+        model.zero_grad()
+        loss, _ = get("method", method_name)(ctx).loss(model, x, y)
+        loss.backward()
+        outcomes.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = outcomes
+    assert torch.allclose(loss_a, loss_b, rtol=1e-9)
+    assert all(torch.allclose(a, b, rtol=1e-7, atol=1e-12) for a, b in zip(grads_a, grads_b))

@@ -1,6 +1,6 @@
 """Built-in attacks, registered through the same hook third-party plugins use."""
 
-from ramptool.attacks.apgd import apgd
+from ramptool.attacks.apgd import apgd, apgd_joint
 from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
 from ramptool.attacks.msd import msd
 from ramptool.attacks.pgd import fgsm_rs, pgd
@@ -12,7 +12,8 @@ def register_attacks():
     attacks = {}
     for norm in ("linf", "l2", "l1"):
         attacks[f"apgd-{norm}"] = Attack(apgd, norm, f"APGD-CE in the {norm} ball (adaptive step, momentum"
-                                         + (", sparse steps, exact box-l1 projection)" if norm == "l1" else ")"))
+                                         + (", sparse steps, exact box-l1 projection)" if norm == "l1" else ")"),
+                                         joint=apgd_joint)
         attacks[f"pgd-{norm}"] = Attack(pgd, norm, f"PGD in the {norm} ball, fixed step, random start"
                                         + (", SLIDE-style sparse steps" if norm == "l1" else ""))
     attacks["fgsm-rs"] = Attack(fgsm_rs, "linf", "FGSM with uniform random start, step 1.25*eps (linf)")
@@ -34,5 +35,5 @@ def known_norms() -> list[str]:
     return sorted({c.obj.norm for c in registry().components["attack"].values() if c.obj.norm})
 
 
-__all__ = ["Attack", "AttackResult", "apgd", "pgd", "fgsm_rs", "msd", "input_gradients_only", "attack_for",
-           "known_norms"]
+__all__ = ["Attack", "AttackResult", "apgd", "apgd_joint", "pgd", "fgsm_rs", "msd", "input_gradients_only",
+           "attack_for", "known_norms"]

@@ -21,12 +21,15 @@ class Attack:
     """A registered attack. ``attack(model, x, y, eps, steps, **options) -> AttackResult``.
 
     ``norm`` is the threat model it stays inside (``None`` for multi-norm attacks, whose eps is a dict).
+    ``joint``, when set, runs several norms of the same family on one batch and shares model calls between them:
+    ``joint(model, x, y, [(norm, eps), ...], steps, batched=..., **options) -> [AttackResult, ...]``.
     """
 
     run: Callable[..., AttackResult]
     norm: str | None
     description: str
     defaults: dict = field(default_factory=dict)
+    joint: Callable[..., list[AttackResult]] | None = None
 
     def __call__(self, model, x, y, eps, steps=10, **options) -> AttackResult:
         kwargs = {**self.defaults, **options}
