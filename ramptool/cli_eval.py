@@ -107,12 +107,14 @@ def corruptions(
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
-    n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir)."),
+    n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir, a "
+                                             "seeded random N for an ImageNet-C tree)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
                                                 help="Subset, e.g. fog,snow (default: all 15)."),
     severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 (default: 1-5)."),
-    from_dir: Path | None = typer.Option(None, help="CIFAR-10-C style folder (<corruption>.npy, "
-                                                    "labels.npy) instead of corrupting the test set."),
+    from_dir: Path | None = typer.Option(None, help="Pre-corrupted sets instead of corrupting the test set: "
+                                                    "CIFAR-10-C style (<corruption>.npy, labels.npy) or "
+                                                    "ImageNet-C style (<corruption>/<severity>/<class>/*.JPEG)."),
     cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache (default: $RAMPTOOL_CACHE/"
                                                      "corruptions or ~/.cache/ramptool/corruptions)."),
     out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),

@@ -12,6 +12,7 @@ from ramptool.evaluation.corruptions import (
     SEVERITIES,
     corrupt_images,
     evaluate_corruption_folder,
+    evaluate_corruption_tree,
     evaluate_corruptions,
     parse_corruptions,
     parse_severities,
@@ -127,6 +128,52 @@ def test_folder_evaluation_matches_corrupting_in_memory(clean_model, gray_points
         evaluate_corruption_folder(clean_model, tmp_path, ["snow"])
 
 
+def write_imagenet_c_tree(root, images, labels, corruptions, severities):
+    """ImageNet-C's layout: <corruption>/<severity>/<class>/<image>, in PNG to keep the pixels exact."""
+    from PIL import Image
+
+    for corruption in corruptions:
+        for severity in severities:
+            corrupted = corrupt_images(images, corruption, severity, seed=0)
+            for index, (image, label) in enumerate(zip(corrupted, labels)):
+                target = root / corruption / str(severity) / f"n{label:08d}"
+                target.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(target / f"ILSVRC2012_val_{index:08d}.png")
+
+
+def test_imagenet_c_tree_matches_corrupting_in_memory(rgb_model_and_points, tmp_path):
+    model, x, y = rgb_model_and_points
+    names, severities = ["fog", "gaussian_noise"], [1, 3]
+    write_imagenet_c_tree(tmp_path, to_uint8_images(x), y.tolist(), names, severities)
+    classes = sorted(set(y.tolist()))  # folder order numbers the classes, as ImageFolder does
+    remapped = torch.tensor([classes.index(label) for label in y.tolist()])
+    from_tree = evaluate_corruption_folder(model, tmp_path, severities=severities, input_shape=(3, 32, 32),
+                                           num_classes=10)
+    in_memory = evaluate_corruptions(model, x, remapped, names, severities, seed=0)
+    assert from_tree["corruptions"] == ["gaussian_noise", "fog"] and from_tree["n"] == 8
+    assert from_tree["accuracy"] == {c: in_memory["accuracy"][c] for c in ("gaussian_noise", "fog")}
+
+    subset = evaluate_corruption_tree(model, tmp_path, ["fog"], [1], n=3, input_shape=(3, 32, 32))
+    assert subset["n"] == 3 and 3 * subset["accuracy"]["fog"]["1"] == round(3 * subset["accuracy"]["fog"]["1"])
+
+    with pytest.raises(RamptoolError, match=r"shape \(3, 32, 32\).*takes \(3, 224, 224\)"):
+        evaluate_corruption_tree(model, tmp_path, ["fog"], [1], input_shape=(3, 224, 224))
+    with pytest.raises(RamptoolError, match="model predicts 2 classes"):
+        evaluate_corruption_tree(model, tmp_path, ["fog"], [1], num_classes=2)
+    with pytest.raises(RamptoolError, match="no fog/5/ folder"):
+        evaluate_corruption_tree(model, tmp_path, ["fog"], [1, 5])
+    from PIL import Image
+
+    jpeg_dir = tmp_path / "snow" / "2" / "n00000007"  # ImageNet-C's own files are upper-case .JPEG
+    jpeg_dir.mkdir(parents=True)
+    Image.fromarray(to_uint8_images(x[:1])[0]).save(jpeg_dir / "ILSVRC2012_val_00000001.JPEG", quality=95)
+    jpeg = evaluate_corruption_tree(model, tmp_path, ["snow"], [2], input_shape=(3, 32, 32))
+    assert jpeg["n"] == 1 and jpeg["accuracy"]["snow"]["2"] in (0.0, 1.0)
+    next((tmp_path / "gaussian_noise" / "3").rglob("*.png")).unlink()
+    with pytest.raises(RamptoolError, match="every corruption and severity must hold the same files"):
+        evaluate_corruption_tree(model, tmp_path, ["fog", "gaussian_noise"], [1, 3])
+
+
 def test_names_and_severities_are_validated():
     assert parse_corruptions(None) == list(CORRUPTIONS)
     assert parse_corruptions("Fog, gaussian-noise") == ["fog", "gaussian_noise"]
@@ -165,3 +212,17 @@ def test_cli_eval_corruptions_rejects_bad_input_in_one_line(clean_model_dir, tmp
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err
     assert "Traceback" not in err
+
+
+def test_cli_eval_corruptions_reads_an_imagenet_c_tree(rgb_model_and_points, tmp_path, capsys):
+    model, x, y = rgb_model_and_points
+    write_imagenet_c_tree(tmp_path / "tree", to_uint8_images(x), y.tolist(), ["fog"], [1, 2])
+    weights = tmp_path / "state_dict.pt"
+    torch.save(model.backbone.state_dict(), weights)  # a foreign state_dict, imported with --arch
+    code, stdout, err = run_cli(["eval", "corruptions", "--ckpt", str(weights), "--arch", "small-cnn",
+                                 "--dataset", "cifar10", "--from-dir", str(tmp_path / "tree"), "--severities",
+                                 "1,2", "--n-examples", "5", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                                capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "corruptions.json").read_text())
+    assert report["corruptions"] == ["fog"] and report["n"] == 5 and report["source"] == str(tmp_path / "tree")

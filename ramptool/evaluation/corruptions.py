@@ -139,14 +139,18 @@ def corrupted_set(images: np.ndarray, corruption: str, severity: int, seed: int 
 
 
 @torch.no_grad()
-def accuracy_on(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def count_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> int:
     device = next(model.parameters()).device
     model.eval()
     correct = 0
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size].to(device))
         correct += int((logits.argmax(1).cpu() == y[start:start + batch_size]).sum())
-    return correct / max(len(y), 1)
+    return correct
+
+
+def accuracy_on(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    return count_correct(model, x, y, batch_size) / max(len(y), 1)
 
 
 def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: int, clean: float | None,
@@ -192,25 +196,40 @@ def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=No
                     seconds=round(time.perf_counter() - started, 3))
 
 
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def _is_tree(folder: Path, corruption: str) -> bool:
+    return any((folder / corruption / str(severity)).is_dir() for severity in SEVERITIES)
+
+
 def folder_corruptions(folder) -> list[str]:
-    """The standard corruptions a CIFAR-10-C style folder holds a ``<corruption>.npy`` for."""
+    """The standard corruptions a folder holds: ``<corruption>.npy`` files (CIFAR-10-C style) or
+    ``<corruption>/<severity>/`` trees (ImageNet-C style)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RamptoolError(f"--from-dir {folder} is not a folder")
-    names = [name for name in CORRUPTIONS if (folder / f"{name}.npy").is_file()]
+    names = [name for name in CORRUPTIONS if (folder / f"{name}.npy").is_file() or _is_tree(folder, name)]
     if not names:
-        raise RamptoolError(f"{folder} holds none of the corruption files ({CORRUPTIONS[0]}.npy, ...)")
+        raise RamptoolError(f"{folder} holds none of the corruptions, neither as {CORRUPTIONS[0]}.npy "
+                            f"(CIFAR-10-C style) nor as {CORRUPTIONS[0]}/1/<class>/*.JPEG (ImageNet-C style)")
     return names
 
 
 def evaluate_corruption_folder(model, folder, corruptions=None, severities=None, n: int | None = None,
                                input_shape=None, num_classes: int | None = None, batch_size: int = 500,
                                on_step=None) -> dict:
-    """Accuracy on a CIFAR-10-C style folder: ``<corruption>.npy`` holds 5*N uint8 images (NHWC or NHW)
-    stacked by severity, ``labels.npy`` the N labels (or the 5*N repeated ones). ``n`` keeps the first n
-    of each severity; ``input_shape`` (C, H, W) and ``num_classes`` are the model's, checked against the files."""
+    """Accuracy on a folder of pre-corrupted test sets, in either published layout.
+
+    CIFAR-10-C style: ``<corruption>.npy`` holds 5*N uint8 images (NHWC or NHW) stacked by severity,
+    ``labels.npy`` the N labels (or the 5*N repeated ones); ``n`` keeps the first n of each severity.
+    ImageNet-C style: ``<corruption>/<severity>/<class>/<image>`` (see ``evaluate_corruption_tree``).
+    ``input_shape`` (C, H, W) and ``num_classes`` are the model's, checked against the files."""
     folder = Path(folder)
     corruptions = list(corruptions or folder_corruptions(folder))
+    if corruptions and not (folder / f"{corruptions[0]}.npy").is_file() and _is_tree(folder, corruptions[0]):
+        return evaluate_corruption_tree(model, folder, corruptions, severities, n, input_shape, num_classes,
+                                        batch_size, on_step)
     labels_path = folder / "labels.npy"
     if not labels_path.is_file():
         raise RamptoolError(f"{folder} has no labels.npy (expected a CIFAR-10-C style folder)")
@@ -246,4 +265,74 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
                 on_step(corruption, severity)
     kept = per_severity if n is None else min(n, per_severity)
     return _summary(accuracy, severities, kept, None, source=str(folder),
+                    seconds=round(time.perf_counter() - started, 3))
+
+
+def _tree_samples(severity_dir: Path) -> tuple[list[str], list[str]]:
+    """Class folder names (sorted, as ImageFolder and the ``imagenet`` dataset number them) and every image's
+    path relative to ``severity_dir``."""
+    classes = sorted(entry.name for entry in severity_dir.iterdir() if entry.is_dir())
+    files = [f"{name}/{image.name}" for name in classes for image in sorted((severity_dir / name).iterdir())
+             if image.suffix.lower() in IMAGE_SUFFIXES]
+    return classes, files
+
+
+def _read_images(root: Path, files: list[str], channels: int) -> torch.Tensor:
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for name in files:
+        with Image.open(root / name) as image:
+            arrays.append(np.asarray(image.convert(mode)))
+    return to_tensor(np.stack(arrays))
+
+
+def evaluate_corruption_tree(model, folder, corruptions=None, severities=None, n: int | None = None,
+                             input_shape=None, num_classes: int | None = None, batch_size: int = 500,
+                             on_step=None, sample_seed: int = 0) -> dict:
+    """Accuracy on an ImageNet-C style tree: ``<corruption>/<severity>/<class>/<image>.JPEG``, images already at
+    the model's input size (ImageNet-C: 224x224, so no resize or crop is applied). Classes are numbered by
+    their sorted folder names, as ImageFolder numbers the clean set. ``n`` evaluates a seeded random n images
+    of each severity (the class folders come in order, so the first n would be a few classes only); the same
+    files are used for every corruption and severity."""
+    folder = Path(folder)
+    corruptions = list(corruptions or folder_corruptions(folder))
+    severities = list(severities or SEVERITIES)
+    channels = input_shape[0] if input_shape is not None else 3
+    reference = folder / corruptions[0] / str(severities[0])
+    if not reference.is_dir():
+        raise RamptoolError(f"{folder} has no {corruptions[0]}/{severities[0]}/ folder")
+    classes, files = _tree_samples(reference)
+    if not files:
+        raise RamptoolError(f"{reference} holds no images (<class>/*.JPEG)")
+    if num_classes is not None and len(classes) > num_classes:
+        raise RamptoolError(f"{reference} has {len(classes)} class folders but the model predicts "
+                            f"{num_classes} classes: a folder of another dataset?")
+    if n is not None and n < len(files):
+        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(sample_seed))[:n]
+        files = [files[i] for i in sorted(keep.tolist())]
+    labels = torch.tensor([classes.index(name.split("/", 1)[0]) for name in files])
+    started = time.perf_counter()
+    accuracy: dict[str, dict[str, float]] = {}
+    for corruption in corruptions:
+        accuracy[corruption] = {}
+        for severity in severities:
+            root = folder / corruption / str(severity)
+            if not root.is_dir():
+                raise RamptoolError(f"{folder} has no {corruption}/{severity}/ folder")
+            missing = next((name for name in files if not (root / name).is_file()), None)
+            if missing is not None:
+                raise RamptoolError(f"{root} lacks {missing}, which {reference} has: every corruption and "
+                                    f"severity must hold the same files")
+            correct = 0
+            for start in range(0, len(files), batch_size):
+                x = _read_images(root, files[start:start + batch_size], channels)
+                if start == 0:
+                    _check_input_shape(input_shape, to_uint8_images(x[:1]), str(root))
+                correct += count_correct(model, x, labels[start:start + batch_size], batch_size)
+            accuracy[corruption][str(severity)] = correct / len(files)
+            if on_step is not None:
+                on_step(corruption, severity)
+    return _summary(accuracy, severities, len(files), None, source=str(folder), sample_seed=sample_seed,
                     seconds=round(time.perf_counter() - started, 3))
