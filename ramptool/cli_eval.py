@@ -103,7 +103,7 @@ def union(
 
 @eval_app.command()
 def corruptions(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
@@ -134,9 +134,16 @@ def corruptions(
         parse_corruptions,
         parse_severities,
     )
-    from ramptool.evaluation.report import corruption_table, write_corruption_report
+    from ramptool.evaluation.report import (
+        corruption_comparison_table,
+        corruption_table,
+        write_corruption_comparison,
+        write_corruption_report,
+    )
     from ramptool.evaluation.union import load_for_evaluation
 
+    if not ckpt:
+        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     if corruption_names:
         names = parse_corruptions(corruption_names)
     else:
@@ -144,24 +151,34 @@ def corruptions(
     severity_list = parse_severities(severities)
     _positive(n_examples, "--n-examples")
     _positive(batch_size, "--batch-size")
-    model, metadata, dataset_name = load_for_evaluation(ckpt, dataset, arch, _device(device))
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("corruptions", total=len(names) * len(severity_list))
+    checkpoints = checkpoint_names(ckpt)
+    reports = {}
+    for name, path in checkpoints.items():
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("corruptions", total=len(names) * len(severity_list))
 
-        def step(corruption, severity):
-            progress.update(task, advance=1, description=f"{corruption} s{severity}")
+            def step(corruption, severity):
+                progress.update(task, advance=1, description=f"{name}: {corruption} s{severity}")
 
-        if from_dir is not None:
-            report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
-                                                metadata["input_shape"], metadata["num_classes"], batch_size,
-                                                on_step=step)
-        else:
-            x, y = _test_points(dataset_name, data_dir, n_examples, None)
-            report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
-                                          cache_dir or default_cache_dir(), batch_size, on_step=step)
-    report = {"checkpoint": str(ckpt), **report, "dataset": dataset_name}
-    console.print(corruption_table(report))
-    written = write_corruption_report(report, out)
+            if from_dir is not None:
+                report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
+                                                    metadata["input_shape"], metadata["num_classes"],
+                                                    batch_size, on_step=step)
+            else:
+                x, y = _test_points(dataset_name, data_dir, n_examples, None)
+                report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
+                                              cache_dir or default_cache_dir(), batch_size, on_step=step)
+        reports[name] = {"checkpoint": str(path), **report, "dataset": dataset_name}
+        console.print(corruption_table(reports[name], title=name if len(checkpoints) > 1 else None))
+    if len(reports) == 1:
+        written = write_corruption_report(next(iter(reports.values())), out)
+    else:
+        # each model's full report in its own folder, the side-by-side means next to them
+        for name, report in reports.items():
+            write_corruption_report(report, Path(out) / name)
+        console.print(corruption_comparison_table(reports))
+        written = write_corruption_comparison(reports, out)
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
 
 

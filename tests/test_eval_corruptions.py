@@ -200,6 +200,23 @@ def test_cli_eval_corruptions_writes_table_json_and_heatmap(clean_model_dir, tmp
     assert "gaussian_noise" in stdout and "mean" in stdout
 
 
+def test_cli_eval_corruptions_compares_several_checkpoints(clean_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["eval", "corruptions", "--ckpt", str(clean_model_dir), "--ckpt", str(clean_model_dir),
+                               "--n-examples", "8", "--corruptions", "fog", "--severities", "1,5", "--out", str(out),
+                               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    first, second = (clean_model_dir.name, f"{clean_model_dir.name}-2")
+    summary = json.loads((out / "corruptions-comparison.json").read_text())
+    assert list(summary) == [first, second]
+    reports = [json.loads((out / name / "corruptions.json").read_text()) for name in (first, second)]
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]  # the same model twice
+    assert summary[first]["mean"] == reports[0]["mean"]
+    assert (out / first / "corruptions.png").is_file()
+    fog = f"{100 * reports[0]['corruption_mean']['fog']:.1f}"
+    assert f"| fog | {fog} | {fog} |" in (out / "corruptions-comparison.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--corruptions", "fog,rain"], "unknown corruption 'rain'"),
     (["--severities", "0,3"], "severities must be distinct integers 1-5"),

@@ -160,10 +160,11 @@ def write_curve_report(curve: dict, out_dir) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------ corruptions
 
-def corruption_table(report: dict) -> Table:
+def corruption_table(report: dict, title: str | None = None) -> Table:
     severities = report["severities"]
     clean = f" (clean {100 * report['clean']:.1f})" if report["clean"] is not None else ""
-    table = Table(title=f"accuracy (%) under common corruptions, {report['n']} points{clean}")
+    prefix = f"{title}: " if title else ""
+    table = Table(title=f"{prefix}accuracy (%) under common corruptions, {report['n']} points{clean}")
     table.add_column("corruption")
     for severity in severities:
         table.add_column(f"s{severity}", justify="right")
@@ -198,3 +199,34 @@ def write_corruption_report(report: dict, out_dir) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {"json": write_json(out_dir / "corruptions.json", report),
             "png": plot_corruption_heatmap(report, out_dir / "corruptions.png")}
+
+
+def corruption_comparison_table(reports: dict[str, dict]) -> Table:
+    """Models side by side: each corruption's accuracy averaged over severities."""
+    first = next(iter(reports.values()))
+    table = Table(title=f"accuracy (%) under common corruptions, mean over severities "
+                        f"{','.join(map(str, first['severities']))}, {first['n']} points")
+    table.add_column("corruption")
+    for name in reports:
+        table.add_column(name, justify="right")
+    for corruption in first["corruption_mean"]:
+        table.add_row(corruption, *[f"{100 * r['corruption_mean'][corruption]:.1f}" for r in reports.values()])
+    if all(r["clean"] is not None for r in reports.values()):
+        table.add_row("clean", *[f"{100 * r['clean']:.1f}" for r in reports.values()])
+    table.add_row("mean", *[f"{100 * r['mean']:.1f}" for r in reports.values()], style="bold")
+    return table
+
+
+def write_corruption_comparison(reports: dict[str, dict], out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    first = next(iter(reports.values()))
+    lines = ["| corruption | " + " | ".join(reports) + " |", "|---|" + "---:|" * len(reports)]
+    for corruption in first["corruption_mean"]:
+        lines.append(f"| {corruption} | "
+                     + " | ".join(f"{100 * r['corruption_mean'][corruption]:.1f}" for r in reports.values()) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{100 * r['mean']:.1f}**" for r in reports.values()) + " |")
+    summary = {name: {"checkpoint": r["checkpoint"], "mean": r["mean"], "clean": r["clean"],
+                      "corruption_mean": r["corruption_mean"], "report": f"{name}/corruptions.json"}
+               for name, r in reports.items()}
+    return {"json": write_json(out_dir / "corruptions-comparison.json", summary),
+            "md": write_text(out_dir / "corruptions-comparison.md", "\n".join(lines) + "\n")}
