@@ -203,7 +203,7 @@ def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[flo
 
 @eval_app.command()
 def curve(
-    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint or run folder."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
@@ -226,6 +226,8 @@ def curve(
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
     from ramptool.threat import parse_eps, parse_norms, parse_number
 
+    if not ckpt:
+        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     norm_list = parse_norms(norms)
     explicit = parse_eps_values(eps_values, norm_list)
     factors = [parse_number(part) for part in multiples.split(",") if part.strip()]
@@ -233,18 +235,22 @@ def curve(
         raise RamptoolError(f"--multiples must be positive numbers, got {multiples!r}")
     _positive(steps, "--steps")
     _positive(batch_size, "--batch-size")
-    model, _, dataset_name = load_for_evaluation(ckpt, dataset, arch, _device(device))
-    reference = parse_eps(eps, dataset_name)
-    missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
-    if missing:
-        raise RamptoolError(f"no eps known for {', '.join(missing)} on {dataset_name}: pass --eps or --eps-values")
-    sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
-    x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
-    with console.status(f"APGD-CE on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values"):
-        result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
-                                  reference_eps={norm: reference[norm] for norm in norm_list if norm in reference},
-                                  console=console)
-    result = {"checkpoint": str(ckpt), "dataset": dataset_name, **result}
-    console.print(curve_table(result))
-    written = write_curve_report(result, out)
+    curves = {}
+    for name, path in checkpoint_names(ckpt).items():
+        model, _, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
+        reference = parse_eps(eps, dataset_name)
+        missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
+        if missing:
+            raise RamptoolError(f"no eps known for {', '.join(missing)} on {dataset_name}: pass --eps or "
+                                f"--eps-values")
+        sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
+        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
+        with console.status(f"{name}: APGD-CE on {len(y)} points at {sum(len(v) for v in sweep.values())} eps "
+                            f"values"):
+            result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
+                                      reference_eps={n: reference[n] for n in norm_list if n in reference},
+                                      console=console)
+        curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
+    console.print(curve_table(curves))
+    written = write_curve_report(curves, out)
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

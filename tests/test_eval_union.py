@@ -198,6 +198,20 @@ def test_cli_eval_curve_writes_json_and_png(clean_model_dir, tmp_path, capsys):
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_eval_curve_compares_several_checkpoints_in_one_plot(clean_model_dir, tmp_path, capsys):
+    out = tmp_path / "curves"
+    code, stdout, _ = run_cli(["eval", "curve", "--ckpt", str(clean_model_dir), "--ckpt", str(clean_model_dir),
+                               "--n-examples", "16", "--steps", "5", "--norms", "l1", "--multiples", "0.5,1",
+                               "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    names = (clean_model_dir.name, f"{clean_model_dir.name}-2")
+    curves = [json.loads((out / name / "curve.json").read_text()) for name in names]
+    assert curves[0]["accuracy"] == curves[1]["accuracy"] and curves[0]["eps_values"] == {"l1": [5.0, 10.0]}
+    assert curves[0]["checkpoint"] == str(clean_model_dir / "model.safetensors")
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG" and not (out / "curve.json").exists()
+    assert names[1] in stdout
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--eps", "linf=-0.1"], "eps for linf must be positive"),
     (["--norms", "linf,l3"], "unknown norm 'l3'"),

@@ -122,40 +122,53 @@ def write_union_reports(reports: dict[str, dict], out_dir) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------ eps curve
 
-def plot_curve(curve: dict, path: Path) -> Path:
-    norms = list(curve["eps_values"])
+def plot_curves(curves: dict[str, dict], path: Path) -> Path:
+    """One panel per norm, one line per model (each curve starts at its clean accuracy, eps 0)."""
+    first = next(iter(curves.values()))
+    norms = list(first["eps_values"])
     figure, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.5), squeeze=False, layout="constrained")
     for axis, norm in zip(axes[0], norms):
-        # eps 0 is the clean accuracy: every curve starts there
-        xs = [0.0, *curve["eps_values"][norm]]
-        ys = [100 * curve["clean"], *[100 * value for value in curve["accuracy"][norm]]]
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
-        reference = curve.get("reference_eps", {}).get(norm)
+        for name, curve in curves.items():
+            xs = [0.0, *curve["eps_values"][norm]]
+            ys = [100 * curve["clean"], *[100 * value for value in curve["accuracy"][norm]]]
+            order = sorted(range(len(xs)), key=lambda i: xs[i])
+            axis.plot([xs[i] for i in order], [ys[i] for i in order], marker="o",
+                      label=name if len(curves) > 1 else None)
+        reference = first.get("reference_eps", {}).get(norm)
         if reference is not None:
             axis.axvline(reference, linestyle="--", color="gray", label=f"eps {reference:g}")
-            axis.legend(fontsize=8)
+        axis.legend(fontsize=8)
         axis.set_xlabel(f"{norm} eps")
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 105)
         axis.set_title(norm)
-    figure.suptitle(f"APGD-CE ({curve['steps']} steps), {curve['n']} points")
+    figure.suptitle(f"APGD-CE ({first['steps']} steps), {first['n']} points")
     return save_figure(figure, path)
 
 
-def curve_table(curve: dict) -> Table:
+def curve_table(curves: dict[str, dict]) -> Table:
+    first = next(iter(curves.values()))
     table = Table(title="robust accuracy (%) vs eps")
-    for column in ("norm", "eps", "accuracy"):
-        table.add_column(column, justify="right" if column != "norm" else "left")
-    for norm, values in curve["eps_values"].items():
-        for value, accuracy in zip(values, curve["accuracy"][norm]):
-            table.add_row(norm, f"{value:g}", f"{100 * accuracy:.1f}")
+    table.add_column("norm")
+    table.add_column("eps", justify="right")
+    for name in curves:
+        table.add_column(name if len(curves) > 1 else "accuracy", justify="right")
+    for norm, values in first["eps_values"].items():
+        for index, value in enumerate(values):
+            table.add_row(norm, f"{value:g}", *[f"{100 * curve['accuracy'][norm][index]:.1f}"
+                                                 for curve in curves.values()])
     return table
 
 
-def write_curve_report(curve: dict, out_dir) -> dict[str, Path]:
+def write_curve_report(curves: dict[str, dict], out_dir) -> dict[str, Path]:
+    """One model: curve.json and curve.png in ``out_dir``. Several: each one's curve.json in its own folder
+    and all of them in one curve.png."""
     out_dir = Path(out_dir)
-    return {"json": write_json(out_dir / "curve.json", curve), "png": plot_curve(curve, out_dir / "curve.png")}
+    if len(curves) == 1:
+        written = {"json": write_json(out_dir / "curve.json", next(iter(curves.values())))}
+    else:
+        written = {f"json {name}": write_json(out_dir / name / "curve.json", curve) for name, curve in curves.items()}
+    return {**written, "png": plot_curves(curves, out_dir / "curve.png")}
 
 
 # ------------------------------------------------------------------------------------------ corruptions
