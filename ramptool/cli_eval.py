@@ -34,6 +34,8 @@ def checkpoint_names(paths: list[str]) -> dict[str, Path]:
     """Short unique names for the table: the run folder's name (or the file's stem)."""
     from ramptool.checkpoint import MODEL_FILE, resolve
 
+    if not paths:
+        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     names: dict[str, Path] = {}
     for given in paths:
         path = resolve(given)
@@ -79,14 +81,13 @@ def union(
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
     from ramptool.threat import parse_eps, parse_norms
 
-    if not ckpt:
-        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
+    checkpoints = checkpoint_names(ckpt)
     norm_list = parse_norms(norms)
     _positive(batch_size, "--batch-size")
     _positive(steps, "--steps")
     target = _device(device)
     reports = {}
-    for name, path in checkpoint_names(ckpt).items():
+    for name, path in checkpoints.items():
         model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target)
         eps_values = parse_eps(eps, dataset_name)
         x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
@@ -142,8 +143,7 @@ def corruptions(
     )
     from ramptool.evaluation.union import load_for_evaluation
 
-    if not ckpt:
-        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
+    checkpoints = checkpoint_names(ckpt)
     if corruption_names:
         names = parse_corruptions(corruption_names)
     else:
@@ -151,7 +151,6 @@ def corruptions(
     severity_list = parse_severities(severities)
     _positive(n_examples, "--n-examples")
     _positive(batch_size, "--batch-size")
-    checkpoints = checkpoint_names(ckpt)
     reports = {}
     for name, path in checkpoints.items():
         model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
@@ -226,8 +225,7 @@ def curve(
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
     from ramptool.threat import parse_eps, parse_norms, parse_number
 
-    if not ckpt:
-        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
+    checkpoints = checkpoint_names(ckpt)
     norm_list = parse_norms(norms)
     explicit = parse_eps_values(eps_values, norm_list)
     factors = [parse_number(part) for part in multiples.split(",") if part.strip()]
@@ -236,7 +234,7 @@ def curve(
     _positive(steps, "--steps")
     _positive(batch_size, "--batch-size")
     curves = {}
-    for name, path in checkpoint_names(ckpt).items():
+    for name, path in checkpoints.items():
         model, _, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
         reference = parse_eps(eps, dataset_name)
         missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]

@@ -43,6 +43,11 @@ def eval_mode(model):
         model.train(was_training)
 
 
+def _in_input_dtype(result: AttackResult, x) -> AttackResult:
+    """Under autocast the attack may hand back bf16: training continues in x's dtype and float losses."""
+    return AttackResult(result.x_adv.to(x.dtype), result.loss.float(), result.fooled)
+
+
 def _accuracy(logits, y):
     return (logits.argmax(1) == y).float().mean().detach()
 
@@ -72,7 +77,7 @@ class TrainingMethod:
     def attack(self, model, x, y, norm) -> AttackResult:
         with eval_mode(model), self._autocast():
             result = attack_for(self.ctx.attack, norm)(model, x, y, self.ctx.eps[norm], steps=self.ctx.attack_steps)
-        return AttackResult(result.x_adv.to(x.dtype), result.loss.float(), result.fooled)
+        return _in_input_dtype(result, x)
 
     def attack_all(self, model, x, y, norms) -> list[AttackResult]:
         """Every norm's attack on the same batch. When the attack family can run them jointly (APGD), they share
@@ -84,7 +89,7 @@ class TrainingMethod:
         with eval_mode(model), self._autocast():
             results = joint(model, x, y, [(norm, self.ctx.eps[norm]) for norm in norms],
                             steps=self.ctx.attack_steps, batched=self.ctx.batch_attacks, **options)
-        return [AttackResult(r.x_adv.to(x.dtype), r.loss.float(), r.fooled) for r in results]
+        return [_in_input_dtype(result, x) for result in results]
 
     def forward(self, model, x):
         with self._autocast():
