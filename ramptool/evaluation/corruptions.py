@@ -162,9 +162,8 @@ def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: in
             "mean": float(np.mean(list(corruption_mean.values()))), **details}
 
 
-def _check_input_shape(model_shape, images: np.ndarray, source: str) -> None:
-    channels = images.shape[3] if images.ndim == 4 else 1
-    found = (channels, images.shape[1], images.shape[2])
+def _check_input_shape(model_shape, found: tuple[int, int, int], source: str) -> None:
+    """``found`` is the (C, H, W) of the images in ``source``."""
     if model_shape is not None and tuple(model_shape) != found:
         raise RamptoolError(f"{source} holds images of shape {found} (C, H, W) but the model takes "
                             f"{tuple(model_shape)}")
@@ -249,7 +248,8 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
         if stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or len(stacked) % len(SEVERITIES):
             raise RamptoolError(f"{folder / (corruption + '.npy')}: expected 5*N uint8 images, got "
                                 f"{stacked.dtype} {stacked.shape}")
-        _check_input_shape(input_shape, stacked[:1], str(folder / f"{corruption}.npy"))
+        channels = stacked.shape[3] if stacked.ndim == 4 else 1
+        _check_input_shape(input_shape, (channels, *stacked.shape[1:3]), str(folder / f"{corruption}.npy"))
         per_severity = len(stacked) // len(SEVERITIES)
         if len(labels) not in (per_severity, len(stacked)):
             raise RamptoolError(f"labels.npy has {len(labels)} labels for {per_severity} images per severity")
@@ -329,7 +329,7 @@ def evaluate_corruption_tree(model, folder, corruptions=None, severities=None, n
             for start in range(0, len(files), batch_size):
                 x = _read_images(root, files[start:start + batch_size], channels)
                 if start == 0:
-                    _check_input_shape(input_shape, to_uint8_images(x[:1]), str(root))
+                    _check_input_shape(input_shape, tuple(x.shape[1:]), str(root))
                 correct += count_correct(model, x, labels[start:start + batch_size], batch_size)
             accuracy[corruption][str(severity)] = correct / len(files)
             if on_step is not None:

@@ -137,7 +137,8 @@ def plot_curves(curves: dict[str, dict], path: Path) -> Path:
         reference = first.get("reference_eps", {}).get(norm)
         if reference is not None:
             axis.axvline(reference, linestyle="--", color="gray", label=f"eps {reference:g}")
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:  # one model without a reference eps: nothing to label
+            axis.legend(fontsize=8)
         axis.set_xlabel(f"{norm} eps")
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 105)
