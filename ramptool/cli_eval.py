@@ -5,6 +5,8 @@ A thin layer: the work happens in ``ramptool.evaluation``. User mistakes raise R
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import typer
@@ -16,6 +18,7 @@ eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
 
 DEFAULT_MULTIPLES = "0.25,0.5,1,1.5,2"
+CKPT_HELP = "Checkpoint or run folder; repeat to compare models. \\[required]"  # help is rich markup: \\[ is [
 
 
 def _positive(value: int, flag: str) -> int:
@@ -31,21 +34,37 @@ def _device(name: str):
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, Path]:
-    """Short unique names for the table: the run folder's name (or the file's stem)."""
+    """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
+    file's stem), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a safe path component."""
     from ramptool.checkpoint import MODEL_FILE, resolve
+    from ramptool.rundir import safe_name
 
     if not paths:
         raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     names: dict[str, Path] = {}
     for given in paths:
         path = resolve(given)
-        base = path.parent.name if path.name == MODEL_FILE else path.stem
-        name, count = base or "model", 1
+        normalised = Path(os.path.abspath(path))
+        base = safe_name(normalised.parent.name if normalised.name == MODEL_FILE else normalised.stem)
+        name, count = base, 1
         while name in names:
             count += 1
             name = f"{base}-{count}"
         names[name] = path
     return names
+
+
+def _locks_out(command):
+    """Check that --out is a writable folder and hold it for the whole command, before any work."""
+
+    @functools.wraps(command)
+    def locked(**options):
+        from ramptool.rundir import FolderLock
+
+        with FolderLock(options["out"]):
+            return command(**options)
+
+    return locked
 
 
 def _test_points(dataset: str, data_dir, n_examples: int, sample_seed):
@@ -56,14 +75,15 @@ def _test_points(dataset: str, data_dir, n_examples: int, sample_seed):
 
 
 @eval_app.command()
+@_locks_out
 def union(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     n_examples: int = typer.Option(1000, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
+    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12.", show_default="the dataset's"),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
     version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
     attack: str = typer.Option("autoattack", help="autoattack (reported numbers) or apgd (quick check)."),
@@ -103,21 +123,22 @@ def union(
 
 
 @eval_app.command()
+@_locks_out
 def corruptions(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir, a "
                                              "seeded random N for an ImageNet-C tree)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
-                                                help="Subset, e.g. fog,snow (default: all 15)."),
-    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 (default: 1-5)."),
+                                                help="Subset, e.g. fog,snow.", show_default="all 15"),
+    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5.", show_default="1-5"),
     from_dir: Path | None = typer.Option(None, help="Pre-corrupted sets instead of corrupting the test set: "
                                                     "CIFAR-10-C style (<corruption>.npy, labels.npy) or "
                                                     "ImageNet-C style (<corruption>/<severity>/<class>/*.JPEG)."),
-    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache (default: $RAMPTOOL_CACHE/"
-                                                     "corruptions or ~/.cache/ramptool/corruptions)."),
+    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache.",
+                                          show_default="$RAMPTOOL_CACHE/corruptions or ~/.cache/ramptool/corruptions"),
     out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -201,13 +222,14 @@ def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[flo
 
 
 @eval_app.command()
+@_locks_out
 def curve(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
     norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
-    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 (default: dataset's)."),
+    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255.", show_default="the dataset's"),
     eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
                                          "linf=2/255,4/255,8/255; repeat per norm."),
     multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "

@@ -13,7 +13,6 @@ import json
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,55 +22,27 @@ from ramptool.checkpoint import (
     STATE_FILE,
     load_checkpoint,
     load_state,
+    remove_orphans,
     run_finished,
     save_checkpoint,
     save_state,
 )
+from ramptool.config import TrainConfig, given_values, resumed_values
 from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
 from ramptool.plugins import get
+from ramptool.rundir import FolderLock, discard_set_aside, recover_set_aside, restore_set_aside, set_aside
 from ramptool.schedules import learning_rate
 
+__all__ = ["TrainConfig", "Trainer", "train"]
 
-@dataclass
-class TrainConfig:
-    out: str
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    subset: int | None = None
-    arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
-    arch_options: dict = field(default_factory=dict)
-    init: str | None = None  # fine-tuning: the checkpoint to start from
-    method: str = "ramp"
-    norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
-    pair: list[str] | None = None
-    eps: dict[str, float] = field(default_factory=dict)
-    attack: str = "apgd"
-    attack_steps: int = 10
-    lam: float = 0.5
-    pairing: str = "kl"
-    combiner: str = "none"
-    beta: float = 0.5
-    epochs: int = 1
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    no_decay_bn_bias: bool = False
-    schedule: str = "piecewise-ft"
-    lr_drop_epoch: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    eval_n: int = 0
-    eval_steps: int = 100
-    amp: str | None = None
-    channels_last: bool = False
-    batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+METRICS_FILE = "metrics.jsonl"
+RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE)
+STATE_KEYS = ("model", "optimizer", "combiner", "method", "epoch", "step", "rng", "config", "history")
+# a fine-tune checks its clean accuracy on this many test points before it starts and after every epoch
+CLEAN_CHECK_POINTS = 1000
+CLEAN_DROP_WARNING = 0.10
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +83,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         if not (out / STATE_FILE).exists():
             raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
         return
-    if (out / MODEL_FILE).exists() and not overwrite:
+    if ((out / MODEL_FILE).exists() or (out / STATE_FILE).exists()) and not overwrite:
         what = "a finished run" if run_finished(out) else "an unfinished run (continue it with --resume)"
         raise RamptoolError(f"{out} already holds {what}; pass --overwrite or choose another --out")
 
@@ -146,20 +117,39 @@ class TrainingInterrupted(RamptoolError):
 
 
 class Trainer:
+    """Owns the run folder from construction to the end of ``run()``: it is checked and locked before any work,
+    and an old run being replaced (``overwrite``) is kept aside until the new run's first checkpoint."""
+
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
         self.out = Path(cfg.out)
+        self.lock = FolderLock(self.out).acquire()
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: TrainConfig) -> None:
+        recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
+        remove_orphans(self.out)
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
-        resumed_state = load_state(self.out / STATE_FILE) if cfg.resume else None
-        if resumed_state is not None:
-            saved = resumed_state["config"]
-            cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
-                                                 progress=self.cfg.progress, device=self.cfg.device)
+        resumed_state = None
+        if cfg.resume:
+            cfg = TrainConfig(**resumed_values(given_values(cfg), {name: name for name in given_values(cfg)}))
+            resumed_state = load_state(self.out / STATE_FILE)
+            if not isinstance(resumed_state, dict):
+                raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
+        self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.spec = get_dataset(cfg.dataset)
         self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
+        if cfg.pair == "auto":
+            from ramptool.pair import resolve_auto_pair
+
+            cfg.pair = resolve_auto_pair(cfg, cfg.pair_from)
+            print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
         self.init_metadata = {}
         if cfg.init:
             self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
@@ -179,13 +169,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg)
         self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg), cfg.beta)
-        autocast = None
-        if cfg.amp == "bf16":
-            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
-        elif cfg.amp not in (None, "none"):
-            raise RamptoolError(f"unknown --amp {cfg.amp!r}; use bf16")
-        if cfg.batch_attacks not in ("auto", "on", "off"):
-            raise RamptoolError(f"unknown --batch-attacks {cfg.batch_attacks!r}; use auto, on or off")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else None
         # a CPU's cost grows linearly (or worse) with the batch, so concatenating only pays on a GPU
         batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
@@ -196,8 +180,13 @@ class Trainer:
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
+        self.running = _fresh_running()
+        self.replacing = False
+        # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
+        self.check_data = load_split(cfg.dataset, "test", cfg.data_dir, CLEAN_CHECK_POINTS) if cfg.init else None
+        self.start_clean = self.clean_accuracy() if cfg.init and resumed_state is None else None
         if resumed_state is not None:
-            self._load_state(resumed_state)
+            self._load_state(resumed_state, self.out / STATE_FILE)
 
     # ------------------------------------------------------------------ state
 
@@ -206,15 +195,30 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "combiner": self.combiner.state_dict(),
                 "method": self.method.state_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": torch.get_rng_state(), "config": dataclasses.asdict(self.cfg) | {"resume": False},
-                "history": self.history}
+                "history": self.history, "running": self.running, "start_clean": self.start_clean}
 
-    def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.combiner.load_state_dict(state["combiner"])
-        self.method.load_state_dict(state["method"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        torch.set_rng_state(state["rng"])
+    def _load_state(self, state: dict, path: Path) -> None:
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise RamptoolError(f"{path} is not a complete training state (no {missing[0]!r}); it was damaged or "
+                                f"edited")
+        try:
+            if not (isinstance(state["epoch"], int) and isinstance(state["step"], int) and state["epoch"] >= 0
+                    and 0 <= state["step"] < self.n_batches):
+                raise ValueError(f"epoch {state['epoch']!r}, step {state['step']!r} of {self.n_batches}")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.combiner.load_state_dict(state["combiner"])
+            self.method.load_state_dict(state["method"])
+            self.history = list(state["history"])
+            self.running = dict(state.get("running") or _fresh_running())
+            self.start_clean = state.get("start_clean")
+            torch.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise RamptoolError(f"{path} cannot be restored ({type(error).__name__}: {first}); it was damaged or "
+                                f"edited") from None
+        self.epoch, self.step = state["epoch"], state["step"]
 
     def metadata(self, finished: bool) -> dict:
         cfg = self.cfg
@@ -227,11 +231,14 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
-                "config": dataclasses.asdict(cfg)}
+                "start_clean": self.start_clean, "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
         save_state(self.out / STATE_FILE, self._state())
         save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+        if self.replacing:  # the new run has its checkpoint: the old one may go
+            discard_set_aside(self.out)
+            self.replacing = False
 
     # ------------------------------------------------------------------ loop
 
@@ -252,28 +259,47 @@ class Trainer:
             report = evaluate_union(self.model, x, y, norms, self.cfg.eps, attack="apgd", steps=self.cfg.eval_steps)
         return report["accuracy"]
 
+    @torch.no_grad()
+    def clean_accuracy(self) -> float:
+        """Clean accuracy on the fine-tune's check points (the first CLEAN_CHECK_POINTS test points)."""
+        from ramptool.methods import eval_mode
+
+        correct = 0
+        with eval_mode(self.model):
+            for x, y in iterate_batches(self.check_data, 500, shuffle=False):
+                correct += int((self.model(x.to(self.device)).argmax(1).cpu() == y).sum())
+        return correct / len(self.check_data)
+
     def run(self) -> dict:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.eval_n:
-            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
-        if not cfg.resume:
-            (self.out / "metrics.jsonl").write_text("")
-        progress = _progress(cfg.progress)
-        with interrupt_flag() as interrupted, progress:
-            while self.epoch < cfg.epochs:
-                self._run_epoch(progress, interrupted)
-        self.save(finished=True)
-        return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
+        try:
+            cfg = self.cfg
+            if cfg.eval_n:
+                self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
+            if not cfg.resume:
+                self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
+                (self.out / METRICS_FILE).write_text("")
+            progress = _progress(cfg.progress)
+            with interrupt_flag() as interrupted, progress:
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(progress, interrupted)
+            self.save(finished=True)
+            return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
+        finally:
+            if self.replacing:  # failed before its first checkpoint: the old run comes back
+                restore_set_aside(self.out)
+            self.lock.release()
 
     def _run_epoch(self, progress, interrupted) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
+            self.running = _fresh_running()
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=self.n_batches, completed=self.step,
                                  stats="") if not isinstance(progress, nullcontext) else None
-        sums: dict[str, float] = {}
-        seen, started = 0, time.perf_counter()
+        # sums, counts and time so far this epoch survive a mid-epoch checkpoint, so a resumed epoch reports what
+        # the uninterrupted one would; each stat is averaged over the samples of the batches that produced it
+        sums, counts = self.running["sums"], self.running["counts"]
+        started = time.perf_counter() - self.running["seconds"]
         batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                   augment=self.spec.augment, start=self.step)
         for x, y in batches:
@@ -286,12 +312,14 @@ class Trainer:
             loss, stats = self.combiner.train_step(self.model, self.optimizer,
                                                    lambda: self.method.loss(self.model, x, y), x, y)
             self.step += 1
-            seen += len(y)
+            self.running["images"] += len(y)
             for key, value in {"loss": loss, **stats}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * len(y)
+                counts[key] = counts.get(key, 0) + len(y)
+            self.running["seconds"] = time.perf_counter() - started
             if task is not None:
-                shown = "  ".join(f"{k} {v / seen:.3f}" for k, v in sums.items())
-                rate = seen / max(time.perf_counter() - started, 1e-9)
+                shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
+                rate = self.running["images"] / max(self.running["seconds"], 1e-9)
                 progress.update(task, advance=1, stats=f"{shown}  {rate:.0f} img/s  lr {lr:.4g}")
             if interrupted["hit"]:
                 self.save()
@@ -300,19 +328,26 @@ class Trainer:
         self.combiner.end_epoch(self.model)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
-                  "img_per_s": round(seen / max(seconds, 1e-9), 1),
-                  **{k: round(v / max(seen, 1), 5) for k, v in sums.items()}}
+                  "img_per_s": round(self.running["images"] / max(seconds, 1e-9), 1),
+                  **{k: round(v / counts[k], 5) for k, v in sums.items()}}
         self.epoch, self.step = epoch + 1, 0
         if cfg.eval_n:
             record["eval"] = self.evaluate()
+        if self.check_data is not None:
+            record["test_clean"] = round(self.clean_accuracy(), 5)
         self.history.append(record)
+        self.running = _fresh_running()
         self.save(finished=False)
-        with open(self.out / "metrics.jsonl", "a") as handle:
+        with open(self.out / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        _report_epoch(record)
+        _report_epoch(record, self.start_clean)
 
 
-def _report_epoch(record: dict) -> None:
+def _fresh_running() -> dict:
+    return {"sums": {}, "counts": {}, "images": 0, "seconds": 0.0}
+
+
+def _report_epoch(record: dict, start_clean: float | None) -> None:
     """One line per epoch, readable in a log file where the live progress bar does not render."""
     from rich.console import Console
 
@@ -320,6 +355,12 @@ def _report_epoch(record: dict) -> None:
              *(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "acc")))]
     if "eval" in record:
         parts.append("eval " + " ".join(f"{k} {100 * v:.1f}" for k, v in record["eval"].items()))
+    if "test_clean" in record and start_clean is not None:
+        parts.append(f"test clean {100 * record['test_clean']:.1f} (checkpoint {100 * start_clean:.1f})")
+        drop = start_clean - record["test_clean"]
+        if drop > CLEAN_DROP_WARNING:
+            parts.append(f"[bold red]WARNING: clean accuracy fell {100 * drop:.1f} points below the checkpoint's; "
+                         f"lower --lr?[/]")
     Console().print("  ".join(parts), highlight=False)
 
 

@@ -250,8 +250,8 @@ def test_finetune_cli_starts_from_a_checkpoint_and_records_lambda(tmp_path, clea
     (["train", "--pair", "linf", "--out", "x"], "two norms"),
     (["train", "--eps", "l3=1", "--out", "x"], "unknown norm"),
     (["train", "--method", "at", "--norms", "linf,l2", "--out", "x", "--subset", "64"], "exactly one norm"),
-    (["train", "--combiner", "nope", "--out", "x", "--subset", "64"], "unknown combiner"),
-    (["train", "--batch-attacks", "maybe", "--out", "x", "--subset", "64"], "unknown --batch-attacks"),
+    (["train", "--combiner", "nope", "--out", "x", "--subset", "64"], "--combiner must be one of: gp, gp-step"),
+    (["train", "--batch-attacks", "maybe", "--out", "x", "--subset", "64"], "--batch-attacks must be one of"),
 ])
 def test_cli_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     process = _run_cli(args, cwd=tmp_path)

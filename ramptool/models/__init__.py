@@ -88,7 +88,13 @@ def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, 
     if arch.startswith(TIMM_PREFIX):
         return get("backbone", "timm:<name>")(num_classes, in_chans, image_size,
                                                 timm_name=arch[len(TIMM_PREFIX):], **options)
-    return get("backbone", arch)(num_classes, in_chans, image_size, **options)
+    builder = get("backbone", arch)
+    try:
+        return builder(num_classes, in_chans, image_size, **options)
+    except TypeError as error:
+        if not options:  # not the user's doing
+            raise
+        raise RamptoolError(f"backbone {arch!r} cannot be built with the options {options}: {error}") from None
 
 
 def build_model(arch: str, num_classes: int, input_shape, mean, std, **options) -> Normalized:
