@@ -227,7 +227,8 @@ class TrainConfig:
 
     out: str = knob(help="Run folder: checkpoints, state.pt and metrics.jsonl go here (never wiped).",
                     path=True, recipe=False, on_resume="free")
-    dataset: str = knob("fashion-mnist", "Registered dataset.", choices=registered("dataset"))
+    dataset: str | None = knob(None, "Registered dataset.", choices=registered("dataset"),
+                               shown_default="the --ckpt's, else fashion-mnist")
     data_dir: str | None = knob(None, "Dataset root.", path=True, on_resume="free",
                                 shown_default="$RAMPTOOL_DATA or ~/.cache/ramptool/data")
     subset: int | None = knob(None, "Train on the first N training points.", positive=True,
@@ -291,9 +292,13 @@ class TrainConfig:
             self._fill_defaults()
 
     def _fill_defaults(self) -> None:
+        from ramptool.checkpoint import read_metadata
         from ramptool.data import get_dataset
         from ramptool.threat import DEFAULT_EPS
 
+        if self.dataset is None:  # a fine-tune continues on the data its checkpoint was trained on
+            known = (read_metadata(self.init) or {}).get("dataset") if self.init else None
+            self.dataset = convert("dataset", known or "fashion-mnist", Source(f"checkpoint {self.init}"))
         spec = get_dataset(self.dataset)
         defaults = {**MODE_DEFAULTS[self.mode], **spec.hyperparameters.get(self.mode, {})}
         source = Source(f"dataset {self.dataset}'s defaults")

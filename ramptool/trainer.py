@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -135,7 +136,8 @@ class Trainer:
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
         resumed_state = None
         if cfg.resume:
-            cfg = TrainConfig(**resumed_values(given_values(cfg), {name: name for name in given_values(cfg)}))
+            given = given_values(cfg)  # what the caller set; the rest comes from the saved run
+            cfg = TrainConfig(**resumed_values(given, {name: name for name in given}))
             resumed_state = load_state(self.out / STATE_FILE)
             if not isinstance(resumed_state, dict):
                 raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
@@ -156,6 +158,10 @@ class Trainer:
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
+            if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs of shape "
+                                    f"{tuple(self.init_metadata['input_shape'])} but {cfg.dataset} images are "
+                                    f"{tuple(self.spec.input_shape)}: wrong --dataset?")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
         else:
             from ramptool.models import build_model
@@ -183,8 +189,8 @@ class Trainer:
         self.running = _fresh_running()
         self.replacing = False
         # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
-        self.check_data = load_split(cfg.dataset, "test", cfg.data_dir, CLEAN_CHECK_POINTS) if cfg.init else None
-        self.start_clean = self.clean_accuracy() if cfg.init and resumed_state is None else None
+        self.check_data = self._clean_check_points() if cfg.init else None
+        self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
         if resumed_state is not None:
             self._load_state(resumed_state, self.out / STATE_FILE)
 
@@ -234,8 +240,12 @@ class Trainer:
                 "start_clean": self.start_clean, "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
-        save_state(self.out / STATE_FILE, self._state())
-        save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+        try:
+            save_state(self.out / STATE_FILE, self._state())
+            save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+        except OSError as error:  # disk full, folder removed, ...: the previous checkpoint is still whole
+            raise RamptoolError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}; the previous "
+                                f"checkpoint is intact") from None
         if self.replacing:  # the new run has its checkpoint: the old one may go
             discard_set_aside(self.out)
             self.replacing = False
@@ -258,6 +268,13 @@ class Trainer:
         with eval_mode(self.model):
             report = evaluate_union(self.model, x, y, norms, self.cfg.eps, attack="apgd", steps=self.cfg.eval_steps)
         return report["accuracy"]
+
+    def _clean_check_points(self):
+        try:
+            return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS)
+        except RamptoolError as error:  # e.g. an ImageFolder without val/: train anyway, unwatched
+            print(f"note: no clean-accuracy check against the checkpoint ({error})", file=sys.stderr)
+            return None
 
     @torch.no_grad()
     def clean_accuracy(self) -> float:

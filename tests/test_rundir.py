@@ -149,3 +149,23 @@ def test_a_tampered_state_is_one_clear_error(tmp_path, tamper, message):
     with pytest.raises(RamptoolError, match="state.pt") as error:
         train(TrainConfig(out=str(out), resume=True))
     assert message in str(error.value)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import ramptool.trainer
+    from ramptool.checkpoint import read_metadata
+
+    saves, save_checkpoint = [], ramptool.trainer.save_checkpoint
+
+    def disk_fills_up(path, model, metadata):
+        saves.append(path)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save_checkpoint(path, model, metadata)
+
+    monkeypatch.setattr(ramptool.trainer, "save_checkpoint", disk_fills_up)
+    with pytest.raises(RamptoolError, match="No space left on device; the previous checkpoint is intact"):
+        train(tiny(tmp_path, epochs=2))
+    assert read_metadata(tmp_path)["epoch"] == 1
