@@ -45,7 +45,7 @@ def _training_command(mode: str):
         cfg = build_train_config(flags, recipe=config)
         if mode == "train" and cfg.init and not cfg.resume:
             raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
-        if mode == "finetune" and not cfg.init:
+        if mode == "finetune" and not cfg.init and not cfg.resume:
             raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, or a state_dict with --arch)")
         summary = train(cfg)
         last = summary["history"][-1] if summary["history"] else {}

@@ -275,7 +275,8 @@ class TrainConfig:
                        on_resume="free")
     eval_n: int = knob(0, "After each epoch, an APGD evaluation on N test points (0: none).", minimum=0)
     eval_steps: int = knob(100, "APGD iterations of that evaluation.", positive=True)
-    amp: str = knob("none", "Autocast precision (CUDA).", choices=("none", "bf16"))
+    amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
+                           shown_default="none")
     channels_last: bool = knob(False, "Channels-last memory format (CUDA).")
     batch_attacks: str = knob("auto", "Run several norms' attacks as one batch (ramp, max, avg); auto = on for "
                                       "CUDA.", choices=("auto", "on", "off"))

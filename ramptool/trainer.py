@@ -3,7 +3,9 @@
 Reproducibility: the batch order depends on (seed, epoch), each batch's augmentation on (seed, epoch, step),
 and the global torch RNG is reseeded from (seed, epoch, step) before every step (random starts, E-AT/SAT norm
 sampling). A run restarted from any checkpoint therefore replays the rest exactly; checkpoints are written at
-every epoch end and on Ctrl-C (mid-epoch), always atomically.
+every epoch end and on Ctrl-C (mid-epoch), always atomically, and hold the epoch's running metric sums, so a
+resumed epoch reports the metrics of the uninterrupted one. The run folder is locked from the Trainer's creation
+to the end of ``run()`` (ramptool.rundir).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from ramptool.config import (
 from ramptool.errors import RamptoolError
 from ramptool.trainer import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHIPPED_CHECKPOINT = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 
 
@@ -138,7 +140,8 @@ def test_defaults_come_from_the_dataset_and_the_mode_and_give_way_to_recipe_and_
 
 def test_recipe_paths_are_relative_to_the_recipe_and_shipped_recipes_load_by_name(tmp_path, capsys):
     folder = tmp_path / "recipes"
-    folder.mkdir()
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "start.safetensors").symlink_to(SHIPPED_CHECKPOINT)
     (folder / "r.toml").write_text('ckpt = "models/start.safetensors"\npair-from = "/abs/pair.json"\n')
     cfg = build_train_config({"out": str(tmp_path / "run")}, recipe=folder / "r.toml")
     assert cfg.init == str(folder / "models" / "start.safetensors") and cfg.pair_from == "/abs/pair.json"

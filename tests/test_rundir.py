@@ -16,6 +16,8 @@ from ramptool.methods import Clean
 from ramptool.rundir import SET_ASIDE, set_aside
 from ramptool.trainer import RUN_FILES, TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny(out, **overrides) -> TrainConfig:
     return TrainConfig(out=str(out), subset=64, batch_size=32, method="clean", schedule="constant", lr=1e-3,

@@ -316,6 +316,7 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_per_norm_epoch_metrics_average_over_the_batches_that_used_the_norm(tmp_path, monkeypatch):
     """E-AT trains each batch on one norm: acc_linf is the accuracy over the linf batches, not their share of the
     epoch (issue 18: it read 0.25 where the model was right on ~0.7 of those batches)."""
@@ -336,6 +337,7 @@ def test_per_norm_epoch_metrics_average_over_the_batches_that_used_the_norm(tmp_
         assert record[f"acc_{norm}"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_epoch_metrics_after_a_mid_epoch_resume_equal_the_uninterrupted_runs(tmp_path, monkeypatch):
     settings = dict(method="sat", subset=320, attack_steps=1, seed=4)
     train(quick_config(tmp_path / "reference", **settings))
@@ -363,6 +365,7 @@ SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "ramptool" / "recipes" /
     "fmnist-linf-at.safetensors"
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_path, capsys):
     train(quick_config(tmp_path, init=str(SHIPPED_LINF_AT), method="at", norms=["linf"], optimizer="sgd", lr=1.0))
     [record] = _records(tmp_path)
@@ -372,6 +375,7 @@ def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_pa
     assert "WARNING: clean accuracy fell" in line and f"(checkpoint {100 * start:.1f})" in line
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_finetune_takes_the_checkpoints_dataset_and_refuses_other_inputs(tmp_path):
     from ramptool.checkpoint import save_checkpoint
     from ramptool.models import build_model
@@ -387,6 +391,7 @@ def test_finetune_takes_the_checkpoints_dataset_and_refuses_other_inputs(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_the_readme_finetune_command_with_its_defaults_keeps_clean_accuracy(tmp_path, capsys):
     """`ramptool finetune --ckpt <shipped l∞-AT model> --pair linf,l1 --out X`, on 1024 training points. With the
     CIFAR settings it used to default to (SGD lr 0.05) these 8 steps cost 21.6 points of clean accuracy."""
