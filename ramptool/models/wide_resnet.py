@@ -60,5 +60,7 @@ class WideResNet(nn.Module):
 
     def forward(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = F.adaptive_avg_pool2d(self.relu(self.bn1(out)), 1).flatten(1)
+        out = self.relu(self.bn1(out))
+        # global average pooling written as RobustBench's WideResNet writes it, so imported logits match bit for bit
+        out = F.avg_pool2d(out, out.shape[-2:]).flatten(1)
         return self.fc(out)
