@@ -150,6 +150,17 @@ def plugins():
     console.print(table)
 
 
+def _export_sidecar(weights_path) -> dict | None:
+    """The JSON that ``ramptool export`` wrote beside a weights file, if it is there."""
+    from ramptool.checkpoint import sidecar_path
+
+    try:
+        sidecar = json.loads(sidecar_path(weights_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return sidecar if isinstance(sidecar, dict) and sidecar.get("format") == "ramptool-export" else None
+
+
 @app.command()
 def info(
     ckpt: str = typer.Argument(..., help=CKPT_HELP),
@@ -173,10 +184,10 @@ def info(
             console.print(f"{path}: plain state_dict, {len(weights)} tensors, no ramptool metadata: import it with "
                           f"--arch ARCH --dataset NAME --normalize none|dataset|MEAN/STD (default none: the network "
                           f"takes [0,1] pixels)", highlight=False, soft_wrap=True)
-            exported = sidecar_path(path)
-            if exported.is_file():
-                console.print(f"{exported} (ramptool export) says: {exported.read_text()}", highlight=False,
-                              soft_wrap=True)
+            sidecar = _export_sidecar(path)
+            if sidecar is not None:
+                console.print(f"{sidecar_path(path).name} (written by ramptool export): input {sidecar['input']}; "
+                              f"import again with {sidecar['import']}", highlight=False, soft_wrap=True)
             return
         notes = [f"source: {json.dumps(metadata['source'], default=str)}"] if metadata.get("source") else []
     if as_json:

@@ -268,6 +268,10 @@ def test_export_writes_the_bare_network_and_imports_back_exactly(tmp_path, preac
     assert sidecar["normalize"] == "dataset" and sidecar["mean"] == list(CIFAR10_MEAN)
     assert sidecar["import"] == f"--ckpt {out.name} --arch preact-resnet18 --dataset cifar10 --normalize dataset"
 
+    with pytest.raises(SystemExit):
+        main(["info", str(out)])
+    assert f"import again with --ckpt {out.name} --arch preact-resnet18" in " ".join(capsys.readouterr().out.split())
+
     reimported, _ = load_checkpoint(out, arch=sidecar["arch"], dataset=sidecar["dataset"],
                                     normalize=sidecar["normalize"])
     assert_same_tensors(reimported.state_dict(), wrapped.state_dict())
