@@ -154,10 +154,13 @@ def test_a_wrong_zoo_name_is_a_clear_error(spec, message):
         load_checkpoint(spec)
 
 
-def test_zoo_models_keep_their_input_convention(zoo):
+def test_zoo_models_keep_their_input_convention_and_load_tensors_only(zoo, monkeypatch):
     with pytest.raises(RamptoolError, match="RobustBench's input convention: drop --arch, --arch-option and "
                                             "--normalize"):
         load_checkpoint(WIDE_RESNET, model_dir=zoo[0], normalize="dataset")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # would let RobustBench's torch.load unpickle
+    with pytest.raises(RamptoolError, match="unset TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        load_checkpoint(WIDE_RESNET, model_dir=zoo[0])
 
 
 def test_info_on_a_zoo_model_shows_its_convention_and_weights(zoo, tmp_path, capsys):
