@@ -183,7 +183,7 @@ def recorded_normalize(metadata: dict) -> str:
     """The --normalize a checkpoint records (checkpoints before the option always normalised by mean/std)."""
     if "normalize" in metadata:
         return metadata["normalize"]
-    return "none" if metadata.get("mean") is None else "/".join(",".join(f"{v:g}" for v in metadata[k])
+    return "none" if metadata.get("mean") is None else "/".join(",".join(str(v) for v in metadata[k])
                                                                  for k in ("mean", "std"))
 
 
