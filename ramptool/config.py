@@ -33,7 +33,8 @@ from ramptool.schedules import SCHEDULES
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 # Defaults of the fields whose default depends on the mode (fine-tuning = ``init`` is set) and on the dataset:
-# the paper's CIFAR-10 settings (SPEC.md §7), which a dataset overrides with DatasetSpec.hyperparameters.
+# the paper's CIFAR-10 settings (docs/METHOD.md#training-settings-and-reference-numbers), which a dataset
+# overrides with DatasetSpec.hyperparameters.
 MODE_DEFAULTS = {
     "train": {"lam": 2.0, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "static"},
     "finetune": {"lam": 0.5, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "piecewise-ft"},
@@ -166,8 +167,8 @@ def eps_table(value: Any, text: bool) -> dict[str, float]:
 
 
 def option_table(value: Any, text: bool) -> dict[str, Any]:
-    """Component options: a TOML table / dict, or the command line's repeated ``key=value`` (values read as TOML
-    literals: 3, 0.5, true, "x"; anything else stays a string)."""
+    """Component options: a TOML table / dict, or the command line's repeated ``key=value`` (keys with - or _;
+    values true/false, none, integers and numbers are typed, anything else stays a string)."""
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise Invalid("a table of name = value options")
@@ -178,12 +179,22 @@ def option_table(value: Any, text: bool) -> dict[str, Any]:
     for entry in value:
         key, sep, raw = entry.partition("=")
         if not sep or not key.strip():
-            raise Invalid(detail=f"takes key=value, got {entry!r}")
-        try:
-            options[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key.strip()] = raw.strip()
+            raise Invalid(detail=f"{entry!r} must look like key=value, e.g. cifar_stem=true")
+        options[key.strip().replace("-", "_")] = _option_value(raw.strip())
     return options
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def device_name(value: Any, text: bool) -> str:
@@ -235,10 +246,18 @@ class TrainConfig:
                               shown_default="all")
     arch: str | None = knob(None, "Backbone to train (any registered one, or timm:<name>), or the architecture of a "
                                   "plain state_dict given to --ckpt.", shown_default="small-cnn")
-    arch_options: dict = knob(help="Backbone option, e.g. activation=softplus (repeatable).",
+    arch_options: dict = knob(help="Backbone option key=value, e.g. cifar_stem=true for timm ResNets, "
+                                   "sub_block1=true for TRADES-style WideResNet state_dicts (repeatable).",
                               default_factory=dict, flag="--arch-option", parse=option_table)
-    init: str | None = knob(None, "Checkpoint (file or run folder) to fine-tune.", flag="--ckpt", path=True,
+    init: str | None = knob(None, "Checkpoint to fine-tune: a file, a run folder, or "
+                                  "robustbench:<dataset>/<threat_model>/<name>.", flag="--ckpt", path=True,
                             shown_default="none: train from scratch")
+    normalize: str | None = knob(None, "Input normalisation inside the model: none, dataset or MEAN/STD.",
+                                 shown_default="dataset for a new model, none for a plain state_dict, what a "
+                                               "ramptool checkpoint records")
+    model_dir: str | None = knob(None, "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for "
+                                       "--ckpt robustbench:<dataset>/<threat_model>/<name>.", path=True,
+                                 on_resume="free", shown_default="./models")
     method: str = knob("ramp", "Training method (`ramptool plugins` lists them).", choices=registered("method"))
     norms: list[str] = knob(help="Norms for max, avg, msd, sat and at.",
                             default_factory=lambda: ["linf", "l2", "l1"], parse=norm_list)
@@ -406,8 +425,8 @@ def _convert(name: str, value: Any, source: Source) -> Any:
         choices = _choices(spec)
         if not isinstance(value, str) or not value.strip() or (choices is not None and value not in choices):
             raise Invalid(f"one of: {', '.join(choices)}" if choices is not None else "a non-empty string")
-        if spec.path and source.base is not None:
-            value = str(source.base / Path(value).expanduser())  # an absolute value stays as it is
+        if spec.path and source.base is not None and not re.match(r"[a-z][a-z0-9+.-]+:", value):
+            value = str(source.base / Path(value).expanduser())  # absolute paths and robustbench:... stay
         return value
     if kind is dict:
         return option_table(value, source.text)
@@ -503,20 +522,24 @@ def build_train_config(flags: dict[str, Any] | None = None, recipe: str | Path |
     (command-line text; None = not given). With ``resume`` set, the run saved in ``out`` supplies the rest, and
     any given value that differs from it is an error listing them all (only ``on_resume`` "free" fields may
     change, and "extend" ones grow)."""
-    given: dict[str, tuple[Any, Source, str]] = {}
+    layers: list[tuple[str, Any, Source, str]] = []  # (field, value, source, key), lowest precedence first
     if recipe is not None:
         path, entries = read_recipe(recipe)
         source = Source(f"recipe {path}", base=path.resolve().parent)
-        given.update({name: (value, source, key) for name, (key, value) in entries.items()})
+        layers += [(name, value, source, key) for name, (key, value) in entries.items()]
     for name, value in (overrides or {}).items():
         if name not in FIELDS:
             raise ConfigError(f"TrainConfig has no field {name!r}")
-        given[name] = (value, PYTHON, name)
-    for name, value in (flags or {}).items():
-        if value is not None and value != []:
-            given[name] = (value, COMMAND_LINE, flag_of(name))
-    values = {name: convert(name, value, source, key) for name, (value, source, key) in given.items()}
-    labels = {name: source.describe(name, key) for name, (_, source, key) in given.items()}
+        layers.append((name, value, PYTHON, name))
+    layers += [(name, value, COMMAND_LINE, flag_of(name)) for name, value in (flags or {}).items()
+               if value is not None and value != []]
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for name, value, source, key in layers:
+        converted = convert(name, value, source, key)
+        if knob_of(name).parse is option_table and name in values:  # option tables merge, key by key
+            converted = {**values[name], **converted}
+        values[name], labels[name] = converted, source.describe(name, key)
     if "out" not in values:
         raise ConfigError("--out DIR is required (the run folder; it is never wiped)")
     if values.get("resume"):

@@ -95,7 +95,7 @@ SMALL_GRAYSCALE_HYPERPARAMETERS = {
     "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine"},
     "finetune": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.0},
 }
-# SPEC.md §7: ImageNet fine-tuning runs at lr 0.005 with weight decay 1e-4
+# the paper's ImageNet fine-tuning: lr 0.005, weight decay 1e-4 (docs/METHOD.md#training-settings-and-reference-numbers)
 IMAGENET_HYPERPARAMETERS = {"finetune": {"lr": 0.005, "weight_decay": 1e-4}}
 
 

@@ -25,6 +25,7 @@ from ramptool.checkpoint import (
     STATE_FILE,
     load_checkpoint,
     load_state,
+    recorded_normalize,
     remove_orphans,
     run_finished,
     save_checkpoint,
@@ -156,7 +157,9 @@ class Trainer:
             print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
         self.init_metadata = {}
         if cfg.init:
-            self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
+            self.model, self.init_metadata = load_checkpoint(
+                cfg.init, arch=cfg.arch, dataset=cfg.dataset, normalize=cfg.normalize,
+                arch_options=cfg.arch_options, model_dir=cfg.model_dir)
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
@@ -165,13 +168,17 @@ class Trainer:
                                     f"{tuple(self.init_metadata['input_shape'])} but {cfg.dataset} images are "
                                     f"{tuple(self.spec.input_shape)}: wrong --dataset?")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
+            self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
+            self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model
+            from ramptool.models import build_model, resolve_normalize
 
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
+            label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
+            self.normalization = {"normalize": label, "mean": mean, "std": std}
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
-                                     self.spec.mean, self.spec.std, **cfg.arch_options)
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
+                                     **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -232,14 +239,15 @@ class Trainer:
         cfg = self.cfg
         return {"arch": self.arch, "arch_options": self.arch_options,
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "dataset": cfg.dataset,
+                **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
                 "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
-                "start_clean": self.start_clean, "config": dataclasses.asdict(cfg)}
+                "source": self.init_metadata.get("source"), "start_clean": self.start_clean,
+                "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
         try:

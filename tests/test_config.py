@@ -80,7 +80,7 @@ def test_a_recipe_that_is_not_utf8_is_one_clear_error(tmp_path):
     (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got gpu"),
     (["--optimizer", "lbfgs"], "--optimizer must be one of: sgd, adam, got lbfgs"),
-    (["--arch-option", "width"], "--arch-option: takes key=value, got 'width'"),
+    (["--arch-option", "width"], "--arch-option: 'width' must look like key=value"),
     (["--config", "no-such-recipe"], "recipe not found: no-such-recipe"),
     (["--resume", "--overwrite"], "choose one"),
 ])
