@@ -217,9 +217,12 @@ class TrainConfig:
 
         workers: int = knob(4, "DataLoader worker processes per rank.", minimum=0, on_resume="free")
 
-    - type: the annotation. ``int``, ``float``, ``str``, ``bool``, ``list[str]``, ``dict``, each optionally
-      ``| None`` (None then means "not set"). Command-line text is parsed into it; recipes and Python must give
-      the type itself (an int is accepted for a float).
+    - type: the annotation. ``int``, ``float``, ``str``, ``bool``, ``list[str]`` (norms), ``dict`` (options: a
+      TOML table, or a repeatable ``--flag key=value``; layers merge key by key), each optionally ``| None``
+      (None then means "not set"). Command-line text is parsed into it; recipes and Python must give the type
+      itself (an int is accepted for a float). E.g.
+      ``combiner_options: dict = knob(help="Combiner option key=value (repeatable).", default_factory=dict,
+      flag="--combiner-option")``.
     - default: ``knob(default, help)``, or ``knob(help=..., default_factory=list)`` for mutable ones; a default
       that depends on the dataset is None here plus an entry in ``MODE_DEFAULTS``.
     - help: one sentence for ``--help``; the default is appended as ``[default: X]`` (``shown_default="..."``
@@ -248,7 +251,7 @@ class TrainConfig:
                                   "plain state_dict given to --ckpt.", shown_default="small-cnn")
     arch_options: dict = knob(help="Backbone option key=value, e.g. cifar_stem=true for timm ResNets, "
                                    "sub_block1=true for TRADES-style WideResNet state_dicts (repeatable).",
-                              default_factory=dict, flag="--arch-option", parse=option_table)
+                              default_factory=dict, flag="--arch-option")
     init: str | None = knob(None, "Checkpoint to fine-tune: a file, a run folder, or "
                                   "robustbench:<dataset>/<threat_model>/<name>.", flag="--ckpt", path=True,
                             shown_default="none: train from scratch")
@@ -362,6 +365,11 @@ def base_type(name: str) -> tuple[type, bool]:
         concrete = [m for m in members if m is not type(None)]
         return typing.get_origin(concrete[0]) or concrete[0], type(None) in members
     return typing.get_origin(hint) or hint, False
+
+
+def is_option_table(name: str) -> bool:
+    """A ``dict`` field read as options: a TOML table, or a repeatable ``--flag key=value`` on the command line."""
+    return base_type(name)[0] is dict and knob_of(name).parse in (None, option_table)
 
 
 def _number_phrase(kind: str, spec: Knob) -> str:
@@ -537,7 +545,7 @@ def build_train_config(flags: dict[str, Any] | None = None, recipe: str | Path |
     labels: dict[str, str] = {}
     for name, value, source, key in layers:
         converted = convert(name, value, source, key)
-        if knob_of(name).parse is option_table and name in values:  # option tables merge, key by key
+        if is_option_table(name) and name in values:  # option tables merge, key by key
             converted = {**values[name], **converted}
         values[name], labels[name] = converted, source.describe(name, key)
     if "out" not in values:
@@ -644,7 +652,7 @@ def cli_options(exclude: Iterable[str] = ()) -> list[tuple[str, type, Any]]:
             decls = flag if "/" in flag or spec.flag else f"{flag}/--no-{name.replace('_', '-')}"
             option = typer.Option(None, decls, help=text, show_default=False)
             options.append((name, bool | None, option))
-        elif kind is dict and spec.parse is option_table:
+        elif is_option_table(name):
             option = typer.Option(None, flag, help=text, show_default=False, metavar="<key=value>")
             options.append((name, list[str] | None, option))
         else:

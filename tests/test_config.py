@@ -133,9 +133,10 @@ def test_defaults_come_from_the_dataset_and_the_mode_and_give_way_to_recipe_and_
     assert (cifar.optimizer, cifar.lr, cifar.weight_decay, cifar.schedule) == ("sgd", 0.05, 5e-4, "static")
     assert cifar.eps["linf"] == pytest.approx(8 / 255)
     recipe = tmp_path / "r.toml"
-    recipe.write_text('optimizer = "sgd"\nlr = 0.01\nepochs = 3\n')
-    merged = build_train_config({"out": str(tmp_path), "lr": "0.02"}, recipe=recipe)
+    recipe.write_text('optimizer = "sgd"\nlr = 0.01\nepochs = 3\n[arch_options]\nwidth = 8\n')
+    merged = build_train_config({"out": str(tmp_path), "lr": "0.02", "arch_options": ["depth=2"]}, recipe=recipe)
     assert (merged.optimizer, merged.lr, merged.epochs, merged.weight_decay) == ("sgd", 0.02, 3, 0.0)
+    assert merged.arch_options == {"width": 8, "depth": 2}  # option tables merge key by key
 
 
 def test_recipe_paths_are_relative_to_the_recipe_and_shipped_recipes_load_by_name(tmp_path, capsys):
