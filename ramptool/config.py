@@ -593,10 +593,13 @@ def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, A
             conflicts.append(f"{labels[name]} {_plain(value)} (saved: {_plain(before)})")
     if conflicts:
         what = "differs" if len(conflicts) == 1 else "differ"
+        grow = ", ".join(flag_of(n) for n in FIELDS if knob_of(n).on_resume == "extend")
+        free = ", ".join(flag_of(n) for n in FIELDS
+                         if knob_of(n).on_resume == "free" and n not in ("out", "resume", "overwrite"))
         raise ConfigError(f"--resume continues the run saved in {given['out']} as it was configured, but "
                           f"{'; '.join(conflicts)} {what} from it. Drop {'it' if len(conflicts) == 1 else 'them'} "
-                          f"(only --epochs may change, to extend the run; --device, --data-dir and --progress are "
-                          f"free), or start a new run with another --out or --overwrite")
+                          f"({grow} may grow, to extend the run; {free} may change), or start a new run with "
+                          f"another --out or --overwrite")
     return {**saved, **changes, "resume": True}
 
 
