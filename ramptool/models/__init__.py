@@ -32,6 +32,11 @@ def small_cnn(num_classes, in_chans, image_size, **options):
     return SmallCNN(num_classes, in_chans, image_size, **options)
 
 
+def small_cnn_bn(num_classes, in_chans, image_size, **options):
+    """Small CNN with BatchNorm after each convolution (BatchNorm / --sync-bn behaviour on a CPU)."""
+    return SmallCNN(num_classes, in_chans, image_size, batchnorm=True, **options)
+
+
 def preact_resnet18(num_classes, in_chans, image_size, activation="relu", **options):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
     return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation, **options)
@@ -73,6 +78,7 @@ def timm_model(num_classes, in_chans, image_size, timm_name=None, cifar_stem=Fal
 def register_backbones():
     return {
         "small-cnn": small_cnn,
+        "small-cnn-bn": small_cnn_bn,
         "preact-resnet18": preact_resnet18,
         "preact-resnet18-softplus": preact_resnet18_softplus,
         "wrn-28-10": _wide_resnet(28, 10),
