@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ramptool.errors import RamptoolError
@@ -214,7 +215,8 @@ def main(argv=None):
     from ramptool import distributed
 
     try:
-        app(args=argv, standalone_mode=True)
+        with distributed.guard():
+            app(args=argv, standalone_mode=True)
     except SystemExit as done:
         if done.code in (0, None):  # after a failure a peer may be gone: leave the group to the exit
             distributed.shutdown()
@@ -222,7 +224,8 @@ def main(argv=None):
     except RamptoolError as error:
         # under torchrun every process says what stopped it, so a failure on one node is not lost
         where = f"rank {distributed.rank()}: " if distributed.launched() else ""
-        Console(stderr=True).print(f"[bold red]error:[/] {where}{error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(error))}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(error.exit_code)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ def setup(device: torch.device) -> Distributed:
 
 def _stop_on_sigterm() -> None:
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun may repeat it: one is enough to stop cleanly
         raise StopRequested
 
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM as it is
@@ -305,8 +307,9 @@ def guard(note: str = ""):
         if not active() or not _is_lost_peer(error):
             raise
         if isinstance(error, StopRequested):
-            cause = "stopped by SIGTERM (torchrun stops every process when one fails or the run is interrupted)"
+            cause = "torchrun stopped this process (SIGTERM): another process failed or the run was interrupted"
         else:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo starts with its source location
             cause = f"lost contact with another process ({type(error).__name__}: {first[:160]})"
-        raise PeerLost(f"{cause}; stopped{'; ' + note if note else ''}") from None
+        raise PeerLost(f"{cause}{'; ' + note if note else ''}") from None
