@@ -66,8 +66,8 @@ class Distributed:
 
 
 def launched() -> bool:
-    """Whether torchrun (or another launcher speaking its environment protocol) started several processes."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun (or another launcher speaking its environment protocol) started this process."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def timeout_seconds() -> float:
@@ -89,8 +89,8 @@ def setup(device: torch.device) -> Distributed:
         return Distributed(device=device)
     env = {key: int(os.environ[key]) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
            if key in os.environ}
-    if "RANK" not in env or "LOCAL_RANK" not in env:
-        raise RamptoolError("WORLD_SIZE is set but RANK or LOCAL_RANK is not: start ramptool with torchrun")
+    if "LOCAL_RANK" not in env:
+        raise RamptoolError("RANK and WORLD_SIZE are set but LOCAL_RANK is not: start ramptool with torchrun")
     local_world = env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])
     if device.type == "cuda":
         visible = torch.cuda.device_count()
