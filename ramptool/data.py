@@ -99,10 +99,7 @@ class FolderSplit:
     def tensors(self, indices=None) -> tuple[torch.Tensor, torch.Tensor]:
         """[0,1] images of ``indices`` (default: all), decoded by worker processes."""
         chosen = torch.arange(len(self)) if indices is None else torch.as_tensor(indices)
-        loader = batch_loader(self.subset(chosen), 256, shuffle=False, workers=default_workers(self, "cpu"))
-        parts = list(loader)
-        if not parts:
-            return torch.zeros(0, *self.load(0)[0].shape), torch.zeros(0, dtype=torch.int64)
+        parts = list(batch_loader(self.subset(chosen), 256, shuffle=False, workers=default_workers(self, "cpu")))
         return to_unit_float(torch.cat([x for x, _ in parts])), torch.cat([y for _, y in parts])
 
 
@@ -417,8 +414,7 @@ def batch_loader(data, batch_size: int, shuffle: bool = True, seed: int = 0, epo
         raise RamptoolError(f"--workers must be >= 0, got {workers}")
     batches = EpochBatches(data, batch_size, shuffle, seed, epoch, augment, drop_last, rank, world_size)
     return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, len(batches)),
-                                       num_workers=workers, pin_memory=pin_memory,
-                                       prefetch_factor=4 if workers else None)
+                                       num_workers=workers, pin_memory=pin_memory)
 
 
 def iterate_batches(data, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,

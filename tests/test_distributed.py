@@ -141,6 +141,19 @@ def test_image_folder_takes_its_size_and_its_random_crops_do_not_depend_on_worke
         dataset_spec("imagefolder", std=[0.2])
 
 
+def test_an_image_is_corrupted_the_same_whichever_share_of_the_points_it_is_in():
+    from ramptool.evaluation.corruptions import corrupt_images
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)
+    for corruption in ("gaussian_noise", "impulse_noise"):
+        whole = corrupt_images(images, corruption, 3, seed=1)
+        shares = [corrupt_images(images[:2], corruption, 3, seed=1),
+                  corrupt_images(images[2:], corruption, 3, seed=1, first_index=2)]
+        assert np.array_equal(np.concatenate(shares), whole), corruption
+        # its noise comes from its index: the same image at another index is corrupted differently
+        assert not np.array_equal(whole[0], corrupt_images(images[:1], corruption, 3, seed=1, first_index=4)[0])
+
+
 def test_one_process_sees_the_distributed_helpers_as_the_identity():
     value = torch.tensor(0.25)
     assert distributed.global_mean(value, 7) is value and distributed.agree(5) == 5
