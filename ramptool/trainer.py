@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -193,6 +194,7 @@ class Trainer:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
+            _check_input_convention(cfg, self.init_metadata)
         else:
             from ramptool.models import build_model
 
@@ -357,6 +359,20 @@ class Trainer:
         if cfg.tensorboard:
             board.write(record)
         _report_epoch(record)
+
+
+def _check_input_convention(cfg: TrainConfig, metadata: dict) -> None:
+    """A fine-tuned model keeps its input size and normalisation: options that contradict them are mistakes."""
+    given = {"image-size": (cfg.image_size, metadata["input_shape"][-1]), "mean": (cfg.mean, metadata["mean"]),
+             "std": (cfg.std, metadata["std"])}
+    for flag, (asked, own) in given.items():
+        if asked is None:
+            continue
+        asked, own = (list(v) if isinstance(v, list | tuple) else [v] for v in (asked, own))
+        if len(asked) != len(own) or not all(map(math.isclose, asked, own)):
+            raise RamptoolError(f"--{flag} {','.join(f'{v:g}' for v in asked)} contradicts checkpoint {cfg.init}, "
+                                f"which takes {','.join(f'{v:g}' for v in own)}: a fine-tuned model keeps its "
+                                f"input size and normalisation")
 
 
 def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:

@@ -141,6 +141,12 @@ def test_image_folder_takes_its_size_and_its_random_crops_do_not_depend_on_worke
         dataset_spec("imagefolder", std=[0.2])
 
 
+def test_fine_tuning_refuses_a_normalisation_the_checkpoint_does_not_have(tmp_path):
+    for option, message in (({"mean": [0.5]}, "--mean 0.5 contradicts"), ({"std": [0.2]}, "--std 0.2 contradicts")):
+        with pytest.raises(RamptoolError, match=message):
+            train(TrainConfig(out=str(tmp_path), init=str(SHIPPED_LINF_AT), device="cpu", subset=64, **option))
+
+
 def test_an_image_is_corrupted_the_same_whichever_share_of_the_points_it_is_in():
     from ramptool.evaluation.corruptions import corrupt_images
 
