@@ -274,8 +274,8 @@ def register_datasets():
                                 "ImageNet as an ImageFolder (train/, val/); resize 256, center-crop 224 "
                                 "(--image-size)", resizable=True),
         "imagefolder": DatasetSpec(_image_folder(), (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, None,
-                                   "Any ImageFolder tree (train/<class>/, val/<class>/), ImageNet transforms; "
-                                   "--image-size, --mean, --std", resizable=True),
+                                   "Any ImageFolder tree (train/<class>/, val/<class>/), ImageNet transforms "
+                                   "(--image-size)", resizable=True),
     }
 
 
@@ -285,24 +285,15 @@ def get_dataset(name: str) -> DatasetSpec:
     return get("dataset", name)
 
 
-def dataset_spec(name: str, image_size: int | None = None, mean=None, std=None) -> DatasetSpec:
-    """The registered dataset with the image size and normalisation of this run (image folders take any)."""
+def dataset_spec(name: str, image_size: int | None = None) -> DatasetSpec:
+    """The registered dataset at the image size of this run (image folders take any)."""
     spec = get_dataset(name)
-    channels = spec.input_shape[0]
-    if image_size is not None and image_size != spec.input_shape[-1]:
-        if not spec.resizable or image_size <= 0:
-            raise RamptoolError(f"dataset {name} has {spec.input_shape[-1]}x{spec.input_shape[-1]} images; "
-                                f"--image-size applies to image folders (imagenet, imagefolder) and must be positive")
-        spec = dataclasses.replace(spec, input_shape=(channels, image_size, image_size))
-    for flag, values in (("mean", mean), ("std", std)):
-        if values is None:
-            continue
-        values = tuple(float(v) for v in values)
-        if len(values) != channels or (flag == "std" and min(values) <= 0):
-            raise RamptoolError(f"--{flag} needs {channels} value(s) for {name}"
-                                f"{' (all positive)' if flag == 'std' else ''}, got {','.join(map(str, values))}")
-        spec = dataclasses.replace(spec, **{flag: values})
-    return spec
+    if image_size is None or image_size == spec.input_shape[-1]:
+        return spec
+    if not spec.resizable or image_size <= 0:
+        raise RamptoolError(f"dataset {name} has {spec.input_shape[-1]}x{spec.input_shape[-1]} images; "
+                            f"--image-size applies to image folders (imagenet, imagefolder) and must be positive")
+    return dataclasses.replace(spec, input_shape=(spec.input_shape[0], image_size, image_size))
 
 
 def load_split(name: str, split: str, data_dir=None, subset: int | None = None, download: bool = True,

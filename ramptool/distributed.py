@@ -1,4 +1,4 @@
-"""Data-parallel training and evaluation under torchrun (SPEC.md §10).
+"""Data-parallel training and evaluation under torchrun (docs/METHOD.md#distributed-training).
 
 ramptool never starts processes itself: ``torchrun --nproc_per_node N -m ramptool ...`` (or torchrun's
 rendezvous across nodes) starts one process per device and describes the run in the environment (RANK,

@@ -1,13 +1,15 @@
-"""Training methods: small objects that turn a batch into a loss (SPEC.md §4, §6). One trainer runs them all.
+"""Training methods: small objects that turn a batch into a loss. One trainer runs them all.
+
+Their losses are stated in docs/METHOD.md#ramps-objective (RAMP) and docs/METHOD.md#baselines (the others).
 
 A method receives the model in train mode, switches it to eval mode while it attacks (APGD's BatchNorm must not
 see or update batch statistics of adversarial iterates), and computes its loss in train mode. Accuracy stats are
 returned as tensors so the trainer decides when to synchronise with the device.
 
 Under torchrun every method sees its rank's slice of the global batch and a DistributedDataParallel model
-(SPEC.md §10): means go through ``distributed.global_mean`` so that they are means over the global batch (RAMP's
-pairing loss over the points kept on every rank), random choices that must agree go through
-``distributed.agree``, and attacks run on the module inside DDP (per-rank work, no gradient reduction).
+(docs/METHOD.md#distributed-training): means go through ``distributed.global_mean`` so that they are means over
+the global batch (RAMP's pairing loss over the points kept on every rank), random choices that must agree go
+through ``distributed.agree``, and attacks run on the module inside DDP (per-rank work, no gradient reduction).
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ class RAMP(TrainingMethod):
         take_q = (result_q.loss >= result_r.loss)[:, None]
         loss_max = _cross_entropy(torch.where(take_q, logits_q, logits_r), y)
         kept = (logits_q.argmax(1) == y).detach()
-        # the mean over the points kept on every rank, not over this rank's (SPEC.md §10)
+        # the mean over the points kept on every rank, not over this rank's (docs/METHOD.md#distributed-training)
         loss_pair = distributed.global_mean(self.pairing_loss(logits_q[kept], logits_r[kept]), kept.sum())
         stats = {f"acc_{q}": _accuracy(logits_q, y), f"acc_{r}": _accuracy(logits_r, y),
                  "loss_pair": loss_pair.detach()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -29,6 +28,7 @@ from ramptool.checkpoint import (
     STATE_FILE,
     load_checkpoint,
     load_state,
+    recorded_normalize,
     run_finished,
     save_checkpoint,
     save_state,
@@ -56,8 +56,16 @@ class TrainConfig:
     data_dir: str | None = None
     subset: int | None = None
     arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
-    arch_options: dict = field(default_factory=dict)
+    arch_options: dict = field(default_factory=dict, metadata={
+        "help": "Backbone options key=value, e.g. cifar_stem=true for timm ResNets, sub_block1=true for "
+                "TRADES-style WideResNet state_dicts."})
     init: str | None = None  # fine-tuning: the checkpoint to start from
+    normalize: str | None = field(default=None, metadata={
+        "help": "Input normalisation inside the model: none, dataset or MEAN/STD (default: dataset for a new "
+                "model, none for a plain state_dict, what a ramptool checkpoint records)."})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for --ckpt "
+                "robustbench:<dataset>/<threat_model>/<name> (default: ./models)."})
     method: str = "ramp"
     norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
     pair: list[str] | None = None
@@ -84,12 +92,15 @@ class TrainConfig:
     amp: str | None = None
     channels_last: bool = False
     batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
-    image_size: int | None = None  # image folders: training/evaluation resolution (default: the dataset's)
-    mean: list[float] | None = None  # normalisation inside the model (default: the dataset's)
-    std: list[float] | None = None
-    workers: int | None = None  # DataLoader worker processes per training process (None: from the CPU count)
-    sync_bn: bool = False  # BatchNorm statistics over the global batch under torchrun (SyncBatchNorm)
-    tensorboard: str | None = None  # folder for TensorBoard event files (every metrics.jsonl scalar)
+    image_size: int | None = field(default=None, metadata={
+        "help": "Image folders (imagenet, imagefolder): the side images are cropped to (default: 224)."})
+    workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes per training process (default: the process's share of the CPUs "
+                "minus one, at most 8; 0 for in-memory datasets on a CPU)."})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)."})
+    tensorboard: str | None = field(default=None, metadata={
+        "help": "Folder for TensorBoard logs of every scalar metrics.jsonl holds."})
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -180,7 +191,7 @@ class Trainer:
                                                  workers=self.cfg.workers)
         self.dist = distributed.setup(resolve_device(cfg.device))
         self.device = self.dist.device
-        self.spec = dataset_spec(cfg.dataset, cfg.image_size, cfg.mean, cfg.std)
+        self.spec = dataset_spec(cfg.dataset, cfg.image_size)
         self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
@@ -189,19 +200,27 @@ class Trainer:
             self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
         if cfg.init:
-            self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
+            self.model, self.init_metadata = load_checkpoint(
+                cfg.init, arch=cfg.arch, dataset=cfg.dataset, normalize=cfg.normalize,
+                arch_options=cfg.arch_options, model_dir=cfg.model_dir)
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
+            if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
-            _check_input_convention(cfg, self.init_metadata)
+            self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
+            self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model
+            from ramptool.models import build_model, resolve_normalize
 
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
+            label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
+            self.normalization = {"normalize": label, "mean": mean, "std": std}
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
-                                     self.spec.mean, self.spec.std, **cfg.arch_options)
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
+                                     **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -251,13 +270,14 @@ class Trainer:
         cfg = self.cfg
         return {"arch": self.arch, "arch_options": self.arch_options,
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "dataset": cfg.dataset,
+                **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
                 "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
+                "source": self.init_metadata.get("source"),
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
@@ -359,20 +379,6 @@ class Trainer:
         if cfg.tensorboard:
             board.write(record)
         _report_epoch(record)
-
-
-def _check_input_convention(cfg: TrainConfig, metadata: dict) -> None:
-    """A fine-tuned model keeps its input size and normalisation: options that contradict them are mistakes."""
-    given = {"image-size": (cfg.image_size, metadata["input_shape"][-1]), "mean": (cfg.mean, metadata["mean"]),
-             "std": (cfg.std, metadata["std"])}
-    for flag, (asked, own) in given.items():
-        if asked is None:
-            continue
-        asked, own = (list(v) if isinstance(v, list | tuple) else [v] for v in (asked, own))
-        if len(asked) != len(own) or not all(map(math.isclose, asked, own)):
-            raise RamptoolError(f"--{flag} {','.join(f'{v:g}' for v in asked)} contradicts checkpoint {cfg.init}, "
-                                f"which takes {','.join(f'{v:g}' for v in own)}: a fine-tuned model keeps its "
-                                f"input size and normalisation")
 
 
 def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:

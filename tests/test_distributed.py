@@ -133,18 +133,9 @@ def test_image_folder_takes_its_size_and_its_random_crops_do_not_depend_on_worke
 
     x, y = load_split("imagefolder", "test", data_dir=jpeg_tree, download=False, image_size=32).tensors()
     assert x.shape == (6, 3, 32, 32) and torch.equal(y, torch.tensor([0, 0, 0, 1, 1, 1]))
-    spec = dataset_spec("imagefolder", 32, mean=[0.5] * 3, std=[0.25] * 3)
-    assert spec.input_shape == (3, 32, 32) and spec.mean == (0.5,) * 3 and spec.std == (0.25,) * 3
+    assert dataset_spec("imagefolder", 32).input_shape == (3, 32, 32)
     with pytest.raises(RamptoolError, match="image folders"):
         dataset_spec("fashion-mnist", 32)
-    with pytest.raises(RamptoolError, match="--std needs 3 value"):
-        dataset_spec("imagefolder", std=[0.2])
-
-
-def test_fine_tuning_refuses_a_normalisation_the_checkpoint_does_not_have(tmp_path):
-    for option, message in (({"mean": [0.5]}, "--mean 0.5 contradicts"), ({"std": [0.2]}, "--std 0.2 contradicts")):
-        with pytest.raises(RamptoolError, match=message):
-            train(TrainConfig(out=str(tmp_path), init=str(SHIPPED_LINF_AT), device="cpu", subset=64, **option))
 
 
 def test_an_image_is_corrupted_the_same_whichever_share_of_the_points_it_is_in():

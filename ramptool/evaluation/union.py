@@ -1,4 +1,6 @@
-"""Union accuracy (SPEC.md §1): clean, each norm, and the pointwise AND, with resumable per-sample flags.
+"""Union accuracy: clean, each norm, and the pointwise AND, with resumable per-sample flags.
+
+The protocol (AutoAttack-grade numbers, the cascade, upper bounds) is in docs/METHOD.md#evaluation-protocol.
 
 Flags are written to ``flags.safetensors`` after every norm, so an evaluation stopped half-way continues with
 ``resume=True`` from the last finished norm. ``union_only`` cascades the norms: each norm attacks only the
@@ -251,8 +253,9 @@ def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[s
             "warnings": messages}
 
 
-def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu"):
-    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on."""
+def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu", **loading):
+    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on;
+    ``loading``: normalize, arch_options and model_dir, as ``load_checkpoint`` takes them."""
     from ramptool.checkpoint import load_checkpoint, read_metadata
     from ramptool.data import dataset_spec, get_dataset
 
@@ -261,7 +264,7 @@ def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = Non
     if name is None:
         raise RamptoolError(f"{ckpt} has no ramptool metadata: pass --dataset (and --arch)")
     spec = get_dataset(name)
-    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device)
+    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device, **loading)
     if spec.resizable:  # image folders are read at the checkpoint's resolution
         spec = dataset_spec(name, metadata["input_shape"][-1])
     if spec.num_classes is not None and metadata["num_classes"] != spec.num_classes:
