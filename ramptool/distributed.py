@@ -292,24 +292,24 @@ _LOST_MARKERS = ("gloo", "nccl", "connection closed", "connection reset", "timed
 
 
 def _is_lost_peer(error: BaseException) -> bool:
-    if isinstance(error, StopRequested | dist.DistError):
+    if isinstance(error, dist.DistError):
         return True
     return isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in _LOST_MARKERS)
 
 
 @contextlib.contextmanager
 def guard(note: str = ""):
-    """Turn a lost peer (a dead rank's closed connection, a timeout, torchrun's SIGTERM) into one PeerLost
-    line; ``note`` says what survives (e.g. the last checkpoint)."""
+    """Turn a lost peer (a dead rank's closed connection, a timeout, a failed rendezvous, torchrun's SIGTERM)
+    into one PeerLost line; ``note`` says what survives (e.g. the last checkpoint)."""
     try:
         yield
     except BaseException as error:
-        if not active() or not _is_lost_peer(error):
-            raise
         if isinstance(error, StopRequested):
             cause = "torchrun stopped this process (SIGTERM): another process failed or the run was interrupted"
-        else:
+        elif launched() and _is_lost_peer(error):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo starts with its source location
             cause = f"lost contact with another process ({type(error).__name__}: {first[:160]})"
+        else:
+            raise
         raise PeerLost(f"{cause}{'; ' + note if note else ''}") from None
