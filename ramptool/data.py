@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ramptool.distributed import rank_slice
 from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
 
@@ -374,8 +375,6 @@ class EpochBatches(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from ramptool.distributed import rank_slice
-
         positions = self.order[step * self.batch_size:(step + 1) * self.batch_size]
         part = rank_slice(len(positions), self.rank, self.world_size)
         seeds = [sample_seed(self.seed, self.epoch, step, p) for p in range(part.start, part.stop)]
