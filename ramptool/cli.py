@@ -42,7 +42,13 @@ def training_command(
     lam: float | None = typer.Option(None, "--lambda", help="RAMP pairing weight [0.5 finetune, 2.0 train]."),
     pairing: str | None = typer.Option(None, help="Pairing loss: kl, mse, cosine (default: kl)."),
     combiner: str | None = typer.Option(None, help="none, gp (per-epoch), gp-step (default: none)."),
-    beta: float | None = typer.Option(None, help="GP mixing weight (default: 0.5)."),
+    arch_option: list[str] = typer.Option([], help="Backbone option name=value (repeatable); "
+                                          "`ramptool plugins -v` lists each component's options."),
+    method_option: list[str] = typer.Option([], help="Training-method option name=value (repeatable)."),
+    attack_option: list[str] = typer.Option([], help="Training-attack option name=value (repeatable)."),
+    pairing_option: list[str] = typer.Option([], help="Pairing-loss option name=value (repeatable)."),
+    combiner_option: list[str] = typer.Option([], help="Combiner option name=value (repeatable), e.g. beta=0.5 "
+                                              "for gp."),
     epochs: int | None = typer.Option(None, help="(default: 1)"),
     batch_size: int | None = typer.Option(None, help="(default: 128)"),
     optimizer: str | None = typer.Option(None, help="sgd (momentum 0.9) or adam (default: sgd)."),
@@ -65,6 +71,7 @@ def training_command(
 ):
     """Train from scratch (train) or fine-tune a checkpoint (finetune) with any registered method."""
     from ramptool.config import build_train_config, load_recipe
+    from ramptool.options import parse_assignments
     from ramptool.trainer import train
 
     mode = ctx.info_name
@@ -75,11 +82,14 @@ def training_command(
         raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
     cli = dict(out=out, dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, init=ckpt, method=method,
                norms=norms, pair=pair, eps=eps, attack=attack, attack_steps=attack_steps, lam=lam,
-               pairing=pairing, combiner=combiner, beta=beta, epochs=epochs, batch_size=batch_size,
+               pairing=pairing, combiner=combiner, epochs=epochs, batch_size=batch_size,
                optimizer=optimizer, lr=lr, weight_decay=weight_decay, no_decay_bn_bias=no_decay_bn_bias,
                schedule=schedule, lr_drop_epoch=lr_drop_epoch, seed=seed, device=device, eval_n=eval_n,
                amp=amp, channels_last=channels_last, batch_attacks=batch_attacks, resume=resume or None,
-               overwrite=overwrite or None, progress=progress)
+               overwrite=overwrite or None, progress=progress,
+               **{f"{kind}_options": parse_assignments(given, f"--{kind}-option") or None
+                  for kind, given in (("arch", arch_option), ("method", method_option), ("attack", attack_option),
+                                      ("pairing", pairing_option), ("combiner", combiner_option))})
     if resume:
         if out is None:
             raise RamptoolError("--resume needs --out, the run folder to continue")
@@ -118,16 +128,25 @@ def print_accuracy_table(rows: dict[str, dict[str, float]], title: str = "robust
 
 
 @app.command()
-def plugins():
-    """List every registered component: kind, name, providing plugin, description."""
+def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list the options of each component.")):
+    """List every registered component (kind, name, providing plugin, description) and any skipped plugin."""
     from ramptool.plugins import registry
 
+    found = registry()
     table = Table(title="ramptool components")
-    for column in ("kind", "name", "plugin", "description"):
+    for column in ("kind", "name", "plugin", "description", *(["options"] if verbose else [])):
         table.add_column(column)
-    for component in registry().all():
-        table.add_row(component.kind, component.name, component.plugin, component.description)
+    for component in found.all():
+        options = ["\n".join(component.options) or "-"] if verbose else []
+        table.add_row(component.kind, component.name, component.plugin, component.description, *options)
     console.print(table)
+    if found.skipped:
+        skipped = Table(title="skipped plugins")
+        for column in ("plugin", "hook", "reason"):
+            skipped.add_column(column)
+        for entry in found.skipped:
+            skipped.add_row(entry.plugin, entry.hook or "(import)", entry.reason)
+        console.print(skipped)
 
 
 @app.command()

@@ -34,8 +34,8 @@ BUILT_INS = {
 
 def run_ramptool(*args, pythonpath=None, timeout=120):
     env = dict(os.environ, COLUMNS="250")  # wide enough that rich never wraps a table row's first line
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    # this checkout first: the console script of a shared venv would otherwise import another ramptool
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [REPO, *(pythonpath or [])])
     return subprocess.run([str(RAMPTOOL_SCRIPT), *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -131,7 +131,7 @@ print(json.dumps({
     "provider": registry().components["pairing-loss"]["js"].plugin,
 }))
 """
-    env = dict(os.environ, PYTHONPATH=str(example_plugin_site))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(example_plugin_site)]))
     logits_json = json.dumps([logits_q.tolist(), logits_r.tolist()])
     result = subprocess.run([sys.executable, "-c", script, logits_json], capture_output=True, text=True,
                             env=env, timeout=120)
@@ -206,3 +206,39 @@ def test_cli_rejects_an_unknown_method_before_creating_the_run_folder(tmp_path):
     assert line.startswith("error: unknown method 'nope'; known: ")
     assert {"ramp", "e-at", "clean"} <= set(line.split("known: ")[1].split(", "))
     assert not out.exists()
+
+
+BROKEN_PLUGINS = {
+    # name: (module source, the hook the warning names, what the warning says went wrong)
+    "raising": ("from ramptool import hookimpl\n\n\n"
+                "@hookimpl\ndef register_methods():\n    raise ValueError('no methods today')\n\n\n"
+                "@hookimpl\ndef register_pairing_losses():\n"
+                "    return {'still-here': lambda logits_q, logits_r: logits_q.sum() * 0.0}\n",
+                "register_methods", "ValueError: no methods today"),
+    "not-a-dict": ("from ramptool import hookimpl\n\n\n"
+                   "@hookimpl\ndef register_backbones():\n    return ['tiny']\n",
+                   "register_backbones", "returned a list, not a dict"),
+    "exiting": ("import sys\n\nsys.exit('bye')\n", None, "SystemExit: bye"),
+}
+
+
+@pytest.mark.parametrize("plugin", sorted(BROKEN_PLUGINS))
+def test_a_broken_hook_or_import_is_reported_once_and_skipped(tmp_path, plugin):
+    source, hook, reason = BROKEN_PLUGINS[plugin]
+    write_fake_distribution(tmp_path, plugin, plugin, f"{plugin.replace('-', '_')}_plugin", source)
+
+    result = run_ramptool("plugins", pythonpath=[tmp_path])
+
+    assert result.returncode == 0, result.stderr
+    [warning] = result.stderr.strip().splitlines()
+    assert warning.startswith(f"warning: skipping plugin '{plugin}'")
+    assert reason in warning
+    if hook is not None:
+        assert hook in warning
+    rows = table_rows(result.stdout)
+    for kind, names in BUILT_INS.items():
+        assert {(kind, name) for name in names} <= rows.keys()
+    skipped = result.stdout.split("skipped")[-1]
+    assert plugin in skipped and reason in skipped
+    if plugin == "raising":  # the plugin's healthy hook still counts
+        assert rows[("pairing-loss", "still-here")] == "raising"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
@@ -27,24 +29,24 @@ class Normalized(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
-def small_cnn(num_classes, in_chans, image_size, **options):
-    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU."""
-    return SmallCNN(num_classes, in_chans, image_size, **options)
+def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU; width scales the convs."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width)
 
 
-def preact_resnet18(num_classes, in_chans, image_size, activation="relu", **options):
+def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation, **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation)
 
 
-def preact_resnet18_softplus(num_classes, in_chans, image_size, **options):
+def preact_resnet18_softplus(num_classes, in_chans, image_size):
     """PreAct ResNet-18 with softplus activations (RAMP/E-AT from-scratch setting)."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus", **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus")
 
 
 def _wide_resnet(depth, width):
-    def build(num_classes, in_chans, image_size, **options):
-        return WideResNet(depth, width, num_classes, in_chans, image_size, **options)
+    def build(num_classes, in_chans, image_size):
+        return WideResNet(depth, width, num_classes, in_chans, image_size)
 
     build.__doc__ = f"WideResNet-{depth}-{width} (RobustBench parameter names)"
     return build
@@ -82,13 +84,17 @@ def register_backbones():
     }
 
 
+def backbone_name(arch: str) -> str:
+    """The registered backbone behind an ``--arch`` value (every ``timm:<name>`` is one entry)."""
+    return "timm:<name>" if arch.startswith(TIMM_PREFIX) else arch
+
+
 def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, **options) -> nn.Module:
     from ramptool.plugins import get
 
     if arch.startswith(TIMM_PREFIX):
-        return get("backbone", "timm:<name>")(num_classes, in_chans, image_size,
-                                                timm_name=arch[len(TIMM_PREFIX):], **options)
-    return get("backbone", arch)(num_classes, in_chans, image_size, **options)
+        options = {**options, "timm_name": arch[len(TIMM_PREFIX):]}
+    return get("backbone", backbone_name(arch))(num_classes, in_chans, image_size, **options)
 
 
 def build_model(arch: str, num_classes: int, input_shape, mean, std, **options) -> Normalized:
