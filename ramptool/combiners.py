@@ -23,6 +23,7 @@ from ramptool.hookspecs import hookimpl
 
 
 def checked_backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, or stop the run with one line (the last checkpoint intact) when the loss is not finite."""
     if not bool(torch.isfinite(loss)):
         raise TrainingDiverged(f"training loss became {loss.detach().item()}; stopped, the last checkpoint is intact "
                                f"(lower the learning rate or check the data)")

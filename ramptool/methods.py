@@ -41,6 +41,7 @@ class MethodContext:
 
 @contextlib.contextmanager
 def eval_mode(model):
+    """The model in eval mode inside the block, back in the mode it had after it."""
     was_training = model.training
     model.eval()
     try:

@@ -149,6 +149,8 @@ PROJECTIONS = {"linf": project_linf, "l2": project_l2, "l1": project_l1}
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps) -> torch.Tensor:
+    """The point of B_norm(x, eps) ∩ [0,1]^d for ``x_adv`` (per sample; exact for l1, radial then clipped for l2,
+    as APGD does)."""
     try:
         return PROJECTIONS[norm](x, x_adv, eps)
     except KeyError:

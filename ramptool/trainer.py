@@ -192,6 +192,10 @@ class Trainer:
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
+            if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs of shape "
+                                    f"{tuple(self.init_metadata['input_shape'])}, dataset {cfg.dataset} has "
+                                    f"{tuple(self.spec.input_shape)}: pass the --dataset it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
         else:
             from ramptool.models import build_model
