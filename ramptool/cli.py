@@ -37,7 +37,7 @@ def training_command(
     pair: str | None = typer.Option(None, help="Key pair q,r for ramp/e-at (q = source), or 'auto'."),
     pair_from: Path | None = typer.Option(None, help="With --pair auto: pair.json written by `ramptool pair`."),
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
-    attack: str | None = typer.Option(None, help="Training attack family: apgd or pgd (default: apgd)."),
+    attack: str | None = typer.Option(None, help="Training attack family: apgd, pgd or a plugin's (default: apgd)."),
     attack_steps: int | None = typer.Option(None, help="Training attack iterations (default: 10)."),
     lam: float | None = typer.Option(None, "--lambda", help="RAMP pairing weight [0.5 finetune, 2.0 train]."),
     pairing: str | None = typer.Option(None, help="Pairing loss: kl, mse, cosine (default: kl)."),
@@ -178,7 +178,8 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast) or apgd (APGD-CE, quick look)."),
+    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast), apgd (APGD-CE, quick look) or a "
+                               "registered attack family (upper bounds)."),
     steps: int = typer.Option(100, help="--attack apgd: iterations."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
