@@ -61,15 +61,19 @@ class Option:
         if value is None:
             if self.nullable:
                 return None
-            raise RamptoolError(f"{where}: {self.name} takes a {self.type.__name__}, not None")
+            raise RamptoolError(f"{where}: {self.name} takes {_a(self.type)}, not None")
         converted = _convert_text(value, self.type, where, self.name) if isinstance(value, str) else value
         if not _is_a(converted, self.type):
-            raise RamptoolError(f"{where}: {self.name} takes a {self.type.__name__}, got {value!r}")
+            raise RamptoolError(f"{where}: {self.name} takes {_a(self.type)}, got {value!r}")
         converted = float(converted) if self.type is float else converted
         if self.choices is not None and converted not in self.choices:
             raise RamptoolError(f"{where}: {self.name} must be one of {', '.join(map(str, self.choices))}, "
                                 f"got {value!r}")
         return converted
+
+
+def _a(kind: type) -> str:
+    return f"an {kind.__name__}" if kind is int else f"a {kind.__name__}"
 
 
 def _is_a(value, kind: type) -> bool:
@@ -90,7 +94,7 @@ def _convert_text(text: str, kind: type, where: str, name: str):
         if kind is float:
             return parse_number(text)
     except (ValueError, RamptoolError):
-        raise RamptoolError(f"{where}: {name} takes a {kind.__name__}, got {text!r}") from None
+        raise RamptoolError(f"{where}: {name} takes {_a(kind)}, got {text!r}") from None
     return text
 
 

@@ -30,7 +30,6 @@ from ramptool.checkpoint import (
 from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
-from ramptool.options import bind
 from ramptool.plugins import bind_options, get
 from ramptool.schedules import learning_rate
 
@@ -116,12 +115,10 @@ def trained_norms(cfg: TrainConfig) -> list[str]:
 def bind_component_options(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
     with) and backbone checked against what each declares, and typed; a mistake is one error line."""
-    from ramptool.attacks import attack_for
+    from ramptool.attacks import bind_family_options
     from ramptool.models import backbone_name
 
-    attack_options = cfg.attack_options
-    for norm in trained_norms(cfg):
-        attack_options = bind("attack", f"{cfg.attack}-{norm}", attack_for(cfg.attack, norm), cfg.attack_options)
+    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
     # a fine-tuned model keeps the backbone (and options) its checkpoint records
     arch_options = cfg.arch_options if cfg.init else bind_options("backbone", backbone_name(cfg.arch or "small-cnn"),
                                                                   cfg.arch_options)

@@ -68,8 +68,8 @@ def test_options_are_read_from_the_signature_with_their_types():
 
 
 @pytest.mark.parametrize("given,message", [
-    ({"hidden": "1.5"}, "hidden takes a int, got '1.5'"),
-    ({"hidden": True}, "hidden takes a int, got True"),
+    ({"hidden": "1.5"}, "hidden takes an int, got '1.5'"),
+    ({"hidden": True}, "hidden takes an int, got True"),
     ({"bias": "maybe"}, "bias takes a bool"),
     ({"act": "gelu"}, "act must be one of relu, tanh"),
     ({"hiden": "3"}, "has no option 'hiden'; its options: hidden: int = 8"),

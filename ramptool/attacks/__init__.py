@@ -6,6 +6,7 @@ from ramptool.attacks.msd import msd
 from ramptool.attacks.pgd import fgsm_rs, pgd
 from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
+from ramptool.options import bind
 
 
 @hookimpl
@@ -48,6 +49,14 @@ def attack_for(family: str, norm: str) -> Attack:
     return found.obj
 
 
+def bind_family_options(family: str, norms: list[str], given: dict | None) -> dict:
+    """``given`` options checked against, and typed for, the family's attack in each of ``norms``."""
+    bound = dict(given or {})
+    for norm in norms:
+        bound = bind("attack", f"{family}-{norm}", attack_for(family, norm), given)
+    return bound
+
+
 def known_norms() -> list[str]:
     """Every norm some registered attack works in (plugins that add a norm take part)."""
     from ramptool.plugins import registry
@@ -56,4 +65,4 @@ def known_norms() -> list[str]:
 
 
 __all__ = ["Attack", "AttackResult", "apgd", "apgd_joint", "pgd", "fgsm_rs", "msd", "input_gradients_only",
-           "attack_for", "attack_families", "known_norms"]
+           "attack_for", "attack_families", "bind_family_options", "known_norms"]

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ramptool.attacks import attack_for
+from ramptool.attacks import attack_for, bind_family_options
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.flags import clean_flags
 from ramptool.methods import eval_mode
-from ramptool.options import bind
 
 BUILT_IN_EVALUATIONS = ("autoattack", "apgd")
 
@@ -24,10 +23,7 @@ def family_options(family: str, norms: list[str], options: dict | None) -> dict:
         if options:
             raise RamptoolError(f"--attack-option applies to a registered attack family, not to --attack {family}")
         return {}
-    bound = {}
-    for norm in norms:
-        bound = bind("attack", f"{family}-{norm}", attack_for(family, norm), options)
-    return bound
+    return bind_family_options(family, norms, options)
 
 
 def family_flags(model, x: torch.Tensor, y: torch.Tensor, family: str, norm: str, eps: float, steps: int = 100,
