@@ -172,18 +172,15 @@ def test_every_example_component_works_from_the_cli_in_train_finetune_and_eval(e
         assert values[0] > values[2], (norm, values)  # robust accuracy falls as eps grows
 
 
-def test_bad_component_options_on_the_cli_are_one_line_before_any_work(example_plugin_site, tmp_path):
-    for args, message in (
-            (["--combiner", "clip-grad", "--combiner-option", "max_norm=big"], "max_norm takes a float, got 'big'"),
-            (["--arch-option", "hidden"], "--arch-option 'hidden' must look like name=value")):
-        out = tmp_path / "run"
-        result = run_ramptool("train", "--dataset", "fashion-mnist-14", "--arch", "tiny-mlp", "--subset", "64",
-                              "--eps", "linf=0.1,l2=0.75,l1=2.5", "--no-progress", "--device", "cpu", *args,
-                              "--out", str(out), pythonpath=[example_plugin_site])
-        assert result.returncode == 2, result.stderr
-        [line] = result.stderr.strip().splitlines()
-        assert line.startswith("error: ") and message in line
-        assert not out.exists()
+def test_a_bad_component_option_on_the_cli_is_one_line_before_any_work(example_plugin_site, tmp_path):
+    out = tmp_path / "run"
+    result = run_ramptool("train", "--dataset", "fashion-mnist-14", "--arch", "tiny-mlp", "--subset", "64",
+                          "--eps", "linf=0.1,l2=0.75,l1=2.5", "--combiner", "clip-grad", "--combiner-option",
+                          "max_norm=big", "--out", str(out), pythonpath=[example_plugin_site])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: combiner 'clip-grad': max_norm takes a float, got 'big'"]
+    assert not out.exists()
 
 
 def test_example_plugin_components_are_used_by_name(example_plugin_site):
