@@ -11,8 +11,8 @@ A plugin is a module of ``@hookimpl`` functions, one per kind of component it ad
 - dataset (``register_datasets``): a ``DatasetSpec``.
 - method (``register_methods``): a ``TrainingMethod`` subclass.
 
-Options: a component's keyword-only parameters (after the ones ramptool passes) are its options, set with
-``--attack-option``, ``--pairing-option``, ``--combiner-option``, ``--arch-option``, ``--method-option`` or
+Options: a component's parameters after the ones ramptool passes (declare them keyword-only) are its options,
+set with ``--attack-option``, ``--pairing-option``, ``--combiner-option``, ``--arch-option``, ``--method-option`` or
 the matching ``*_options`` table of a recipe, typed and checked against the signature before a run starts, and
 recorded in the checkpoint. Annotate them ``bool``, ``int``, ``float``, ``str``, a ``Literal[...]`` or any of
 these ``| None``, and give them defaults. Datasets take no options. ``ramptool plugins -v`` lists them.
