@@ -10,12 +10,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ramptool.cli_eval import (
+    ARCH_OPTION,
+    ARCH_OPTIONS_OPTION,
+    MODEL_DIR_OPTION,
+    NORMALIZE_OPTION,
+    eval_app,
+    loading_options,
+)
 from ramptool.errors import RamptoolError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Train and evaluate classifiers robust to linf, l2 and l1 attacks at once (RAMP).")
 console = Console()
 
+CKPT_HELP = "Checkpoint file, run folder, or robustbench:<dataset>/<threat_model>/<name>."
 MODE_DEFAULTS = {
     "train": {"lam": 2.0, "schedule": "static", "method": "ramp", "pair": ["linf", "l1"]},
     "finetune": {"lam": 0.5, "schedule": "piecewise-ft", "method": "ramp", "pair": ["linf", "l1"]},
@@ -32,6 +41,13 @@ def training_command(
     subset: int | None = typer.Option(None, help="Train on the first N training points."),
     arch: str | None = typer.Option(None, help="Backbone (train), or --arch of a foreign state_dict "
                                                   "(finetune) (default: small-cnn)."),
+    arch_option: list[str] = typer.Option([], "--arch-option", help="Backbone option name=value (e.g. "
+                                          "cifar_stem=true, sub_block1=true); repeat. `ramptool plugins -v` lists "
+                                          "each component's options."),
+    normalize: str | None = typer.Option(None, help="none, dataset or MEAN/STD (default: dataset for a new model, "
+                                         "none for a plain state_dict)."),
+    model_dir: str | None = typer.Option(None, help="RobustBench weights for --ckpt robustbench:... "
+                                         "(default: ./models)."),
     method: str | None = typer.Option(None, help="ramp, e-at, max, avg, msd, sat, at, clean (default: ramp)."),
     norms: str | None = typer.Option(None, help="Norms for max/avg/msd/sat/at, e.g. linf,l2,l1."),
     pair: str | None = typer.Option(None, help="Key pair q,r for ramp/e-at (q = source), or 'auto'."),
@@ -42,8 +58,6 @@ def training_command(
     lam: float | None = typer.Option(None, "--lambda", help="RAMP pairing weight [0.5 finetune, 2.0 train]."),
     pairing: str | None = typer.Option(None, help="Pairing loss: kl, mse, cosine (default: kl)."),
     combiner: str | None = typer.Option(None, help="none, gp (per-epoch), gp-step (default: none)."),
-    arch_option: list[str] = typer.Option([], help="Backbone option name=value (repeatable); "
-                                          "`ramptool plugins -v` lists each component's options."),
     method_option: list[str] = typer.Option([], help="Training-method option name=value (repeatable)."),
     attack_option: list[str] = typer.Option([], help="Training-attack option name=value (repeatable)."),
     pairing_option: list[str] = typer.Option([], help="Pairing-loss option name=value (repeatable)."),
@@ -77,10 +91,12 @@ def training_command(
     mode = ctx.info_name
     recipe = {**MODE_DEFAULTS[mode], **load_recipe(config)}
     if mode == "finetune" and ckpt is None and "init" not in recipe and not resume:
-        raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, or a state_dict with --arch)")
+        raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, a state_dict with --arch, or "
+                            "robustbench:<dataset>/<threat_model>/<name>)")
     if mode == "train" and (ckpt is not None or "init" in recipe):
         raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
     cli = dict(out=out, dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, init=ckpt, method=method,
+               normalize=normalize, model_dir=model_dir,
                norms=norms, pair=pair, eps=eps, attack=attack, attack_steps=attack_steps, lam=lam,
                pairing=pairing, combiner=combiner, epochs=epochs, batch_size=batch_size,
                optimizer=optimizer, lr=lr, weight_decay=weight_decay, no_decay_bn_bias=no_decay_bn_bias,
@@ -149,19 +165,76 @@ def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also li
         console.print(skipped)
 
 
-@app.command()
-def info(ckpt: str = typer.Argument(..., help="Checkpoint file or run folder.")):
-    """Print a checkpoint's metadata."""
-    from ramptool.checkpoint import read_metadata, read_weights, resolve
+def _export_sidecar(weights_path) -> dict | None:
+    """The JSON that ``ramptool export`` wrote beside a weights file, if it is there."""
+    from ramptool.checkpoint import sidecar_path
 
-    path = resolve(ckpt)
-    metadata = read_metadata(path)
-    if metadata is None:
-        weights = read_weights(path)
-        console.print(f"{path}: plain state_dict, {len(weights)} tensors, no ramptool metadata "
-                      f"(import it with --arch)")
+    try:
+        sidecar = json.loads(sidecar_path(weights_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return sidecar if isinstance(sidecar, dict) and sidecar.get("format") == "ramptool-export" else None
+
+
+@app.command()
+def info(
+    ckpt: str = typer.Argument(..., help=CKPT_HELP),
+    model_dir: str | None = MODEL_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print only the metadata, as JSON."),
+):
+    """Print what input a checkpoint expects, where it came from, and its metadata."""
+    from ramptool import robustbench
+    from ramptool.checkpoint import describe_input, read_metadata, read_weights, resolve, sidecar_path
+
+    if robustbench.is_zoo_name(ckpt):
+        metadata = read_metadata(ckpt)
+        files = robustbench.parse(ckpt).weight_files(model_dir or robustbench.DEFAULT_MODEL_DIR)
+        found = ", ".join(f"{p} ({'present' if p.is_file() else 'missing'})" for p in files)
+        notes = [f"RobustBench's network and input convention; weights: {found or 'from the Hugging Face hub (timm)'}"]
+    else:
+        path = resolve(ckpt)
+        metadata = read_metadata(path)
+        if metadata is None:
+            weights = read_weights(path)
+            console.print(f"{path}: plain state_dict, {len(weights)} tensors, no ramptool metadata: import it with "
+                          f"--arch ARCH --dataset NAME --normalize none|dataset|MEAN/STD (default none: the network "
+                          f"takes [0,1] pixels)", highlight=False, soft_wrap=True)
+            sidecar = _export_sidecar(path)
+            if sidecar is not None:
+                console.print(f"{sidecar_path(path).name} (written by ramptool export): input {sidecar['input']}; "
+                              f"import again with {sidecar['import']}", highlight=False, soft_wrap=True)
+            return
+        notes = [f"source: {json.dumps(metadata['source'], default=str)}"] if metadata.get("source") else []
+    if as_json:
+        console.print_json(json.dumps(metadata, default=str))
         return
+    console.print(f"input: {describe_input(metadata)}", highlight=False, soft_wrap=True)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True)
     console.print_json(json.dumps(metadata, default=str))
+
+
+@app.command()
+def export(
+    ckpt: str = typer.Argument(..., help=CKPT_HELP),
+    out: Path = typer.Argument(..., help="OUT.pt (torch.save of tensors) or OUT.safetensors; OUT.json is written "
+                                         "beside it."),
+    dataset: str | None = typer.Option(None, help="Dataset of a plain state_dict (default: cifar10)."),
+    arch: str | None = ARCH_OPTION,
+    normalize: str | None = NORMALIZE_OPTION,
+    arch_option: list[str] = ARCH_OPTIONS_OPTION,
+    model_dir: str | None = MODEL_DIR_OPTION,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT and its sidecar if they exist."),
+):
+    """Write the bare network as a plain state_dict (no wrapper, no ramptool keys) and a JSON sidecar."""
+    from ramptool.checkpoint import export_checkpoint, sidecar_path
+
+    existing = [p for p in (out, sidecar_path(out)) if p.exists()]
+    if existing and not overwrite:
+        raise RamptoolError(f"{existing[0]} exists; pass --overwrite or choose another OUT")
+    written, sidecar = export_checkpoint(ckpt, out, arch=arch, dataset=dataset,
+                                         **loading_options(normalize, arch_option, model_dir))
+    console.print(f"wrote {written} and {sidecar}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -185,6 +258,7 @@ def pair(
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
+    model_dir: str | None = MODEL_DIR_OPTION,
 ):
     """Find the key tradeoff pair (q, r) of norms from single-norm AT models.
 
@@ -195,16 +269,10 @@ def pair(
     find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,
                       norms=norms, eps=eps, epochs=epochs, subset=subset, optimizer=optimizer, lr=lr,
                       n_examples=n_examples, steps=steps, fine_tune_from=fine_tune_from, out=out,
-                      device=device, seed=seed, console=console, attack=attack)
+                      device=device, seed=seed, console=console, attack=attack, model_dir=model_dir)
 
 
-def _mount_eval():
-    from ramptool.cli_eval import eval_app
-
-    app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve.")
-
-
-_mount_eval()
+app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve.")
 
 
 def main(argv=None):

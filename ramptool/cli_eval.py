@@ -31,16 +31,37 @@ def _device(name: str):
     return resolve_device(name)
 
 
-def checkpoint_names(paths: list[str]) -> dict[str, Path]:
-    """Short unique names for the table: the run folder's name (or the file's stem)."""
+# how to read a checkpoint that does not describe itself: one option set for every command that takes --ckpt
+ARCH_OPTION = typer.Option(None, "--arch", help="Architecture of a plain state_dict without metadata: a backbone, "
+                           "timm:<name> or robustbench:<dataset>/<threat_model>/<name>.")
+NORMALIZE_OPTION = typer.Option(None, "--normalize", help="Input normalisation a plain state_dict expects: none "
+                                "([0,1] pixels: E-AT, RAMP, RobustBench; the default), dataset (the dataset's "
+                                "mean/std) or MEAN/STD, e.g. 0.4914,0.4822,0.4465/0.2471,0.2435,0.2616.")
+ARCH_OPTIONS_OPTION = typer.Option([], "--arch-option", help="Backbone option key=value of a plain state_dict "
+                                   "(e.g. cifar_stem=true); repeat.")
+MODEL_DIR_OPTION = typer.Option(None, "--model-dir", help="RobustBench weights for --ckpt robustbench:<dataset>/"
+                                "<threat_model>/<name>, in RobustBench's layout <dir>/<dataset>/<threat_model>/"
+                                "<name>.pt (default: ./models).")
+
+
+def loading_options(normalize: str | None, arch_option: list[str], model_dir: str | None) -> dict:
+    """The keyword arguments of ``load_checkpoint`` that the shared options give."""
+    return {"normalize": normalize, "arch_options": parse_assignments(arch_option, "--arch-option"),
+            "model_dir": model_dir}
+
+
+def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
+    """Short unique names for the table: the run folder's name (or the file's stem, or the zoo model's name)."""
     from ramptool.checkpoint import MODEL_FILE, resolve
+    from ramptool.robustbench import is_zoo_name
 
     if not paths:
         raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
-    names: dict[str, Path] = {}
+    names: dict[str, Path | str] = {}
     for given in paths:
-        path = resolve(given)
-        base = path.parent.name if path.name == MODEL_FILE else path.stem
+        path = given if is_zoo_name(given) else resolve(given)
+        base = given.rsplit("/", 1)[-1] if is_zoo_name(given) else (
+            path.parent.name if path.name == MODEL_FILE else path.stem)
         name, count = base or "model", 1
         while name in names:
             count += 1
@@ -61,7 +82,10 @@ def union(
     ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    arch: str | None = ARCH_OPTION,
+    normalize: str | None = NORMALIZE_OPTION,
+    arch_option: list[str] = ARCH_OPTIONS_OPTION,
+    model_dir: str | None = MODEL_DIR_OPTION,
     n_examples: int = typer.Option(1000, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
@@ -85,13 +109,14 @@ def union(
     from ramptool.threat import parse_eps, parse_norms
 
     checkpoints = checkpoint_names(ckpt)
+    loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
     _positive(batch_size, "--batch-size")
     _positive(steps, "--steps")
     target = _device(device)
     reports = {}
     for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target)
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target, **loading)
         eps_values = parse_eps(eps, dataset_name)
         x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
         with console.status(f"evaluating {name} on {len(y)} {dataset_name} points"):
@@ -111,7 +136,10 @@ def corruptions(
     ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    arch: str | None = ARCH_OPTION,
+    normalize: str | None = NORMALIZE_OPTION,
+    arch_option: list[str] = ARCH_OPTIONS_OPTION,
+    model_dir: str | None = MODEL_DIR_OPTION,
     n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir, a "
                                              "seeded random N for an ImageNet-C tree)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
@@ -148,6 +176,7 @@ def corruptions(
     from ramptool.evaluation.union import load_for_evaluation
 
     checkpoints = checkpoint_names(ckpt)
+    loading = loading_options(normalize, arch_option, model_dir)
     if corruption_names:
         names = parse_corruptions(corruption_names)
     else:
@@ -157,7 +186,7 @@ def corruptions(
     _positive(batch_size, "--batch-size")
     reports = {}
     for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("corruptions", total=len(names) * len(severity_list))
 
@@ -209,7 +238,10 @@ def curve(
     ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
     dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = typer.Option(None, help="Architecture of a plain state_dict without metadata."),
+    arch: str | None = ARCH_OPTION,
+    normalize: str | None = NORMALIZE_OPTION,
+    arch_option: list[str] = ARCH_OPTIONS_OPTION,
+    model_dir: str | None = MODEL_DIR_OPTION,
     norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
     eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 (default: dataset's)."),
     eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
@@ -232,6 +264,7 @@ def curve(
     from ramptool.threat import parse_eps, parse_norms, parse_number
 
     checkpoints = checkpoint_names(ckpt)
+    loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
     explicit = parse_eps_values(eps_values, norm_list)
     factors = [parse_number(part) for part in multiples.split(",") if part.strip()]
@@ -241,7 +274,7 @@ def curve(
     _positive(batch_size, "--batch-size")
     curves = {}
     for name, path in checkpoints.items():
-        model, _, dataset_name = load_for_evaluation(path, dataset, arch, _device(device))
+        model, _, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
         reference = parse_eps(eps, dataset_name)
         missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
         if missing:

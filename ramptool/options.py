@@ -99,10 +99,12 @@ def _convert_text(text: str, kind: type, where: str, name: str):
 
 
 def guess_value(text: str):
-    """The value of ``k=v`` for a ``**kwargs`` option: an int, float or bool where it reads as one."""
+    """The value of ``k=v`` for a ``**kwargs`` option: an int, float, bool or None where it reads as one."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if lowered == "none":
+        return None
     for kind in (int, float):
         try:
             return kind(text)
@@ -194,11 +196,11 @@ def bind(kind: str, name: str, component, given: dict | None) -> dict[str, Any]:
 
 
 def parse_assignments(entries: list[str] | None, flag: str) -> dict[str, str]:
-    """['beta=0.3', 'keep=loss'] -> {'beta': '0.3', 'keep': 'loss'} (values stay text until bound)."""
+    """['beta=0.3', 'max-norm=1'] -> {'beta': '0.3', 'max_norm': '1'} (values stay text until bound)."""
     parsed: dict[str, str] = {}
     for entry in entries or []:
         key, equals, value = entry.partition("=")
-        key = key.strip()
+        key = key.strip().replace("-", "_")
         if not equals or not key:
             raise RamptoolError(f"{flag} {entry!r} must look like name=value, e.g. {flag} beta=0.5")
         if key in parsed:

@@ -23,6 +23,7 @@ from ramptool.checkpoint import (
     STATE_FILE,
     load_checkpoint,
     load_state,
+    recorded_normalize,
     run_finished,
     save_checkpoint,
     save_state,
@@ -41,8 +42,16 @@ class TrainConfig:
     data_dir: str | None = None
     subset: int | None = None
     arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
-    arch_options: dict = field(default_factory=dict, metadata={"help": "Backbone options, e.g. width=32."})
+    arch_options: dict = field(default_factory=dict, metadata={
+        "help": "Backbone options name=value, e.g. width=32 for small-cnn, cifar_stem=true for timm ResNets, "
+                "sub_block1=true for TRADES-style WideResNet state_dicts."})
     init: str | None = None  # fine-tuning: the checkpoint to start from
+    normalize: str | None = field(default=None, metadata={
+        "help": "Input normalisation inside the model: none, dataset or MEAN/STD (default: dataset for a new "
+                "model, none for a plain state_dict, what a ramptool checkpoint records)."})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for --ckpt "
+                "robustbench:<dataset>/<threat_model>/<name> (default: ./models)."})
     method: str = "ramp"
     norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
     pair: list[str] | None = None
@@ -116,12 +125,12 @@ def bind_component_options(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
     with) and backbone checked against what each declares, and typed; a mistake is one error line."""
     from ramptool.attacks import bind_family_options
-    from ramptool.models import backbone_name
+    from ramptool.models import bind_arch_options
 
     attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
-    # a fine-tuned model keeps the backbone (and options) its checkpoint records
-    arch_options = cfg.arch_options if cfg.init else bind_options("backbone", backbone_name(cfg.arch or "small-cnn"),
-                                                                  cfg.arch_options)
+    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
+    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
+                                                                                        cfg.arch_options)
     return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
                                method_options=bind_options("method", cfg.method, cfg.method_options),
                                combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
@@ -185,22 +194,28 @@ class Trainer:
             raise RamptoolError("the training set is empty")
         self.init_metadata = {}
         if cfg.init:
-            self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
+            self.model, self.init_metadata = load_checkpoint(
+                cfg.init, arch=cfg.arch, dataset=cfg.dataset, normalize=cfg.normalize,
+                arch_options=cfg.arch_options, model_dir=cfg.model_dir)
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
             if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
-                raise RamptoolError(f"checkpoint {cfg.init} takes inputs of shape "
-                                    f"{tuple(self.init_metadata['input_shape'])}, dataset {cfg.dataset} has "
-                                    f"{tuple(self.spec.input_shape)}: pass the --dataset it was trained on")
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}: pass the --dataset "
+                                    f"it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
+            self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
+            self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model
+            from ramptool.models import build_model, resolve_normalize
 
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
+            label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
+            self.normalization = {"normalize": label, "mean": mean, "std": std}
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
-                                     self.spec.mean, self.spec.std, **cfg.arch_options)
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
+                                     **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -249,7 +264,7 @@ class Trainer:
         cfg = self.cfg
         return {"arch": self.arch, "arch_options": self.arch_options,
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "dataset": cfg.dataset,
+                **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
                 "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
@@ -258,6 +273,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
+                "source": self.init_metadata.get("source"),
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:

@@ -245,8 +245,9 @@ def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[s
             "warnings": messages}
 
 
-def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu"):
-    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on."""
+def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu", **loading):
+    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on;
+    ``loading``: normalize, arch_options and model_dir, as ``load_checkpoint`` takes them."""
     from ramptool.checkpoint import load_checkpoint, read_metadata
     from ramptool.data import get_dataset
 
@@ -255,7 +256,7 @@ def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = Non
     if name is None:
         raise RamptoolError(f"{ckpt} has no ramptool metadata: pass --dataset (and --arch)")
     spec = get_dataset(name)
-    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device)
+    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device, **loading)
     if spec.num_classes is not None and metadata["num_classes"] != spec.num_classes:
         raise RamptoolError(f"{ckpt} predicts {metadata['num_classes']} classes but {name} has "
                             f"{spec.num_classes}: wrong --dataset?")
