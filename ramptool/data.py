@@ -32,7 +32,7 @@ def default_data_dir() -> Path:
 
 @dataclass
 class TensorSplit:
-    """A whole split in memory: uint8 images (N, C, H, W) and int64 labels."""
+    """A whole split in memory: uint8 images (N, C, H, W) and int64 labels in [0, num_classes)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -74,7 +74,14 @@ class FolderSplit:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset: how to load each split, its shape, its normalisation and its train-time augmentation."""
+    """A dataset: how to load each split, its shape, its normalisation and its train-time augmentation.
+
+    ``load(split, root, download)`` returns the split ("train" or "test") as a ``TensorSplit`` (held in memory,
+    uint8) or a ``FolderSplit`` (a torch Dataset of [0,1] float images), read from the data folder ``root``.
+    ``input_shape`` is (C, H, W) of every image, ``mean``/``std`` (one value per channel) the normalisation the
+    model applies inside, ``num_classes`` the label count (None: read from the data). ``augment`` is the
+    train-time augmentation ("crop-flip" or "none"); ``description`` the line ``ramptool plugins`` shows.
+    """
 
     load: Callable[[str, Path, bool], TensorSplit | FolderSplit]
     input_shape: tuple[int, int, int]
