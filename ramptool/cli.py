@@ -42,8 +42,9 @@ def training_command(
     subset: int | None = typer.Option(None, help="Train on the first N training points."),
     arch: str | None = typer.Option(None, help="Backbone (train), or --arch of a foreign state_dict "
                                                   "(finetune) (default: small-cnn)."),
-    arch_option: list[str] = typer.Option([], "--arch-option", help="Backbone option key=value (e.g. "
-                                          "cifar_stem=true, sub_block1=true); repeat."),
+    arch_option: list[str] = typer.Option([], "--arch-option", help="Backbone option name=value (e.g. "
+                                          "cifar_stem=true, sub_block1=true); repeat. `ramptool plugins -v` lists "
+                                          "each component's options."),
     normalize: str | None = typer.Option(None, help="none, dataset or MEAN/STD (default: dataset for a new model, "
                                          "none for a plain state_dict)."),
     model_dir: str | None = typer.Option(None, help="RobustBench weights for --ckpt robustbench:... "
@@ -53,12 +54,16 @@ def training_command(
     pair: str | None = typer.Option(None, help="Key pair q,r for ramp/e-at (q = source), or 'auto'."),
     pair_from: Path | None = typer.Option(None, help="With --pair auto: pair.json written by `ramptool pair`."),
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
-    attack: str | None = typer.Option(None, help="Training attack family: apgd or pgd (default: apgd)."),
+    attack: str | None = typer.Option(None, help="Training attack family: apgd, pgd or a plugin's (default: apgd)."),
     attack_steps: int | None = typer.Option(None, help="Training attack iterations (default: 10)."),
     lam: float | None = typer.Option(None, "--lambda", help="RAMP pairing weight [0.5 finetune, 2.0 train]."),
     pairing: str | None = typer.Option(None, help="Pairing loss: kl, mse, cosine (default: kl)."),
     combiner: str | None = typer.Option(None, help="none, gp (per-epoch), gp-step (default: none)."),
-    beta: float | None = typer.Option(None, help="GP mixing weight (default: 0.5)."),
+    method_option: list[str] = typer.Option([], help="Training-method option name=value (repeatable)."),
+    attack_option: list[str] = typer.Option([], help="Training-attack option name=value (repeatable)."),
+    pairing_option: list[str] = typer.Option([], help="Pairing-loss option name=value (repeatable)."),
+    combiner_option: list[str] = typer.Option([], help="Combiner option name=value (repeatable), e.g. beta=0.5 "
+                                              "for gp."),
     epochs: int | None = typer.Option(None, help="(default: 1)"),
     batch_size: int | None = typer.Option(None, help="(default: 128)"),
     optimizer: str | None = typer.Option(None, help="sgd (momentum 0.9) or adam (default: sgd)."),
@@ -88,6 +93,7 @@ def training_command(
 ):
     """Train from scratch (train) or fine-tune a checkpoint (finetune) with any registered method."""
     from ramptool.config import build_train_config, load_recipe
+    from ramptool.options import parse_assignments
     from ramptool.trainer import train
 
     mode = ctx.info_name
@@ -97,18 +103,18 @@ def training_command(
                             "robustbench:<dataset>/<threat_model>/<name>)")
     if mode == "train" and (ckpt is not None or "init" in recipe):
         raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
-    from ramptool.models import parse_arch_options
-
-    arch_options = {**recipe.get("arch_options", {}), **parse_arch_options(arch_option)}
     cli = dict(out=out, dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, init=ckpt, method=method,
-               arch_options=arch_options or None, normalize=normalize, model_dir=model_dir,
+               normalize=normalize, model_dir=model_dir,
                norms=norms, pair=pair, eps=eps, attack=attack, attack_steps=attack_steps, lam=lam,
-               pairing=pairing, combiner=combiner, beta=beta, epochs=epochs, batch_size=batch_size,
+               pairing=pairing, combiner=combiner, epochs=epochs, batch_size=batch_size,
                optimizer=optimizer, lr=lr, weight_decay=weight_decay, no_decay_bn_bias=no_decay_bn_bias,
                schedule=schedule, lr_drop_epoch=lr_drop_epoch, seed=seed, device=device, eval_n=eval_n,
                amp=amp, channels_last=channels_last, batch_attacks=batch_attacks, image_size=image_size,
                workers=workers, sync_bn=sync_bn, tensorboard=tensorboard, resume=resume or None,
-               overwrite=overwrite or None, progress=progress)
+               overwrite=overwrite or None, progress=progress,
+               **{f"{kind}_options": parse_assignments(given, f"--{kind}-option") or None
+                  for kind, given in (("arch", arch_option), ("method", method_option), ("attack", attack_option),
+                                      ("pairing", pairing_option), ("combiner", combiner_option))})
     if resume:
         if out is None:
             raise RamptoolError("--resume needs --out, the run folder to continue")
@@ -152,16 +158,25 @@ def print_accuracy_table(rows: dict[str, dict[str, float]], title: str = "robust
 
 
 @app.command()
-def plugins():
-    """List every registered component: kind, name, providing plugin, description."""
+def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list the options of each component.")):
+    """List every registered component (kind, name, providing plugin, description) and any skipped plugin."""
     from ramptool.plugins import registry
 
+    found = registry()
     table = Table(title="ramptool components")
-    for column in ("kind", "name", "plugin", "description"):
+    for column in ("kind", "name", "plugin", "description", *(["options"] if verbose else [])):
         table.add_column(column)
-    for component in registry().all():
-        table.add_row(component.kind, component.name, component.plugin, component.description)
+    for component in found.all():
+        options = ["\n".join(component.options) or "-"] if verbose else []
+        table.add_row(component.kind, component.name, component.plugin, component.description, *options)
     console.print(table)
+    if found.skipped:
+        skipped = Table(title="skipped plugins")
+        for column in ("plugin", "hook", "reason"):
+            skipped.add_column(column)
+        for entry in found.skipped:
+            skipped.add_row(entry.plugin, entry.hook or "(import)", entry.reason)
+        console.print(skipped)
 
 
 def _export_sidecar(weights_path) -> dict | None:
@@ -250,7 +265,8 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast) or apgd (APGD-CE, quick look)."),
+    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast), apgd (APGD-CE, quick look) or a "
+                               "registered attack family (upper bounds)."),
     steps: int = typer.Option(100, help="--attack apgd: iterations."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ramptool.errors import RamptoolError
+from ramptool.options import parse_assignments
 
 eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -57,9 +58,8 @@ MODEL_DIR_OPTION = typer.Option(None, "--model-dir", help="RobustBench weights f
 
 def loading_options(normalize: str | None, arch_option: list[str], model_dir: str | None) -> dict:
     """The keyword arguments of ``load_checkpoint`` that the shared options give."""
-    from ramptool.models import parse_arch_options
-
-    return {"normalize": normalize, "arch_options": parse_arch_options(arch_option), "model_dir": model_dir}
+    return {"normalize": normalize, "arch_options": parse_assignments(arch_option, "--arch-option"),
+            "model_dir": model_dir}
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
@@ -105,8 +105,10 @@ def union(
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
     version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
-    attack: str = typer.Option("autoattack", help="autoattack (reported numbers) or apgd (quick check)."),
-    steps: int = typer.Option(100, help="--attack apgd: iterations."),
+    attack: str = typer.Option("autoattack", help="autoattack (reported numbers), apgd (quick check), or a "
+                               "registered attack family such as pgd (upper bounds)."),
+    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
+    steps: int = typer.Option(100, help="--attack apgd or a family: iterations."),
     union_only: bool = typer.Option(False, "--union-only", help="Cascade: each norm attacks only points still "
                                     "robust (same union, less time; per-norm numbers become upper bounds)."),
     resume: bool = typer.Option(False, "--resume", help="Skip norms already finished in --out."),
@@ -138,6 +140,7 @@ def union(
                                     out_dir=Path(out) / name, resume=resume, union_only=union_only,
                                     batch_size=batch_size, seed=seed, attack=attack, steps=steps,
                                     recorded_clean=recorded_clean_accuracy(metadata), console=console,
+                                    attack_options=parse_assignments(attack_option, "--attack-option"),
                                     on_progress=progress)
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
     print_union_table(reports, console)
@@ -265,13 +268,15 @@ def curve(
                                                           "reference eps."),
     n_examples: int = typer.Option(500, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    steps: int = typer.Option(100, help="APGD-CE iterations."),
+    attack: str = typer.Option("apgd", help="apgd (APGD-CE) or a registered attack family (upper bounds)."),
+    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
+    steps: int = typer.Option(100, help="Attack iterations."),
     out: str = typer.Option("runs/eval", help="Folder for curve.json and curve.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ):
-    """Robust accuracy vs eps under APGD-CE; warns where it does not fall as eps grows."""
+    """Robust accuracy vs eps under APGD-CE (or an attack family); warns where it does not fall as eps grows."""
     from ramptool.evaluation.report import curve_table, write_curve_report
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
     from ramptool.progress import task_progress
@@ -296,12 +301,14 @@ def curve(
                                 f"--eps-values")
         sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
         x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
-        console.print(f"{name}: APGD-CE on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values",
+        console.print(f"{name}: {attack} on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values",
                       highlight=False)
         with task_progress(console) as progress:
             result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
                                       reference_eps={n: reference[n] for n in norm_list if n in reference},
-                                      console=console, on_progress=progress)
+                                      console=console, attack=attack,
+                                      attack_options=parse_assignments(attack_option, "--attack-option"),
+                                      on_progress=progress)
         curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
     console.print(curve_table(curves))
     if not _is_main():

@@ -41,7 +41,7 @@ def default_data_dir() -> Path:
 
 @dataclass
 class TensorSplit:
-    """A whole split in memory: uint8 images (N, C, H, W) and int64 labels."""
+    """A whole split in memory: uint8 images (N, C, H, W) and int64 labels in [0, num_classes)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -65,13 +65,14 @@ class TensorSplit:
 
 @dataclass
 class FolderSplit:
-    """An ImageFolder split read from disk: ``dataset`` yields (PIL image, label) and ``transform`` turns an
-    image into a uint8 (C, H, W) tensor. A ``random`` transform (training crops and flips) runs under a seed per
-    sample, so it gives the same pixels in any worker process."""
+    """A split read from disk image by image. ``dataset`` yields (image, label): a [0,1] float or uint8 (C, H, W)
+    tensor, or, with ``transform``, whatever ``transform`` turns into one (ImageFolder: a PIL image into uint8).
+    A ``random`` transform (training crops and flips) runs under a seed per sample, so it gives the same pixels
+    in any worker process."""
 
     dataset: torch.utils.data.Dataset
     num_classes: int
-    transform: Callable
+    transform: Callable | None = None
     random: bool = False
     indices: list[int] | None = None
 
@@ -86,6 +87,8 @@ class FolderSplit:
 
     def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[self._base(index)]
+        if self.transform is None:
+            return image, label
         if not self.random:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from the global generator
@@ -106,7 +109,14 @@ class FolderSplit:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset: how to load each split, its shape, its normalisation and its train-time augmentation."""
+    """A dataset: how to load each split, its shape, its normalisation and its train-time augmentation.
+
+    ``load(split, root, download)`` returns the split ("train" or "test") as a ``TensorSplit`` (held in memory,
+    uint8) or a ``FolderSplit`` (a torch Dataset of [0,1] float images), read from the data folder ``root``.
+    ``input_shape`` is (C, H, W) of every image, ``mean``/``std`` (one value per channel) the normalisation the
+    model applies inside, ``num_classes`` the label count (None: read from the data). ``augment`` is the
+    train-time augmentation ("crop-flip" or "none"); ``description`` the line ``ramptool plugins`` shows.
+    """
 
     load: Callable[[str, Path, bool], TensorSplit | FolderSplit]
     input_shape: tuple[int, int, int]
@@ -350,8 +360,9 @@ def sample_seed(seed: int, epoch: int, step: int, position: int) -> int:
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (as the batches travel) -> float in [0,1], on whatever device they already are."""
-    return images.float().div_(255.0)
+    """Batches as they travel (uint8, or the [0,1] floats a plugin's FolderSplit yields) -> float in [0,1], on
+    whatever device they already are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
 def num_batches(data, batch_size: int, drop_last: bool = False) -> int:

@@ -15,6 +15,7 @@ through ``distributed.agree``, and attacks run on the module inside DDP (per-ran
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -26,23 +27,29 @@ from ramptool.attacks.base import AttackResult
 from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
 from ramptool.plugins import get
+from ramptool.threat import check_inside
 
 
 @dataclass
 class MethodContext:
+    """The run's settings a training method reads (ramptool fills it from the TrainConfig)."""
+
     norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
     eps: dict[str, float] = field(default_factory=dict)
     pair: tuple[str, str] | None = None  # (q, r): q is the source norm whose correct subset is paired
     attack: str = "apgd"  # attack family: the attack for norm p is the registered "{attack}-{p}"
     attack_steps: int = 10
+    attack_options: dict = field(default_factory=dict)  # options of the family's attacks, already checked
     lam: float = 0.5
     pairing: str = "kl"
+    pairing_options: dict = field(default_factory=dict)
     autocast: contextlib.AbstractContextManager | None = None
     batch_attacks: bool = False  # several norms' attack iterates through the model as one batch (see attack_all)
 
 
 @contextlib.contextmanager
 def eval_mode(model):
+    """The model in eval mode inside the block, back in the mode it had after it."""
     was_training = model.training
     model.eval()
     try:
@@ -70,9 +77,19 @@ def _cross_entropy(logits, y):
 
 
 class TrainingMethod:
-    """Base class: ``loss(model, x, y) -> (loss, stats)``; ``state_dict`` holds what must survive a resume."""
+    """Base class of training methods: a small object that turns a batch into a loss.
 
-    uses = "norms"  # which context field names the threat models: "norms" or "pair"
+    ramptool builds one per run as ``cls(ctx, **options)``, with the run's ``MethodContext`` and the
+    keyword-only parameters a subclass declares as its options (``--method-option name=value``); call
+    ``super().__init__(ctx)`` first. The trainer calls ``loss`` once per batch inside its combiner's
+    ``train_step``; ``state_dict``/``load_state_dict`` carry what must survive a resume.
+
+    ``uses`` says which threat models the method trains against: ``"norms"`` (``--norms``), ``"pair"``
+    (``--pair q,r``) or ``"none"`` (clean training); ``self.norms`` is that list, and every norm in it has an eps
+    in ``ctx.eps`` (checked here).
+    """
+
+    uses = "norms"
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -82,6 +99,9 @@ class TrainingMethod:
 
     @property
     def norms(self) -> list[str]:
+        """The norms this method trains against (see ``uses``)."""
+        if self.uses == "none":
+            return []
         if self.uses == "pair":
             if not self.ctx.pair or len(self.ctx.pair) != 2:
                 raise RamptoolError(f"method {type(self).__name__} needs --pair q,r (two norms)")
@@ -91,48 +111,58 @@ class TrainingMethod:
     def _autocast(self):
         return self.ctx.autocast if self.ctx.autocast is not None else contextlib.nullcontext()
 
-    def attack(self, model, x, y, norm) -> AttackResult:
+    def attack(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str) -> AttackResult:
+        """The run's training attack (``--attack`` family, its options and steps) in ``norm`` at the run's eps,
+        with the model in eval mode; the points are in x's dtype and inside the ball and box."""
         with eval_mode(model), self._autocast():
             result = attack_for(self.ctx.attack, norm)(distributed.unwrap(model), x, y, self.ctx.eps[norm],
-                                                       steps=self.ctx.attack_steps)
+                                                       steps=self.ctx.attack_steps, **self.ctx.attack_options)
         return _in_input_dtype(result, x)
 
-    def attack_all(self, model, x, y, norms) -> list[AttackResult]:
-        """Every norm's attack on the same batch. When the attack family can run them jointly (APGD), they share
-        the first evaluation at x and, with ``batch_attacks``, every later forward/backward too."""
+    def attack_all(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   norms: list[str]) -> list[AttackResult]:
+        """Every norm's attack on the same batch, like ``attack`` per norm. When the attack family can run them
+        jointly (APGD), they share the first evaluation at x and, with ``batch_attacks``, every later
+        forward/backward too."""
         attacks = [attack_for(self.ctx.attack, norm) for norm in norms]
         joint, options = attacks[0].joint, attacks[0].defaults
         if joint is None or any(a.joint is not joint or a.defaults != options for a in attacks):
             return [self.attack(model, x, y, norm) for norm in norms]
         with eval_mode(model), self._autocast():
             results = joint(distributed.unwrap(model), x, y, [(norm, self.ctx.eps[norm]) for norm in norms],
-                            steps=self.ctx.attack_steps, batched=self.ctx.batch_attacks, **options)
+                            steps=self.ctx.attack_steps, batched=self.ctx.batch_attacks,
+                            **{**options, **self.ctx.attack_options})
+        for attack, norm, result in zip(attacks, norms, results):
+            check_inside(x, result.x_adv, norm, self.ctx.eps[norm], attack.label)
         return [_in_input_dtype(result, x) for result in results]
 
-    def forward(self, model, x):
+    def forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the train-mode model, under the run's autocast, as float32."""
         with self._autocast():
             return model(x).float()
 
-    def loss(self, model, x, y):
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(scalar loss with a graph to the weights, stats): the stats are scalar tensors averaged over the epoch
+        and shown in the progress line and metrics.jsonl, e.g. ``{"acc_linf": ...}``. The model is in train
+        mode; attack through ``attack``/``attack_all``, which switch to eval mode and back."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly: tensors and plain Python values only."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Restore what ``state_dict`` returned."""
 
 
 class Clean(TrainingMethod):
     """Natural training: cross-entropy on clean inputs."""
 
+    uses = "none"
+
     def loss(self, model, x, y):
         logits = self.forward(model, x)
         return _cross_entropy(logits, y), {"acc_clean": _accuracy(logits, y)}
-
-    @property
-    def norms(self):
-        return []
 
 
 class SingleNormAT(TrainingMethod):
@@ -253,7 +283,7 @@ class RAMP(TrainingMethod):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.pairing_loss = get("pairing-loss", ctx.pairing)
+        self.pairing_loss = functools.partial(get("pairing-loss", ctx.pairing), **ctx.pairing_options)
 
     def loss(self, model, x, y):
         q, r = self.norms

@@ -44,7 +44,7 @@ from ramptool.data import (
 )
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
-from ramptool.plugins import get
+from ramptool.plugins import bind_options, get
 from ramptool.schedules import learning_rate
 from ramptool.tensorboard import TensorboardLog
 
@@ -57,8 +57,8 @@ class TrainConfig:
     subset: int | None = None
     arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
     arch_options: dict = field(default_factory=dict, metadata={
-        "help": "Backbone options key=value, e.g. cifar_stem=true for timm ResNets, sub_block1=true for "
-                "TRADES-style WideResNet state_dicts."})
+        "help": "Backbone options name=value, e.g. width=32 for small-cnn, cifar_stem=true for timm ResNets, "
+                "sub_block1=true for TRADES-style WideResNet state_dicts."})
     init: str | None = None  # fine-tuning: the checkpoint to start from
     normalize: str | None = field(default=None, metadata={
         "help": "Input normalisation inside the model: none, dataset or MEAN/STD (default: dataset for a new "
@@ -72,10 +72,15 @@ class TrainConfig:
     eps: dict[str, float] = field(default_factory=dict)
     attack: str = "apgd"
     attack_steps: int = 10
+    attack_options: dict = field(default_factory=dict, metadata={
+        "help": "Options of the training attack family, e.g. l1_sparsity=0.1."})
     lam: float = 0.5
     pairing: str = "kl"
+    pairing_options: dict = field(default_factory=dict, metadata={"help": "Pairing-loss options."})
     combiner: str = "none"
-    beta: float = 0.5
+    combiner_options: dict = field(default_factory=dict, metadata={
+        "help": "Combiner options, e.g. beta=0.5 for gp and gp-step."})
+    method_options: dict = field(default_factory=dict, metadata={"help": "Training-method options."})
     epochs: int = 1
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -131,11 +136,28 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def trained_norms(cfg: TrainConfig) -> list[str]:
-    if cfg.method == "clean":
+    uses = get("method", cfg.method).uses
+    if uses == "none":
         return []
-    if get("method", cfg.method).uses == "pair":
+    if uses == "pair":
         return list(cfg.pair or [])
     return list(cfg.norms)
+
+
+def bind_component_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
+    with) and backbone checked against what each declares, and typed; a mistake is one error line."""
+    from ramptool.attacks import bind_family_options
+    from ramptool.models import bind_arch_options
+
+    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
+    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
+    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
+                                                                                        cfg.arch_options)
+    return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
+                               method_options=bind_options("method", cfg.method, cfg.method_options),
+                               combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
+                               pairing_options=bind_options("pairing-loss", cfg.pairing, cfg.pairing_options))
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -189,6 +211,7 @@ class Trainer:
             cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
                                                  progress=self.cfg.progress, device=self.cfg.device,
                                                  workers=self.cfg.workers)
+        cfg = self.cfg = bind_component_options(cfg)
         self.dist = distributed.setup(resolve_device(cfg.device))
         self.device = self.dist.device
         self.spec = dataset_spec(cfg.dataset, cfg.image_size)
@@ -208,7 +231,8 @@ class Trainer:
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
             if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
                 raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
-                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}")
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}: pass the --dataset "
+                                    f"it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
             self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
             self.normalization["normalize"] = recorded_normalize(self.init_metadata)
@@ -227,7 +251,8 @@ class Trainer:
         if cfg.sync_bn:
             self.model = distributed.sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg), cfg.beta)
+        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
+                                                      **cfg.combiner_options)
         autocast = None
         if cfg.amp == "bf16":
             autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -239,9 +264,10 @@ class Trainer:
         batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
                                      pair=tuple(cfg.pair) if cfg.pair else None, attack=cfg.attack,
-                                     attack_steps=cfg.attack_steps, lam=cfg.lam, pairing=cfg.pairing,
-                                     autocast=autocast, batch_attacks=batch_attacks)
-        self.method = get("method", cfg.method)(self.context)
+                                     attack_steps=cfg.attack_steps, attack_options=cfg.attack_options, lam=cfg.lam,
+                                     pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
+                                     batch_attacks=batch_attacks)
+        self.method = get("method", cfg.method)(self.context, **cfg.method_options)
         self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
@@ -273,7 +299,9 @@ class Trainer:
                 **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
-                "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
+                "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
+                "lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options,
+                "combiner": cfg.combiner, "combiner_options": cfg.combiner_options,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),

@@ -138,6 +138,17 @@ def test_image_folder_takes_its_size_and_its_random_crops_do_not_depend_on_worke
         dataset_spec("fashion-mnist", 32)
 
 
+def test_a_folder_split_of_float_images_as_plugins_write_them_still_loads():
+    from ramptool.data import FolderSplit, to_unit_float
+
+    images = torch.rand(5, 3, 4, 4)
+    split = FolderSplit(torch.utils.data.TensorDataset(images, torch.arange(5)), num_classes=5)
+    x, y = split.tensors()
+    assert torch.equal(x, images) and torch.equal(y, torch.arange(5))
+    batches = [(to_unit_float(x), y) for x, y in batch_loader(split, 2, shuffle=False)]
+    assert torch.equal(torch.cat([x for x, _ in batches]), images)
+
+
 def test_an_image_is_corrupted_the_same_whichever_share_of_the_points_it_is_in():
     from ramptool.evaluation.corruptions import corrupt_images
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
@@ -71,53 +73,29 @@ def resolve_normalize(normalize: str | None, default: str, spec) -> tuple[str, l
     return normalize, mean, std
 
 
-def parse_arch_options(entries: list[str]) -> dict:
-    """``['cifar_stem=true', 'drop_rate=0.1', 'global_pool=avg']`` -> {'cifar_stem': True, 'drop_rate': 0.1, ...}."""
-    options = {}
-    for entry in entries:
-        key, sep, text = entry.partition("=")
-        if not sep or not key.strip():
-            raise RamptoolError(f"--arch-option {entry!r} must look like key=value, e.g. cifar_stem=true")
-        options[key.strip().replace("-", "_")] = _option_value(text.strip())
-    return options
+def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU; width scales the convs."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width)
 
 
-def _option_value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if text.lower() == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def small_cnn_bn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN with BatchNorm after each convolution (BatchNorm and --sync-bn on a CPU)."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width, batchnorm=True)
 
 
-def small_cnn(num_classes, in_chans, image_size, **options):
-    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU."""
-    return SmallCNN(num_classes, in_chans, image_size, **options)
-
-
-def small_cnn_bn(num_classes, in_chans, image_size, **options):
-    """Small CNN with BatchNorm after each convolution (BatchNorm / --sync-bn behaviour on a CPU)."""
-    return SmallCNN(num_classes, in_chans, image_size, batchnorm=True, **options)
-
-
-def preact_resnet18(num_classes, in_chans, image_size, activation="relu", **options):
+def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation, **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation)
 
 
-def preact_resnet18_softplus(num_classes, in_chans, image_size, **options):
+def preact_resnet18_softplus(num_classes, in_chans, image_size):
     """PreAct ResNet-18 with softplus activations (RAMP/E-AT from-scratch setting)."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus", **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus")
 
 
 def _wide_resnet(depth, width):
-    def build(num_classes, in_chans, image_size, **options):
-        return WideResNet(depth, width, num_classes, in_chans, image_size, **options)
+    def build(num_classes, in_chans, image_size, *, sub_block1: bool = False):
+        return WideResNet(depth, width, num_classes, in_chans, image_size, sub_block1=sub_block1)
 
     build.__doc__ = f"WideResNet-{depth}-{width} (RobustBench parameter names; sub_block1=true for its TRADES layout)"
     return build
@@ -169,14 +147,29 @@ def register_backbones():
     }
 
 
+def backbone_name(arch: str) -> str:
+    """The registered backbone behind an ``--arch`` value (all of ``timm:<name>`` is one entry, and so on)."""
+    return next((registered for prefix, registered in PREFIXED_BACKBONES.items() if arch.startswith(prefix)), arch)
+
+
+def bind_arch_options(arch: str, given: dict | None) -> dict:
+    """``given`` options (``--arch-option``, a recipe, a checkpoint) of the backbone ``arch``, checked against its
+    builder and typed."""
+    from ramptool.plugins import bind_options
+
+    return bind_options("backbone", backbone_name(arch), given)
+
+
 def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, **options) -> nn.Module:
     from ramptool.plugins import get
 
-    for prefix, registered in PREFIXED_BACKBONES.items():
+    options = bind_arch_options(arch, options)
+    builder = get("backbone", backbone_name(arch))
+    for prefix in PREFIXED_BACKBONES:
         if arch.startswith(prefix):
-            return get("backbone", registered)(num_classes, in_chans, image_size, arch[len(prefix):], **options)
+            return builder(num_classes, in_chans, image_size, arch[len(prefix):], **options)
     try:
-        return get("backbone", arch)(num_classes, in_chans, image_size, **options)
+        return builder(num_classes, in_chans, image_size, **options)
     except TypeError as error:
         if not options:
             raise
