@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ramptool.cli_eval import (
@@ -79,6 +80,13 @@ def training_command(
     channels_last: bool | None = typer.Option(None, "--channels-last", help="channels-last memory (CUDA)."),
     batch_attacks: str | None = typer.Option(None, help="auto, on, off: run several norms' attacks as one "
                                              "batch (ramp/max/avg; default auto = on for CUDA)."),
+    image_size: int | None = typer.Option(None, help="Image folders: resolution to train at (default: 224)."),
+    workers: int | None = typer.Option(None, help="DataLoader worker processes per training process "
+                                       "(default: from the CPU count; 0 for in-memory data on a CPU)."),
+    sync_bn: bool | None = typer.Option(None, "--sync-bn", help="Under torchrun: BatchNorm statistics over the "
+                                        "global batch (SyncBatchNorm)."),
+    tensorboard: str | None = typer.Option(None, help="Folder for TensorBoard logs of every metrics.jsonl "
+                                           "scalar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -101,7 +109,8 @@ def training_command(
                pairing=pairing, combiner=combiner, epochs=epochs, batch_size=batch_size,
                optimizer=optimizer, lr=lr, weight_decay=weight_decay, no_decay_bn_bias=no_decay_bn_bias,
                schedule=schedule, lr_drop_epoch=lr_drop_epoch, seed=seed, device=device, eval_n=eval_n,
-               amp=amp, channels_last=channels_last, batch_attacks=batch_attacks, resume=resume or None,
+               amp=amp, channels_last=channels_last, batch_attacks=batch_attacks, image_size=image_size,
+               workers=workers, sync_bn=sync_bn, tensorboard=tensorboard, resume=resume or None,
                overwrite=overwrite or None, progress=progress,
                **{f"{kind}_options": parse_assignments(given, f"--{kind}-option") or None
                   for kind, given in (("arch", arch_option), ("method", method_option), ("attack", attack_option),
@@ -111,7 +120,8 @@ def training_command(
             raise RamptoolError("--resume needs --out, the run folder to continue")
         from ramptool.trainer import TrainConfig
 
-        summary = train(TrainConfig(out=out, resume=True, progress=progress, device=device or "auto"))
+        summary = train(TrainConfig(out=out, resume=True, progress=progress, device=device or "auto",
+                                    workers=workers))
     else:
         cfg = build_train_config(cli, recipe)
         if cfg.pair == "auto":
@@ -120,6 +130,10 @@ def training_command(
             cfg.pair = resolve_auto_pair(cfg, pair_from)
             console.print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
         summary = train(cfg)
+    from ramptool.distributed import is_main
+
+    if not is_main():
+        return
     last = summary["history"][-1] if summary["history"] else {}
     console.print(f"done: {summary['epochs']} epochs, checkpoint {Path(summary['out']) / 'model.safetensors'}")
     if "eval" in last:
@@ -276,10 +290,20 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
+    from ramptool import distributed
+
     try:
-        app(args=argv, standalone_mode=True)
+        with distributed.guard():
+            app(args=argv, standalone_mode=True)
+    except SystemExit as done:
+        if done.code in (0, None):  # after a failure a peer may be gone: leave the group to the exit
+            distributed.shutdown()
+        raise
     except RamptoolError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # under torchrun every process says what stopped it, so a failure on one node is not lost
+        where = f"rank {distributed.rank()}: " if distributed.launched() else ""
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(error))}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(error.exit_code)
 
 

@@ -8,6 +8,9 @@ The natural epoch runs interleaved step by step with the adversarial one (same r
 a mid-epoch checkpoint then holds both). BatchNorm running statistics are taken from the adversarial model
 (the reference code averages them like weights; statistics are not gradients, and the fused model is
 evaluated under attack). ``gp-step`` applies the same projection to every step's gradients instead.
+
+Under torchrun the natural model is data-parallel like the main one: both start each epoch from identical
+weights and take identical averaged steps on every rank, so every rank computes the same fusion.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ramptool import distributed
 from ramptool.errors import RamptoolError, TrainingDiverged
 from ramptool.hookspecs import hookimpl
 
@@ -100,6 +104,7 @@ class EpochGradientProjection(Combiner):
     def __init__(self, model, make_optimizer, *, beta: float = 0.5):
         self.beta = checked_beta(beta)
         self.natural = copy.deepcopy(model)
+        self.natural_parallel = distributed.data_parallel(self.natural)
         self.natural_optimizer = make_optimizer(self.natural)
         self.anchor: dict[str, torch.Tensor] | None = None
 
@@ -109,13 +114,14 @@ class EpochGradientProjection(Combiner):
 
     def train_step(self, model, optimizer, compute_loss, x, y):
         loss, stats = super().train_step(model, optimizer, compute_loss, x, y)
-        self.natural.train()
-        natural_logits = self.natural(x)
-        natural_loss = F.cross_entropy(natural_logits.float(), y)
+        self.natural_parallel.train()
+        natural_logits = self.natural_parallel(x)
+        natural_loss = distributed.global_mean(F.cross_entropy(natural_logits.float(), y), len(y))
         self.natural_optimizer.zero_grad(set_to_none=True)
         checked_backward(natural_loss)
         self.natural_optimizer.step()
-        stats = {**stats, "acc_natural": (natural_logits.argmax(1) == y).float().mean().detach()}
+        correct = (natural_logits.argmax(1) == y).float().mean().detach()
+        stats = {**stats, "acc_natural": distributed.global_mean(correct, len(y))}
         return loss, stats
 
     @torch.no_grad()
@@ -156,7 +162,7 @@ class StepGradientProjection(Combiner):
         adversarial = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         optimizer.zero_grad(set_to_none=True)
         model.train()
-        clean_loss = F.cross_entropy(model(x).float(), y)
+        clean_loss = distributed.global_mean(F.cross_entropy(model(x).float(), y), len(y))
         checked_backward(clean_loss)
         with torch.no_grad():
             for p, g_a in zip(params, adversarial):

@@ -4,6 +4,10 @@ Reproducibility: the batch order depends on (seed, epoch), each batch's augmenta
 and the global torch RNG is reseeded from (seed, epoch, step) before every step (random starts, E-AT/SAT norm
 sampling). A run restarted from any checkpoint therefore replays the rest exactly; checkpoints are written at
 every epoch end and on Ctrl-C (mid-epoch), always atomically.
+
+Under torchrun the trainer runs data-parallel (``ramptool.distributed``): every process takes its slice of the
+same global batches, the model is wrapped in DistributedDataParallel, and only rank 0 writes. A checkpoint holds
+no trace of the number of processes, so a run resumes with any number of them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
@@ -28,11 +33,20 @@ from ramptool.checkpoint import (
     save_checkpoint,
     save_state,
 )
-from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
+from ramptool.data import (
+    batch_loader,
+    batch_seed,
+    dataset_spec,
+    default_workers,
+    load_split,
+    num_batches,
+    to_unit_float,
+)
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
 from ramptool.plugins import bind_options, get
 from ramptool.schedules import learning_rate
+from ramptool.tensorboard import TensorboardLog
 
 
 @dataclass
@@ -83,6 +97,15 @@ class TrainConfig:
     amp: str | None = None
     channels_last: bool = False
     batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
+    image_size: int | None = field(default=None, metadata={
+        "help": "Image folders (imagenet, imagefolder): the side images are cropped to (default: 224)."})
+    workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes per training process (default: the process's share of the CPUs "
+                "minus one, at most 8; 0 for in-memory datasets on a CPU)."})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)."})
+    tensorboard: str | None = field(default=None, metadata={
+        "help": "Folder for TensorBoard logs of every scalar metrics.jsonl holds."})
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -184,14 +207,20 @@ class Trainer:
         resumed_state = load_state(self.out / STATE_FILE) if cfg.resume else None
         if resumed_state is not None:
             saved = resumed_state["config"]
+            # the machine may differ from the one that started the run: its device and workers are this one's
             cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
-                                                 progress=self.cfg.progress, device=self.cfg.device)
+                                                 progress=self.cfg.progress, device=self.cfg.device,
+                                                 workers=self.cfg.workers)
         cfg = self.cfg = bind_component_options(cfg)
-        self.device = resolve_device(cfg.device)
-        self.spec = get_dataset(cfg.dataset)
-        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset)
+        self.dist = distributed.setup(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.spec = dataset_spec(cfg.dataset, cfg.image_size)
+        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
+        _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(
+            self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
         if cfg.init:
             self.model, self.init_metadata = load_checkpoint(
@@ -219,6 +248,8 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            self.model = distributed.sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
                                                       **cfg.combiner_options)
@@ -237,6 +268,7 @@ class Trainer:
                                      pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
                                      batch_attacks=batch_attacks)
         self.method = get("method", cfg.method)(self.context, **cfg.method_options)
+        self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
@@ -277,6 +309,8 @@ class Trainer:
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
+        if not self.dist.is_main:
+            return
         save_state(self.out / STATE_FILE, self._state())
         save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
 
@@ -301,19 +335,23 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.eval_n:
-            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
-        if not cfg.resume:
+            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n, image_size=cfg.image_size)
+        if not cfg.resume and main:
             (self.out / "metrics.jsonl").write_text("")
-        progress = _progress(cfg.progress)
-        with interrupt_flag() as interrupted, progress:
+        progress = _progress(cfg.progress and main)
+        board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
+        lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
+        with distributed.guard(lost), interrupt_flag() as interrupted, progress, board:
             while self.epoch < cfg.epochs:
-                self._run_epoch(progress, interrupted)
+                self._run_epoch(progress, interrupted, board)
         self.save(finished=True)
         return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
 
-    def _run_epoch(self, progress, interrupted) -> None:
+    def _run_epoch(self, progress, interrupted, board) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
@@ -321,21 +359,28 @@ class Trainer:
                                  stats="") if not isinstance(progress, nullcontext) else None
         sums: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                  augment=self.spec.augment, start=self.step)
+        batches = batch_loader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                               augment=self.spec.augment, start=self.step, rank=self.dist.rank,
+                               world_size=self.dist.world_size, workers=self.workers,
+                               pin_memory=self.device.type == "cuda")
+        model = self.parallel_model
         for x, y in batches:
             lr = self.set_lr(epoch + (self.step + 1) / self.n_batches)
-            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919)
-            x, y = x.to(self.device), y.to(self.device)
+            # per-sample randomness differs between ranks; choices that must agree go through distributed.agree
+            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919 + self.dist.rank)
+            global_batch = min(cfg.batch_size, len(self.train_data) - self.step * cfg.batch_size)
+            x = to_unit_float(x.to(self.device, non_blocking=True))
+            y = y.to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.model.train()
-            loss, stats = self.combiner.train_step(self.model, self.optimizer,
-                                                   lambda: self.method.loss(self.model, x, y), x, y)
+            model.train()
+            loss, stats = self.combiner.train_step(model, self.optimizer, lambda: self.method.loss(model, x, y), x, y)
             self.step += 1
-            seen += len(y)
+            # every stat is a rank's term of a global mean (distributed.global_mean): weighting by the global
+            # batch over the number of ranks makes the sums over ranks exact
+            seen += global_batch / self.dist.world_size
             for key, value in {"loss": loss, **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(y)
+                sums[key] = sums.get(key, 0.0) + float(value) * global_batch / self.dist.world_size
             if task is not None:
                 shown = "  ".join(f"{k} {v / seen:.3f}" for k, v in sums.items())
                 rate = seen / max(time.perf_counter() - started, 1e-9)
@@ -345,6 +390,7 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {self.step}; checkpoint "
                                           f"saved in {self.out}, continue with --resume")
         self.combiner.end_epoch(self.model)
+        sums, seen = _sum_over_ranks(sums, seen)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
                   "img_per_s": round(seen / max(seconds, 1e-9), 1),
@@ -354,9 +400,28 @@ class Trainer:
             record["eval"] = self.evaluate()
         self.history.append(record)
         self.save(finished=False)
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if cfg.tensorboard:
+            board.write(record)
         _report_epoch(record)
+
+
+def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:
+    smallest = min(batch_size, n % batch_size or batch_size)
+    if smallest < world_size:
+        raise RamptoolError(f"{world_size} processes need at least {world_size} points in every global batch, but "
+                            f"one has {smallest} ({n} points, --batch-size {batch_size}): change --batch-size or "
+                            f"--subset")
+
+
+def _sum_over_ranks(sums: dict[str, float], seen: float) -> tuple[dict[str, float], float]:
+    """The epoch's metric sums over every rank (every rank holds the same keys: methods agree on their norms)."""
+    keys = sorted(sums)
+    totals = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64))
+    return {k: float(v) for k, v in zip(keys, totals[:-1])}, float(totals[-1])
 
 
 def _report_epoch(record: dict) -> None:

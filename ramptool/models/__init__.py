@@ -78,6 +78,11 @@ def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
     return SmallCNN(num_classes, in_chans, image_size, width=width)
 
 
+def small_cnn_bn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN with BatchNorm after each convolution (BatchNorm and --sync-bn on a CPU)."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width, batchnorm=True)
+
+
 def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
     return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation)
@@ -131,6 +136,7 @@ def robustbench_model(num_classes, in_chans, image_size, zoo_name, **options):
 def register_backbones():
     return {
         "small-cnn": small_cnn,
+        "small-cnn-bn": small_cnn_bn,
         "preact-resnet18": preact_resnet18,
         "preact-resnet18-softplus": preact_resnet18_softplus,
         "wrn-28-10": _wide_resnet(28, 10),
