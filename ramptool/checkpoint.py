@@ -225,7 +225,7 @@ def foreign_metadata(path: Path, arch: str | None, dataset: str | None = None, n
     """What a plain state_dict is, from the options given for it: it records nothing itself."""
     from ramptool import robustbench
     from ramptool.data import get_dataset
-    from ramptool.models import resolve_normalize
+    from ramptool.models import bind_arch_options, resolve_normalize
 
     if arch is None:
         raise RamptoolError(f"{path} is a plain state_dict without ramptool metadata: pass --arch (and --dataset, "
@@ -237,11 +237,11 @@ def foreign_metadata(path: Path, arch: str | None, dataset: str | None = None, n
         if normalize not in (None, "none"):
             raise RamptoolError(f"{arch} keeps RobustBench's input convention ([0,1] pixels): drop --normalize")
         metadata = zoo_model.metadata()
-        metadata["arch_options"] = dict(arch_options or {})
+        metadata["arch_options"] = bind_arch_options(arch, arch_options)
     else:
         spec = get_dataset(dataset or "cifar10")
         label, mean, std = resolve_normalize(normalize, "none", spec)
-        metadata = {"arch": arch, "arch_options": dict(arch_options or {}),
+        metadata = {"arch": arch, "arch_options": bind_arch_options(arch, arch_options),
                     "num_classes": num_classes or spec.num_classes or 1000, "input_shape": list(spec.input_shape),
                     "normalize": label, "mean": mean, "std": std, "dataset": dataset or "cifar10", "source": {}}
     metadata["source"].update({"state_dict": str(Path(path).resolve()), "sha256": file_sha256(path)})
@@ -259,12 +259,12 @@ def recorded_normalize(metadata: dict) -> str:
 def _check_recorded(path, metadata: dict, arch, normalize, arch_options) -> None:
     """A ramptool checkpoint describes itself: options for plain state_dicts must not contradict it."""
     from ramptool.data import get_dataset
-    from ramptool.models import resolve_normalize
+    from ramptool.models import bind_arch_options, resolve_normalize
 
     conflicts = []
     if arch is not None and arch != metadata["arch"]:
         conflicts.append(f"--arch {arch} (it records {metadata['arch']})")
-    if arch_options and arch_options != metadata.get("arch_options", {}):
+    if arch_options and bind_arch_options(metadata["arch"], arch_options) != metadata.get("arch_options", {}):
         conflicts.append(f"--arch-option {arch_options} (it records {metadata.get('arch_options', {})})")
     if normalize is not None:
         _, mean, std = resolve_normalize(normalize, "none", get_dataset(metadata.get("dataset") or "cifar10"))

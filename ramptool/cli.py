@@ -59,6 +59,10 @@ def _training_command(mode: str):
             raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, a state_dict with --arch, or "
                                 "robustbench:<dataset>/<threat_model>/<name>)")
         summary = train(cfg)
+        from ramptool.distributed import is_main
+
+        if not is_main():
+            return
         last = summary["history"][-1] if summary["history"] else {}
         console.print(f"done: {summary['epochs']} epochs, checkpoint {Path(summary['out']) / 'model.safetensors'}")
         if "eval" in last:
@@ -96,16 +100,25 @@ def print_accuracy_table(rows: dict[str, dict[str, float]], title: str = "robust
 
 
 @app.command()
-def plugins():
-    """List every registered component: kind, name, providing plugin, description."""
+def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list the options of each component.")):
+    """List every registered component (kind, name, providing plugin, description) and any skipped plugin."""
     from ramptool.plugins import registry
 
+    found = registry()
     table = Table(title="ramptool components")
-    for column in ("kind", "name", "plugin", "description"):
+    for column in ("kind", "name", "plugin", "description", *(["options"] if verbose else [])):
         table.add_column(column)
-    for component in registry().all():
-        table.add_row(component.kind, component.name, component.plugin, component.description)
+    for component in found.all():
+        options = ["\n".join(component.options) or "-"] if verbose else []
+        table.add_row(component.kind, component.name, component.plugin, component.description, *options)
     console.print(table)
+    if found.skipped:
+        skipped = Table(title="skipped plugins")
+        for column in ("plugin", "hook", "reason"):
+            skipped.add_column(column)
+        for entry in found.skipped:
+            skipped.add_row(entry.plugin, entry.hook or "(import)", entry.reason)
+        console.print(skipped)
 
 
 @app.command()
@@ -209,7 +222,8 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast) or apgd (APGD-CE, quick look)."),
+    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast), apgd (APGD-CE, quick look) or a "
+                               "registered attack family (upper bounds)."),
     steps: int = typer.Option(100, help="--attack apgd: iterations."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
@@ -235,10 +249,20 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
+    from ramptool import distributed
+
     try:
-        app(args=argv, standalone_mode=True)
+        with distributed.guard():
+            app(args=argv, standalone_mode=True)
+    except SystemExit as done:
+        if done.code in (0, None):  # after a failure a peer may be gone: leave the group to the exit
+            distributed.shutdown()
+        raise
     except RamptoolError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        # under torchrun every process says what stopped it, so a failure on one node is not lost
+        where = f"rank {distributed.rank()}: " if distributed.launched() else ""
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(error))}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(error.exit_code)
 
 

@@ -1,6 +1,8 @@
 """``ramptool eval``: union accuracy (AutoAttack), common corruptions, robust accuracy vs eps.
 
 A thin layer: the work happens in ``ramptool.evaluation``. User mistakes raise RamptoolError (one line, exit 2).
+Under torchrun every process evaluates its share of the test points and rank 0 prints and writes the reports,
+the same files a single process writes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ramptool.errors import RamptoolError
+from ramptool.options import parse_assignments
 
 eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -28,9 +31,19 @@ def _positive(value: int, flag: str) -> int:
 
 
 def _device(name: str):
+    """The device of this process (under torchrun: its rank's GPU); only rank 0 prints."""
+    from ramptool.distributed import setup
     from ramptool.trainer import resolve_device
 
-    return resolve_device(name)
+    where = setup(resolve_device(name))
+    console.quiet = not where.is_main
+    return where.device
+
+
+def _is_main() -> bool:
+    from ramptool.distributed import is_main
+
+    return is_main()
 
 
 # how to read a checkpoint that does not describe itself: one option set for every command that takes --ckpt
@@ -48,9 +61,8 @@ MODEL_DIR_OPTION = typer.Option(None, "--model-dir", help="RobustBench weights f
 
 def loading_options(normalize: str | None, arch_option: list[str], model_dir: str | None) -> dict:
     """The keyword arguments of ``load_checkpoint`` that the shared options give."""
-    from ramptool.models import parse_arch_options
-
-    return {"normalize": normalize, "arch_options": parse_arch_options(arch_option), "model_dir": model_dir}
+    return {"normalize": normalize, "arch_options": parse_assignments(arch_option, "--arch-option"),
+            "model_dir": model_dir}
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
@@ -93,11 +105,13 @@ def _locks_out(command):
     return locked
 
 
-def _test_points(dataset: str, data_dir, n_examples: int, sample_seed):
-    from ramptool.data import load_split
+def _test_points(dataset: str, data_dir, n_examples: int, sample_seed, metadata: dict):
+    """The test points at the checkpoint's resolution (image folders can be read at any)."""
+    from ramptool.data import get_dataset, load_split
 
+    size = metadata["input_shape"][-1] if get_dataset(dataset).resizable else None
     return load_split(dataset, "test", data_dir, _positive(n_examples, "--n-examples"),
-                      sample_seed=sample_seed).tensors()
+                      sample_seed=sample_seed, image_size=size).tensors()
 
 
 @eval_app.command()
@@ -115,8 +129,10 @@ def union(
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12.", show_default="the dataset's"),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
     version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
-    attack: str = typer.Option("autoattack", help="autoattack (reported numbers) or apgd (quick check)."),
-    steps: int = typer.Option(100, help="--attack apgd: iterations."),
+    attack: str = typer.Option("autoattack", help="autoattack (reported numbers), apgd (quick check), or a "
+                               "registered attack family such as pgd (upper bounds)."),
+    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
+    steps: int = typer.Option(100, help="--attack apgd or a family: iterations."),
     union_only: bool = typer.Option(False, "--union-only", help="Cascade: each norm attacks only points still "
                                     "robust (same union, less time; per-norm numbers become upper bounds)."),
     resume: bool = typer.Option(False, "--resume", help="Skip norms already finished in --out."),
@@ -128,6 +144,7 @@ def union(
     """Clean, per-norm and union accuracy under AutoAttack, for one or more checkpoints side by side."""
     from ramptool.evaluation.report import print_union_table, write_union_reports
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
+    from ramptool.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms
 
     checkpoints = checkpoint_names(ckpt)
@@ -140,14 +157,19 @@ def union(
     for name, path in checkpoints.items():
         model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target, **loading)
         eps_values = parse_eps(eps, dataset_name)
-        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
-        with console.status(f"evaluating {name} on {len(y)} {dataset_name} points"):
+        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        console.print(f"evaluating {name} on {len(y)} {dataset_name} points", highlight=False)
+        with task_progress(console) as progress:
             report = evaluate_union(model, x, y, norm_list, eps_values, version=version,
                                     out_dir=Path(out) / name, resume=resume, union_only=union_only,
                                     batch_size=batch_size, seed=seed, attack=attack, steps=steps,
-                                    recorded_clean=recorded_clean_accuracy(metadata), console=console)
+                                    recorded_clean=recorded_clean_accuracy(metadata), console=console,
+                                    attack_options=parse_assignments(attack_option, "--attack-option"),
+                                    on_progress=progress)
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
     print_union_table(reports, console)
+    if not _is_main():
+        return
     written = write_union_reports(reports, out)
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
 
@@ -178,8 +200,6 @@ def corruptions(
     seed: int = typer.Option(0, help="Seed of the random corruptions."),
 ):
     """Accuracy under the 15 common corruptions x 5 severities (imagecorruptions), per corruption and mean."""
-    from rich.progress import Progress
-
     from ramptool.evaluation.corruptions import (
         CORRUPTIONS,
         default_cache_dir,
@@ -196,6 +216,7 @@ def corruptions(
         write_corruption_report,
     )
     from ramptool.evaluation.union import load_for_evaluation
+    from ramptool.progress import task_progress
 
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
@@ -209,22 +230,22 @@ def corruptions(
     reports = {}
     for name, path in checkpoints.items():
         model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("corruptions", total=len(names) * len(severity_list))
-
+        with task_progress(console) as progress:
             def step(corruption, severity):
-                progress.update(task, advance=1, description=f"{name}: {corruption} s{severity}")
+                progress(name, f"{corruption} s{severity}", 1, len(names) * len(severity_list))
 
             if from_dir is not None:
                 report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
                                                     metadata["input_shape"], metadata["num_classes"],
                                                     batch_size, on_step=step)
             else:
-                x, y = _test_points(dataset_name, data_dir, n_examples, None)
+                x, y = _test_points(dataset_name, data_dir, n_examples, None, metadata)
                 report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
                                               cache_dir or default_cache_dir(), batch_size, on_step=step)
         reports[name] = {"checkpoint": str(path), **report, "dataset": dataset_name}
         console.print(corruption_table(reports[name], title=name if len(checkpoints) > 1 else None))
+    if not _is_main():
+        return
     if len(reports) == 1:
         written = write_corruption_report(next(iter(reports.values())), out)
     else:
@@ -273,15 +294,18 @@ def curve(
                                                           "reference eps."),
     n_examples: int = typer.Option(500, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    steps: int = typer.Option(100, help="APGD-CE iterations."),
+    attack: str = typer.Option("apgd", help="apgd (APGD-CE) or a registered attack family (upper bounds)."),
+    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
+    steps: int = typer.Option(100, help="Attack iterations."),
     out: str = typer.Option("runs/eval", help="Folder for curve.json and curve.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),
 ):
-    """Robust accuracy vs eps under APGD-CE; warns where it does not fall as eps grows."""
+    """Robust accuracy vs eps under APGD-CE (or an attack family); warns where it does not fall as eps grows."""
     from ramptool.evaluation.report import curve_table, write_curve_report
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
+    from ramptool.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms, parse_number
 
     checkpoints = checkpoint_names(ckpt)
@@ -295,20 +319,25 @@ def curve(
     _positive(batch_size, "--batch-size")
     curves = {}
     for name, path in checkpoints.items():
-        model, _, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
         reference = parse_eps(eps, dataset_name)
         missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
         if missing:
             raise RamptoolError(f"no eps known for {', '.join(missing)} on {dataset_name}: pass --eps or "
                                 f"--eps-values")
         sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
-        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed)
-        with console.status(f"{name}: APGD-CE on {len(y)} points at {sum(len(v) for v in sweep.values())} eps "
-                            f"values"):
+        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        console.print(f"{name}: {attack} on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values",
+                      highlight=False)
+        with task_progress(console) as progress:
             result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
                                       reference_eps={n: reference[n] for n in norm_list if n in reference},
-                                      console=console)
+                                      console=console, attack=attack,
+                                      attack_options=parse_assignments(attack_option, "--attack-option"),
+                                      on_progress=progress)
         curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
     console.print(curve_table(curves))
+    if not _is_main():
+        return
     written = write_curve_report(curves, out)
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

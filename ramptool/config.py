@@ -115,12 +115,11 @@ def registered(kind: str) -> Callable[[], list[str]]:
     return names
 
 
-def attack_families() -> list[str]:
+def attack_family_names() -> list[str]:
     """Families ``F`` with a registered ``F-<norm>`` attack (``--attack apgd`` means apgd-linf, apgd-l2, ...)."""
-    from ramptool.plugins import registry
+    from ramptool.attacks import attack_families
 
-    return sorted({c.name[: -len(c.obj.norm) - 1] for c in registry().components["attack"].values()
-                   if c.obj.norm and c.name.endswith(f"-{c.obj.norm}")})
+    return sorted(attack_families())
 
 
 def norm_list(value: Any, text: bool) -> list[str]:
@@ -164,37 +163,6 @@ def eps_table(value: Any, text: bool) -> dict[str, float]:
         return parse_eps(value, None, known_norms())
     except RamptoolError as error:
         raise Invalid(detail=str(error)) from None
-
-
-def option_table(value: Any, text: bool) -> dict[str, Any]:
-    """Component options: a TOML table / dict, or the command line's repeated ``key=value`` (keys with - or _;
-    values true/false, none, integers and numbers are typed, anything else stays a string)."""
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise Invalid("a table of name = value options")
-        return dict(value)
-    if not text or not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-        raise Invalid("a table of name = value options")
-    options = {}
-    for entry in value:
-        key, sep, raw = entry.partition("=")
-        if not sep or not key.strip():
-            raise Invalid(detail=f"{entry!r} must look like key=value, e.g. cifar_stem=true")
-        options[key.strip().replace("-", "_")] = _option_value(raw.strip())
-    return options
-
-
-def _option_value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if text.lower() == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def device_name(value: Any, text: bool) -> str:
@@ -249,8 +217,8 @@ class TrainConfig:
                               shown_default="all")
     arch: str | None = knob(None, "Backbone to train (any registered one, or timm:<name>), or the architecture of a "
                                   "plain state_dict given to --ckpt.", shown_default="small-cnn")
-    arch_options: dict = knob(help="Backbone option key=value, e.g. cifar_stem=true for timm ResNets, "
-                                   "sub_block1=true for TRADES-style WideResNet state_dicts (repeatable).",
+    arch_options: dict = knob(help="Backbone option name=value, e.g. width=32 for small-cnn, cifar_stem=true for "
+                                   "timm ResNets, sub_block1=true for TRADES-style WideResNet state_dicts.",
                               default_factory=dict, flag="--arch-option")
     init: str | None = knob(None, "Checkpoint to fine-tune: a file, a run folder, or "
                                   "robustbench:<dataset>/<threat_model>/<name>.", flag="--ckpt", path=True,
@@ -270,14 +238,21 @@ class TrainConfig:
                                  shown_default="run the pair finder")
     eps: dict[str, float] = knob(help="Budgets, e.g. linf=8/255,l2=0.5,l1=12; unnamed norms keep the dataset's.",
                                  default_factory=dict, parse=eps_table, shown_default="the dataset's")
-    attack: str = knob("apgd", "Training attack family (apgd, pgd or a plugin's).", choices=attack_families)
+    attack: str = knob("apgd", "Training attack family (apgd, pgd or a plugin's).", choices=attack_family_names)
     attack_steps: int = knob(10, "Training attack iterations.", positive=True)
+    attack_options: dict = knob(help="Training-attack option name=value, e.g. l1_sparsity=0.1.",
+                                default_factory=dict, flag="--attack-option")
     lam: float | None = knob(None, "RAMP pairing weight lambda.", flag="--lambda", minimum=0,
                              shown_default="0.5 finetune, 2.0 train")
     pairing: str = knob("kl", "RAMP pairing loss.", choices=registered("pairing-loss"))
+    pairing_options: dict = knob(help="Pairing-loss option name=value.", default_factory=dict,
+                                 flag="--pairing-option")
     combiner: str = knob("none", "How the loss becomes an update: none, gp (RAMP's per-epoch gradient "
                                  "projection), gp-step.", choices=registered("combiner"))
-    beta: float = knob(0.5, "GP mixing weight.", minimum=0, maximum=1)
+    combiner_options: dict = knob(help="Combiner option name=value, e.g. beta=0.5 for gp and gp-step.",
+                                  default_factory=dict, flag="--combiner-option")
+    method_options: dict = knob(help="Training-method option name=value.", default_factory=dict,
+                                flag="--method-option")
     epochs: int = knob(1, "Epochs; on --resume it may be raised to extend the run.", positive=True,
                        on_resume="extend")
     batch_size: int = knob(128, "Batch size.", positive=True)
@@ -302,6 +277,15 @@ class TrainConfig:
     channels_last: bool = knob(False, "Channels-last memory format (CUDA).")
     batch_attacks: str = knob("auto", "Run several norms' attacks as one batch (ramp, max, avg); auto = on for "
                                       "CUDA.", choices=("auto", "on", "off"))
+    image_size: int | None = knob(None, "Image folders (imagenet, imagefolder): the side images are cropped to.",
+                                  positive=True, shown_default="224")
+    workers: int | None = knob(None, "DataLoader worker processes per training process.", minimum=0,
+                               on_resume="free", shown_default="the process's share of the CPUs minus one, at most "
+                                                               "8; 0 for in-memory datasets on a CPU")
+    sync_bn: bool = knob(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).",
+                         flag="--sync-bn")
+    tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds.",
+                                   on_resume="free")
     resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",
                         recipe=False, on_resume="free")
     overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "
@@ -368,8 +352,9 @@ def base_type(name: str) -> tuple[type, bool]:
 
 
 def is_option_table(name: str) -> bool:
-    """A ``dict`` field read as options: a TOML table, or a repeatable ``--flag key=value`` on the command line."""
-    return base_type(name)[0] is dict and knob_of(name).parse in (None, option_table)
+    """A ``dict`` field read as options: a TOML table, or a repeatable ``--flag name=value`` on the command line
+    (values stay text there: the trainer types and checks them against what the component declares)."""
+    return base_type(name)[0] is dict and knob_of(name).parse is None
 
 
 def _number_phrase(kind: str, spec: Knob) -> str:
@@ -407,6 +392,14 @@ def _convert(name: str, value: Any, source: Source) -> Any:
         value = str(value)
     if spec.parse is not None:
         return spec.parse(value, source.text)
+    if is_option_table(name):
+        if source.text and isinstance(value, (list, tuple)):
+            from ramptool.options import parse_assignments
+
+            return parse_assignments(list(value), flag_of(name))
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise Invalid("a table of name = value options")
+        return dict(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -436,8 +429,6 @@ def _convert(name: str, value: Any, source: Source) -> Any:
         if spec.path and source.base is not None and not re.match(r"[a-z][a-z0-9+.-]+:", value):
             value = str(source.base / Path(value).expanduser())  # absolute paths and robustbench:... stay
         return value
-    if kind is dict:
-        return option_table(value, source.text)
     if kind is list:
         return norm_list(value, source.text)
     raise TypeError(f"TrainConfig.{name}: unsupported type {TYPES[name]}")
@@ -589,7 +580,7 @@ def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, A
         rule, before = knob_of(name).on_resume, saved.get(name, default_of(name))
         if rule == "free" or (rule == "extend" and value >= before):
             changes[name] = value
-        elif value != before:
+        elif _comparable(value) != _comparable(before):
             conflicts.append(f"{labels[name]} {_plain(value)} (saved: {_plain(before)})")
     if conflicts:
         what = "differs" if len(conflicts) == 1 else "differ"
@@ -601,6 +592,15 @@ def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, A
                           f"({grow} may grow, to extend the run; {free} may change), or start a new run with "
                           f"another --out or --overwrite")
     return {**saved, **changes, "resume": True}
+
+
+def _comparable(value: Any) -> Any:
+    """Option tables from the command line hold text until the component types them: '0.5' equals a saved 0.5."""
+    if not isinstance(value, dict):
+        return value
+    from ramptool.options import guess_value
+
+    return {key: guess_value(v) if isinstance(v, str) else v for key, v in value.items()}
 
 
 def _plain(value: Any) -> str:
@@ -617,6 +617,8 @@ def help_text(name: str) -> str:
     """A field's help with its default, written as typer writes every other option's: ``[default: 1]``,
     ``[default: (the dataset's)]`` for a default that depends on context, ``[default: progress]`` for a flag."""
     spec, default = knob_of(name), default_of(name)
+    if is_option_table(name):
+        return f"{spec.help} Repeatable; `ramptool plugins -v` lists each component's options."
     if default is MISSING:
         return f"{spec.help} [required]"
     if spec.shown_default is not None:

@@ -121,7 +121,8 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
     q, r, evidence = choose_pair(matrix, fine_tune_from)
     result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
               "norms": norms, "dataset": dataset, "n_examples": n_examples,
-              "attack": "autoattack fast" if attack == "autoattack" else f"apgd-ce x{steps}",
+              "attack": "autoattack fast" if attack == "autoattack" else f"apgd-ce x{steps}" if attack == "apgd"
+              else f"{attack} x{steps} (attack family: upper bounds)",
               "checkpoints": sources, "fine_tune_from": fine_tune_from}
     if out is not None:
         from ramptool.checkpoint import atomic_write

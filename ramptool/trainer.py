@@ -6,12 +6,17 @@ sampling). A run restarted from any checkpoint therefore replays the rest exactl
 every epoch end and on Ctrl-C (mid-epoch), always atomically, and hold the epoch's running metric sums, so a
 resumed epoch reports the metrics of the uninterrupted one. The run folder is locked from the Trainer's creation
 to the end of ``run()`` (ramptool.rundir).
+
+Under torchrun the trainer runs data-parallel (``ramptool.distributed``): every process takes its slice of the
+same global batches, the model is wrapped in DistributedDataParallel, and only rank 0 writes. A checkpoint holds
+no trace of the number of processes, so a run resumes with any number of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
@@ -32,12 +38,22 @@ from ramptool.checkpoint import (
     save_state,
 )
 from ramptool.config import TrainConfig, given_values, resumed_values
-from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
+from ramptool.data import (
+    batch_loader,
+    batch_seed,
+    dataset_spec,
+    default_workers,
+    iterate_batches,
+    load_split,
+    num_batches,
+    to_unit_float,
+)
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
-from ramptool.plugins import get
+from ramptool.plugins import bind_options, get
 from ramptool.rundir import FolderLock, discard_set_aside, recover_set_aside, restore_set_aside, set_aside
 from ramptool.schedules import learning_rate
+from ramptool.tensorboard import TensorboardLog
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -74,11 +90,28 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def trained_norms(cfg: TrainConfig) -> list[str]:
-    if cfg.method == "clean":
+    uses = get("method", cfg.method).uses
+    if uses == "none":
         return []
-    if get("method", cfg.method).uses == "pair":
+    if uses == "pair":
         return list(cfg.pair or [])
     return list(cfg.norms)
+
+
+def bind_component_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
+    with) and backbone checked against what each declares, and typed; a mistake is one error line."""
+    from ramptool.attacks import bind_family_options
+    from ramptool.models import bind_arch_options
+
+    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
+    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
+    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
+                                                                                        cfg.arch_options)
+    return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
+                               method_options=bind_options("method", cfg.method, cfg.method_options),
+                               combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
+                               pairing_options=bind_options("pairing-loss", cfg.pairing, cfg.pairing_options))
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -121,21 +154,29 @@ class TrainingInterrupted(RamptoolError):
 
 
 class Trainer:
-    """Owns the run folder from construction to the end of ``run()``: it is checked and locked before any work,
-    and an old run being replaced (``overwrite``) is kept aside until the new run's first checkpoint."""
+    """Owns the run folder from construction to the end of ``run()``: it is checked and locked before any work
+    (by the first process, the one that writes), and an old run being replaced (``overwrite``) is kept aside until
+    the new run's first checkpoint."""
 
     def __init__(self, cfg: TrainConfig):
         self.out = Path(cfg.out)
-        self.lock = FolderLock(self.out).acquire()
+        # rank 0 writes; the process group is joined later, so the rank comes from torchrun's environment here
+        writer = int(os.environ.get("RANK", "0")) == 0
+        self.lock = FolderLock(self.out).acquire() if writer else None
         try:
             self._setup(cfg)
         except BaseException:
-            self.lock.release()
+            self._release()
             raise
 
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
     def _setup(self, cfg: TrainConfig) -> None:
-        recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
-        remove_orphans(self.out)
+        if self.lock is not None:
+            recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
+            remove_orphans(self.out)
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
         resumed_state = None
         if cfg.resume:
@@ -144,17 +185,22 @@ class Trainer:
             resumed_state = load_state(self.out / STATE_FILE)
             if not isinstance(resumed_state, dict):
                 raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.spec = get_dataset(cfg.dataset)
-        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset)
+        cfg = self.cfg = bind_component_options(cfg)
+        self.dist = distributed.setup(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.spec = dataset_spec(cfg.dataset, cfg.image_size)
+        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
+        _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
         if cfg.pair == "auto":
             from ramptool.pair import resolve_auto_pair
 
             cfg.pair = resolve_auto_pair(cfg, cfg.pair_from)
-            print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
+            if self.dist.is_main:
+                print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(
+            self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
         if cfg.init:
             self.model, self.init_metadata = load_checkpoint(
@@ -164,9 +210,9 @@ class Trainer:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
             if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
-                raise RamptoolError(f"checkpoint {cfg.init} takes inputs of shape "
-                                    f"{tuple(self.init_metadata['input_shape'])} but {cfg.dataset} images are "
-                                    f"{tuple(self.spec.input_shape)}: wrong --dataset?")
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}: pass the --dataset "
+                                    f"it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
             self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
             self.normalization["normalize"] = recorded_normalize(self.init_metadata)
@@ -182,16 +228,21 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            self.model = distributed.sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg), cfg.beta)
+        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
+                                                      **cfg.combiner_options)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else None
         # a CPU's cost grows linearly (or worse) with the batch, so concatenating only pays on a GPU
         batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
                                      pair=tuple(cfg.pair) if cfg.pair else None, attack=cfg.attack,
-                                     attack_steps=cfg.attack_steps, lam=cfg.lam, pairing=cfg.pairing,
-                                     autocast=autocast, batch_attacks=batch_attacks)
-        self.method = get("method", cfg.method)(self.context)
+                                     attack_steps=cfg.attack_steps, attack_options=cfg.attack_options, lam=cfg.lam,
+                                     pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
+                                     batch_attacks=batch_attacks)
+        self.method = get("method", cfg.method)(self.context, **cfg.method_options)
+        self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
@@ -205,12 +256,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def _state(self) -> dict:
+    def _state(self, running: dict) -> dict:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "combiner": self.combiner.state_dict(),
                 "method": self.method.state_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": torch.get_rng_state(), "config": dataclasses.asdict(self.cfg) | {"resume": False},
-                "history": self.history, "running": self.running, "start_clean": self.start_clean}
+                "history": self.history, "running": running, "start_clean": self.start_clean}
 
     def _load_state(self, state: dict, path: Path) -> None:
         missing = [key for key in STATE_KEYS if key not in state]
@@ -226,7 +277,9 @@ class Trainer:
             self.combiner.load_state_dict(state["combiner"])
             self.method.load_state_dict(state["method"])
             self.history = list(state["history"])
-            self.running = dict(state.get("running") or _fresh_running())
+            saved = dict(state.get("running") or _fresh_running())
+            # the saved sums are over every rank: one rank carries them on, the others start from zero
+            self.running = saved if self.dist.is_main else {**_fresh_running(), "seconds": saved["seconds"]}
             self.start_clean = state.get("start_clean")
             torch.set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
@@ -242,7 +295,9 @@ class Trainer:
                 **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
-                "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
+                "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
+                "lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options,
+                "combiner": cfg.combiner, "combiner_options": cfg.combiner_options,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
@@ -250,8 +305,11 @@ class Trainer:
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
+        running = _sum_over_ranks(self.running)  # every rank saves at the same points, so this collective matches
+        if not self.dist.is_main:
+            return
         try:
-            save_state(self.out / STATE_FILE, self._state())
+            save_state(self.out / STATE_FILE, self._state(running))
             save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
         except OSError as error:  # disk full, folder removed, ...: the previous checkpoint is still whole
             raise RamptoolError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}; the previous "
@@ -281,7 +339,8 @@ class Trainer:
 
     def _clean_check_points(self):
         try:
-            return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS)
+            return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS,
+                              image_size=self.cfg.image_size)
         except RamptoolError as error:  # e.g. an ImageFolder without val/: train anyway, unwatched
             print(f"note: no clean-accuracy check against the checkpoint ({error})", file=sys.stderr)
             return None
@@ -300,23 +359,26 @@ class Trainer:
     def run(self) -> dict:
         try:
             cfg = self.cfg
+            main = self.dist.is_main
             if cfg.eval_n:
-                self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
-            if not cfg.resume:
+                self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n, image_size=cfg.image_size)
+            if not cfg.resume and main:
                 self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
                 (self.out / METRICS_FILE).write_text("")
-            progress = _progress(cfg.progress)
-            with interrupt_flag() as interrupted, progress:
+            progress = _progress(cfg.progress and main)
+            board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
+            lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
+            with distributed.guard(lost), interrupt_flag() as interrupted, progress, board:
                 while self.epoch < cfg.epochs:
-                    self._run_epoch(progress, interrupted)
+                    self._run_epoch(progress, interrupted, board)
             self.save(finished=True)
             return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
         finally:
             if self.replacing:  # failed before its first checkpoint: the old run comes back
                 restore_set_aside(self.out)
-            self.lock.release()
+            self._release()
 
-    def _run_epoch(self, progress, interrupted) -> None:
+    def _run_epoch(self, progress, interrupted, board) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
@@ -327,22 +389,30 @@ class Trainer:
         # the uninterrupted one would; each stat is averaged over the samples of the batches that produced it
         sums, counts = self.running["sums"], self.running["counts"]
         started = time.perf_counter() - self.running["seconds"]
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                  augment=self.spec.augment, start=self.step)
+        batches = batch_loader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                               augment=self.spec.augment, start=self.step, rank=self.dist.rank,
+                               world_size=self.dist.world_size, workers=self.workers,
+                               pin_memory=self.device.type == "cuda")
+        model = self.parallel_model
         for x, y in batches:
             lr = self.set_lr(epoch + (self.step + 1) / self.n_batches)
-            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919)
-            x, y = x.to(self.device), y.to(self.device)
+            # per-sample randomness differs between ranks; choices that must agree go through distributed.agree
+            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919 + self.dist.rank)
+            global_batch = min(cfg.batch_size, len(self.train_data) - self.step * cfg.batch_size)
+            x = to_unit_float(x.to(self.device, non_blocking=True))
+            y = y.to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.model.train()
-            loss, stats = self.combiner.train_step(self.model, self.optimizer,
-                                                   lambda: self.method.loss(self.model, x, y), x, y)
+            model.train()
+            loss, stats = self.combiner.train_step(model, self.optimizer, lambda: self.method.loss(model, x, y), x, y)
             self.step += 1
-            self.running["images"] += len(y)
+            # every stat is a rank's term of a global mean (distributed.global_mean): weighting by the global
+            # batch over the number of ranks makes the sums over ranks exact
+            share = global_batch / self.dist.world_size
+            self.running["images"] += share
             for key, value in {"loss": loss, **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(y)
-                counts[key] = counts.get(key, 0) + len(y)
+                sums[key] = sums.get(key, 0.0) + float(value) * share
+                counts[key] = counts.get(key, 0.0) + share
             self.running["seconds"] = time.perf_counter() - started
             if task is not None:
                 shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
@@ -353,10 +423,11 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {self.step}; checkpoint "
                                           f"saved in {self.out}, continue with --resume")
         self.combiner.end_epoch(self.model)
+        total = _sum_over_ranks(self.running)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
-                  "img_per_s": round(self.running["images"] / max(seconds, 1e-9), 1),
-                  **{k: round(v / counts[k], 5) for k, v in sums.items()}}
+                  "img_per_s": round(total["images"] / max(seconds, 1e-9), 1),
+                  **{k: round(v / total["counts"][k], 5) for k, v in total["sums"].items()}}
         self.epoch, self.step = epoch + 1, 0
         if cfg.eval_n:
             record["eval"] = self.evaluate()
@@ -365,13 +436,35 @@ class Trainer:
         self.history.append(record)
         self.running = _fresh_running()
         self.save(finished=False)
+        if not self.dist.is_main:
+            return
         with open(self.out / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if cfg.tensorboard:
+            board.write(record)
         _report_epoch(record, self.start_clean)
 
 
+def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:
+    smallest = min(batch_size, n % batch_size or batch_size)
+    if smallest < world_size:
+        raise RamptoolError(f"{world_size} processes need at least {world_size} points in every global batch, but "
+                            f"one has {smallest} ({n} points, --batch-size {batch_size}): change --batch-size or "
+                            f"--subset")
+
+
 def _fresh_running() -> dict:
-    return {"sums": {}, "counts": {}, "images": 0, "seconds": 0.0}
+    return {"sums": {}, "counts": {}, "images": 0.0, "seconds": 0.0}
+
+
+def _sum_over_ranks(running: dict) -> dict:
+    """The epoch's running metric sums and counts over every rank (every rank holds the same keys: methods agree
+    on their norms); the time is this process's."""
+    keys = sorted(running["sums"])
+    local = [running["sums"][k] for k in keys] + [running["counts"][k] for k in keys] + [running["images"]]
+    totals = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+    return {"sums": dict(zip(keys, totals[:len(keys)])), "counts": dict(zip(keys, totals[len(keys):-1])),
+            "images": totals[-1], "seconds": running["seconds"]}
 
 
 def _report_epoch(record: dict, start_clean: float | None) -> None:

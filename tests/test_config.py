@@ -45,7 +45,7 @@ def tiny(out, **overrides) -> dict:
     ("pair = 5", "pair must be a list of norms such as linf,l1, got 5"),
     ('arch_options = "wide"', "arch_options must be a table of name = value options, got 'wide'"),
     ("lambda = -1", "lambda must be a number >= 0, got -1"),
-    ("beta = 1.5", "beta must be a number in [0, 1], got 1.5"),
+    ("momentum = 1.5", "momentum must be a number in [0, 1], got 1.5"),
     ("subset = 1.5", "subset must be a positive integer, got 1.5"),
     ('eps = "linf=1e400"', "eps: not a finite number: '1e400'"),
     ("eps = 5", "eps must be norm=value entries"),
@@ -73,14 +73,14 @@ def test_a_recipe_that_is_not_utf8_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--beta", "2"], "--beta must be a number in [0, 1], got 2"),
+    (["--momentum", "2"], "--momentum must be a number in [0, 1], got 2"),
     (["--epochs", "two"], "--epochs must be a positive integer, got two"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--eps", "linf=1e400"], "--eps: not a finite number: '1e400'"),
     (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got gpu"),
     (["--optimizer", "lbfgs"], "--optimizer must be one of: sgd, adam, got lbfgs"),
-    (["--arch-option", "width"], "--arch-option: 'width' must look like key=value"),
+    (["--arch-option", "width"], "--arch-option 'width' must look like name=value"),
     (["--config", "no-such-recipe"], "recipe not found: no-such-recipe"),
     (["--resume", "--overwrite"], "choose one"),
 ])
@@ -92,8 +92,8 @@ def test_a_bad_flag_is_one_line_naming_the_flag_and_exit_code_2(tmp_path, capsys
 
 
 def test_python_api_goes_through_the_same_checks(tmp_path):
-    with pytest.raises(RamptoolError, match=r"^TrainConfig: beta must be a number in \[0, 1\], got 2$"):
-        TrainConfig(out=str(tmp_path), beta=2)
+    with pytest.raises(RamptoolError, match=r"^TrainConfig: momentum must be a number in \[0, 1\], got 2$"):
+        TrainConfig(out=str(tmp_path), momentum=2)
     with pytest.raises(RamptoolError, match="TrainConfig: epochs must be a positive integer, got '3'"):
         TrainConfig(out=str(tmp_path), epochs="3")
     cfg = TrainConfig(out=tmp_path, pair="l1,linf", eps={"l2": "1/2"})
@@ -136,7 +136,7 @@ def test_defaults_come_from_the_dataset_and_the_mode_and_give_way_to_recipe_and_
     recipe.write_text('optimizer = "sgd"\nlr = 0.01\nepochs = 3\n[arch_options]\nwidth = 8\n')
     merged = build_train_config({"out": str(tmp_path), "lr": "0.02", "arch_options": ["depth=2"]}, recipe=recipe)
     assert (merged.optimizer, merged.lr, merged.epochs, merged.weight_decay) == ("sgd", 0.02, 3, 0.0)
-    assert merged.arch_options == {"width": 8, "depth": 2}  # option tables merge key by key
+    assert merged.arch_options == {"width": 8, "depth": "2"}  # merged key by key; the backbone types "2"
 
 
 def test_recipe_paths_are_relative_to_the_recipe_and_shipped_recipes_load_by_name(tmp_path, capsys):

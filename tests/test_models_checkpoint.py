@@ -22,9 +22,10 @@ from ramptool.checkpoint import (
 from ramptool.cli import app
 from ramptool.data import CIFAR10_MEAN, CIFAR10_STD
 from ramptool.errors import RamptoolError
-from ramptool.models import Normalized, build_model, parse_arch_options
+from ramptool.models import Normalized, bind_arch_options, build_model
 from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.small_cnn import SmallCNN
+from ramptool.options import parse_assignments
 
 FMNIST_METADATA = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [1, 28, 28],
                    "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist", "method": "ramp", "epochs": 3,
@@ -121,11 +122,13 @@ def test_timm_fixed_size_models_are_built_for_the_dataset_image_size():
 
 
 def test_arch_options_parse_to_typed_values():
-    parsed = parse_arch_options(["cifar_stem=true", "drop-rate=0.1", "depth=2", "global_pool=avg", "act=None"])
+    given = parse_assignments(["cifar_stem=true", "drop-rate=0.1", "depth=2", "global_pool=avg", "act=None"],
+                              "--arch-option")
+    parsed = bind_arch_options("timm:resnet18", given)
 
     assert parsed == {"cifar_stem": True, "drop_rate": 0.1, "depth": 2, "global_pool": "avg", "act": None}
-    with pytest.raises(RamptoolError, match="must look like key=value"):
-        parse_arch_options(["cifar_stem"])
+    with pytest.raises(RamptoolError, match="must look like name=value"):
+        parse_assignments(["cifar_stem"], "--arch-option")
 
 
 def test_arch_options_reach_the_backbone_from_the_cli_and_are_recorded(tmp_path, capsys):

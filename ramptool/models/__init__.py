@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
@@ -71,32 +73,29 @@ def resolve_normalize(normalize: str | None, default: str, spec) -> tuple[str, l
     return normalize, mean, std
 
 
-def parse_arch_options(entries: list[str]) -> dict:
-    """``['cifar_stem=true', 'drop-rate=0.1', 'global_pool=avg']`` -> {'cifar_stem': True, 'drop_rate': 0.1, ...}:
-    ``--arch-option`` as every command reads it (the rules are ramptool.config's, shared by all option flags)."""
-    from ramptool.config import COMMAND_LINE, convert
-
-    return convert("arch_options", list(entries), COMMAND_LINE)
+def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU; width scales the convs."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width)
 
 
-def small_cnn(num_classes, in_chans, image_size, **options):
-    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU."""
-    return SmallCNN(num_classes, in_chans, image_size, **options)
+def small_cnn_bn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN with BatchNorm after each convolution (BatchNorm and --sync-bn on a CPU)."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width, batchnorm=True)
 
 
-def preact_resnet18(num_classes, in_chans, image_size, activation="relu", **options):
+def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation, **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation)
 
 
-def preact_resnet18_softplus(num_classes, in_chans, image_size, **options):
+def preact_resnet18_softplus(num_classes, in_chans, image_size):
     """PreAct ResNet-18 with softplus activations (RAMP/E-AT from-scratch setting)."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus", **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus")
 
 
 def _wide_resnet(depth, width):
-    def build(num_classes, in_chans, image_size, **options):
-        return WideResNet(depth, width, num_classes, in_chans, image_size, **options)
+    def build(num_classes, in_chans, image_size, *, sub_block1: bool = False):
+        return WideResNet(depth, width, num_classes, in_chans, image_size, sub_block1=sub_block1)
 
     build.__doc__ = f"WideResNet-{depth}-{width} (RobustBench parameter names; sub_block1=true for its TRADES layout)"
     return build
@@ -137,6 +136,7 @@ def robustbench_model(num_classes, in_chans, image_size, zoo_name, **options):
 def register_backbones():
     return {
         "small-cnn": small_cnn,
+        "small-cnn-bn": small_cnn_bn,
         "preact-resnet18": preact_resnet18,
         "preact-resnet18-softplus": preact_resnet18_softplus,
         "wrn-28-10": _wide_resnet(28, 10),
@@ -147,14 +147,29 @@ def register_backbones():
     }
 
 
+def backbone_name(arch: str) -> str:
+    """The registered backbone behind an ``--arch`` value (all of ``timm:<name>`` is one entry, and so on)."""
+    return next((registered for prefix, registered in PREFIXED_BACKBONES.items() if arch.startswith(prefix)), arch)
+
+
+def bind_arch_options(arch: str, given: dict | None) -> dict:
+    """``given`` options (``--arch-option``, a recipe, a checkpoint) of the backbone ``arch``, checked against its
+    builder and typed."""
+    from ramptool.plugins import bind_options
+
+    return bind_options("backbone", backbone_name(arch), given)
+
+
 def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, **options) -> nn.Module:
     from ramptool.plugins import get
 
-    for prefix, registered in PREFIXED_BACKBONES.items():
+    options = bind_arch_options(arch, options)
+    builder = get("backbone", backbone_name(arch))
+    for prefix in PREFIXED_BACKBONES:
         if arch.startswith(prefix):
-            return get("backbone", registered)(num_classes, in_chans, image_size, arch[len(prefix):], **options)
+            return builder(num_classes, in_chans, image_size, arch[len(prefix):], **options)
     try:
-        return get("backbone", arch)(num_classes, in_chans, image_size, **options)
+        return builder(num_classes, in_chans, image_size, **options)
     except TypeError as error:
         if not options:
             raise
