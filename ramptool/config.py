@@ -658,7 +658,7 @@ def cli_options(exclude: Iterable[str] = ()) -> list[tuple[str, type, Any]]:
             option = typer.Option(None, decls, help=text, show_default=False)
             options.append((name, bool | None, option))
         elif is_option_table(name):
-            option = typer.Option(None, flag, help=text, show_default=False, metavar="<key=value>")
+            option = typer.Option(None, flag, help=text, show_default=False, metavar="<name=value>")
             options.append((name, list[str] | None, option))
         else:
             choices = spec.choices if isinstance(spec.choices, tuple) else None

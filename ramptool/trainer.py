@@ -160,6 +160,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.out = Path(cfg.out)
+        if not cfg.resume:  # a new run's configuration is checked before its folder is created
+            cfg = bind_component_options(cfg)
         # rank 0 writes; the process group is joined later, so the rank comes from torchrun's environment here
         writer = int(os.environ.get("RANK", "0")) == 0
         self.lock = FolderLock(self.out).acquire() if writer else None
@@ -177,15 +179,16 @@ class Trainer:
         if self.lock is not None:
             recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
             remove_orphans(self.out)
-        check_out_dir(self.out, cfg.resume, cfg.overwrite)
         resumed_state = None
-        if cfg.resume:
+        if cfg.resume:  # after the recovery above: the run to continue may be one an --overwrite had set aside
             given = given_values(cfg)  # what the caller set; the rest comes from the saved run
-            cfg = TrainConfig(**resumed_values(given, {name: name for name in given}))
+            cfg = bind_component_options(TrainConfig(**resumed_values(given, {name: name for name in given})))
+        check_out_dir(self.out, cfg.resume, cfg.overwrite)
+        if cfg.resume:
             resumed_state = load_state(self.out / STATE_FILE)
             if not isinstance(resumed_state, dict):
                 raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
-        cfg = self.cfg = bind_component_options(cfg)
+        self.cfg = cfg
         self.dist = distributed.setup(resolve_device(cfg.device))
         self.device = self.dist.device
         self.spec = dataset_spec(cfg.dataset, cfg.image_size)

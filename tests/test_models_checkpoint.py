@@ -426,7 +426,7 @@ def test_a_successful_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     (json.dumps({k: v for k, v in FMNIST_METADATA.items() if k != "arch"}), "metadata lacks 'arch'"),
     (json.dumps({**FMNIST_METADATA, "input_shape": "1x28x28"}), "metadata 'input_shape' should be a list"),
     (json.dumps({**FMNIST_METADATA, "num_classes": -3}), "do not describe a model"),
-    (json.dumps({**FMNIST_METADATA, "arch_options": {"depth": 3}}), "does not take the options {'depth': 3}"),
+    (json.dumps({**FMNIST_METADATA, "arch_options": {"depth": 3}}), "backbone 'small-cnn' has no option 'depth'"),
 ])
 def test_damaged_checkpoint_metadata_is_one_clear_error(tmp_path, capsys, metadata, message):
     from safetensors.torch import save_file
