@@ -236,9 +236,9 @@ def pair(
     The rule is in docs/METHOD.md#the-key-tradeoff-pair.
     """
     from ramptool.pair import find_pair_command
-    from ramptool.rundir import FolderLock
+    from ramptool.rundir import writer_lock
 
-    with FolderLock(out):
+    with writer_lock(out):
         find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,
                           norms=norms, eps=eps, epochs=epochs, subset=subset, optimizer=optimizer, lr=lr,
                           n_examples=n_examples, steps=steps, fine_tune_from=fine_tune_from, out=out,

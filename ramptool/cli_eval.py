@@ -97,9 +97,9 @@ def _locks_out(command):
 
     @functools.wraps(command)
     def locked(**options):
-        from ramptool.rundir import FolderLock
+        from ramptool.rundir import writer_lock
 
-        with FolderLock(options["out"]):
+        with writer_lock(options["out"]):
             return command(**options)
 
     return locked

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -76,6 +77,17 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def is_writer() -> bool:
+    """Whether this process writes output folders: a plain process, or rank 0 under torchrun (read from torchrun's
+    environment: the process group may not be joined yet). The other ranks compute and neither write nor lock."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def writer_lock(folder, flag: str = "--out"):
+    """``FolderLock(folder)`` for the writing process, a no-op context for the others."""
+    return FolderLock(folder, flag) if is_writer() else contextlib.nullcontext()
 
 
 def set_aside(folder: Path, names) -> bool:

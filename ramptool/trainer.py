@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -51,7 +50,14 @@ from ramptool.data import (
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
 from ramptool.plugins import bind_options, get
-from ramptool.rundir import FolderLock, discard_set_aside, recover_set_aside, restore_set_aside, set_aside
+from ramptool.rundir import (
+    FolderLock,
+    discard_set_aside,
+    is_writer,
+    recover_set_aside,
+    restore_set_aside,
+    set_aside,
+)
 from ramptool.schedules import learning_rate
 from ramptool.tensorboard import TensorboardLog
 
@@ -162,9 +168,7 @@ class Trainer:
         self.out = Path(cfg.out)
         if not cfg.resume:  # a new run's configuration is checked before its folder is created
             cfg = bind_component_options(cfg)
-        # rank 0 writes; the process group is joined later, so the rank comes from torchrun's environment here
-        writer = int(os.environ.get("RANK", "0")) == 0
-        self.lock = FolderLock(self.out).acquire() if writer else None
+        self.lock = FolderLock(self.out).acquire() if is_writer() else None
         try:
             self._setup(cfg)
         except BaseException:
