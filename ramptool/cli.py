@@ -178,7 +178,7 @@ def pair(
 def _mount_eval():
     from ramptool.cli_eval import eval_app
 
-    app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve.")
+    app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve, unseen.")
 
 
 _mount_eval()

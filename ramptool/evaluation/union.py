@@ -48,7 +48,7 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, done: list[str],
+def save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, done: list[str],
                 seconds: dict, attacked: dict) -> None:
     tensors = {name: flags[name].contiguous() for name in ["clean", *done]}
     header = {"settings": json.dumps(settings, sort_keys=True), "eps": json.dumps({n: eps[n] for n in done}),
@@ -56,7 +56,7 @@ def _save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def _load_flags(path: Path, settings: dict, eps: dict, clean: torch.Tensor):
+def load_flags(path: Path, settings: dict, eps: dict, clean: torch.Tensor):
     """(flags, seconds, attacked) of the norms already finished in ``path``, after checking they belong here."""
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -147,7 +147,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     attacked: dict[str, int] = {}
     resumed: list[str] = []
     if resume and path.is_file():
-        saved, saved_seconds, saved_attacked = _load_flags(path, settings, eps, clean)
+        saved, saved_seconds, saved_attacked = load_flags(path, settings, eps, clean)
         for norm in norms:
             if norm in saved:
                 flags[norm], seconds[norm], attacked[norm] = saved[norm], saved_seconds[norm], saved_attacked[norm]
@@ -173,7 +173,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
         attacked[norm] = int(candidates.sum())
         if path is not None:
             done = [name for name in norms if name in flags]
-            _save_flags(path, flags, settings, eps, done, seconds, attacked)
+            save_flags(path, flags, settings, eps, done, seconds, attacked)
 
     accuracy = accuracies(flags, norms)
     messages = sanity_warnings(accuracy, norms, len(y), recorded_clean)

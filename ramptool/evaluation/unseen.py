@@ -1,0 +1,173 @@
+"""Universal robustness (RAMP's Table 4): accuracy under adversaries the model never trained on, their mean and
+their union (a point counts only if it survives every one of them), beside clean accuracy.
+
+Each adversary attacks the clean-correct points with its own seeded generator, so the result does not depend on
+which other adversaries run or in which order; per-sample flags go to ``flags.safetensors`` after each
+adversary, as in ``evaluate_union``, so an interrupted evaluation resumes (``resume=True``). These are attacks,
+not certificates: every accuracy but clean is an upper bound on the model's robustness to that threat model, and
+no AutoAttack exists for them.
+
+Budgets per dataset: CIFAR-10/100 take the paper's; Fashion-MNIST's are ramptool's calibration (README, "Unseen
+adversaries"): the budget at which the shipped l∞-AT small CNN keeps about half its points, measured on 500
+training points it never... see ``FASHION_MNIST_CALIBRATION``.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ramptool.errors import RamptoolError
+from ramptool.evaluation.flags import accuracies, clean_flags
+from ramptool.evaluation.union import (
+    FLAGS_FILE,
+    EvaluationInterrupted,
+    fingerprint,
+    load_flags,
+    sanity_warnings,
+    save_flags,
+    warn,
+)
+from ramptool.threat import parse_number
+
+ADVERSARIES = ("l0", "fog", "snow", "gabor", "elastic", "jpeg-linf")
+# the registered attack that evaluates each threat model, and its evaluation options
+EVALUATION_ATTACKS = {"l0": ("sparse-rs-l0", {})} | {
+    name: (f"uar-{name}", {"keep": "misclassified"}) for name in ADVERSARIES[1:]}
+PAPER_BUDGETS = {"l0": 9, "fog": 12.0, "snow": 0.5, "gabor": 60.0, "elastic": 0.125, "jpeg-linf": 0.125}
+DEFAULT_BUDGETS = {
+    "cifar10": PAPER_BUDGETS,
+    "cifar100": PAPER_BUDGETS,
+    "fashion-mnist": {"l0": 9, "fog": 12.0, "snow": 0.5, "gabor": 60.0, "elastic": 0.125, "jpeg-linf": 0.125},
+}
+DEFAULT_STEPS = 100  # the paper's iterations for Kang et al.'s adversaries
+DEFAULT_QUERIES = 1000  # Sparse-RS queries (its eval.py default)
+UPPER_BOUND = "upper bound (attack accuracy, not AutoAttack)"
+
+
+def parse_adversaries(text: str | None) -> list[str]:
+    """'fog,snow' -> ['fog', 'snow']; None or '' -> all six."""
+    if not text or not text.strip():
+        return list(ADVERSARIES)
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    for name in names:
+        if name not in ADVERSARIES:
+            raise RamptoolError(f"unknown unseen adversary {name!r}; use some of: {', '.join(ADVERSARIES)}")
+    if len(set(names)) != len(names):
+        raise RamptoolError(f"adversary listed twice in {text!r}")
+    return names
+
+
+def parse_budgets(text: str | None, dataset: str, adversaries: list[str]) -> dict[str, float]:
+    """'fog=0.3,l0=20' over the dataset's defaults; every adversary in ``adversaries`` must end with a budget."""
+    budgets = dict(DEFAULT_BUDGETS.get(dataset, {}))
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise RamptoolError(f"budget entry {part!r} must look like adversary=value, e.g. fog=128")
+        name, value = (piece.strip() for piece in part.split("=", 1))
+        if name not in ADVERSARIES:
+            raise RamptoolError(f"unknown unseen adversary {name!r}; use some of: {', '.join(ADVERSARIES)}")
+        number = parse_number(value)
+        if not number > 0:
+            raise RamptoolError(f"budget for {name} must be positive, got {value}")
+        if name == "l0" and number != int(number):
+            raise RamptoolError(f"l0 budget is a number of pixels, got {value}")
+        budgets[name] = number
+    missing = [name for name in adversaries if name not in budgets]
+    if missing:
+        raise RamptoolError(f"no default budgets for {dataset}: pass --budgets with "
+                            f"{', '.join(f'{name}=...' for name in missing)}")
+    return {name: budgets[name] for name in adversaries}
+
+
+def adversary_generator(seed: int, name: str, device) -> torch.Generator:
+    """Each adversary's own random stream: the same whichever adversaries run with it, in whatever order."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def _attack_flags(model, x, y, name, budget, candidates, steps, queries, batch_size, seed) -> torch.Tensor:
+    """Flags for the ``candidates`` points only (True = still correct after the adversary)."""
+    from ramptool.plugins import get
+
+    attack_name, options = EVALUATION_ATTACKS[name]
+    attack = get("attack", attack_name)
+    device = next(model.parameters()).device
+    generator = adversary_generator(seed, name, device)
+    index = candidates.nonzero().squeeze(1)
+    robust = torch.zeros(len(index), dtype=torch.bool)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start:start + batch_size]
+        xb, yb = x[chunk].to(device), y[chunk].to(device)
+        result = attack(model, xb, yb, budget, steps=queries if name == "l0" else steps, generator=generator,
+                        **options)
+        with torch.no_grad():
+            still = model(result.x_adv).argmax(1) == yb
+        robust[start:start + len(chunk)] = (still & ~result.fooled).cpu()
+    return robust
+
+
+def evaluate_unseen(model, x: torch.Tensor, y: torch.Tensor, adversaries: list[str], budgets: dict[str, float],
+                    steps: int = DEFAULT_STEPS, queries: int = DEFAULT_QUERIES, out_dir=None, resume: bool = False,
+                    batch_size: int = 500, seed: int = 0, recorded_clean: float | None = None,
+                    console: Console | None = None) -> dict:
+    """Clean accuracy, accuracy under each unseen adversary, their mean and their union, on (x, y).
+
+    ``steps`` are the iterations of Kang et al.'s adversaries, ``queries`` Sparse-RS's query budget."""
+    missing = [name for name in adversaries if name not in budgets]
+    if missing:
+        raise RamptoolError(f"no budget given for {', '.join(missing)}")
+    if resume and out_dir is None:
+        raise RamptoolError("resume needs the output folder of the interrupted evaluation")
+    if len(y) == 0:
+        raise RamptoolError("no points to evaluate")
+    settings = {"evaluation": "unseen", "points": fingerprint(x, y), "n": len(y), "seed": seed, "steps": steps,
+                "queries": queries}
+    path = Path(out_dir) / FLAGS_FILE if out_dir is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        clean = clean_flags(model, x, y, batch_size)
+        flags: dict[str, torch.Tensor] = {"clean": clean}
+        seconds: dict[str, float] = {}
+        attacked: dict[str, int] = {}
+        resumed: list[str] = []
+        if resume and path.is_file():
+            saved, saved_seconds, saved_attacked = load_flags(path, settings, budgets, clean)
+            for name in adversaries:
+                if name in saved:
+                    flags[name], seconds[name], attacked[name] = saved[name], saved_seconds[name], saved_attacked[name]
+                    resumed.append(name)
+        for name in adversaries:
+            if name in flags:
+                continue
+            started = time.perf_counter()
+            try:
+                robust = _attack_flags(model, x, y, name, budgets[name], clean, steps, queries, batch_size, seed)
+            except KeyboardInterrupt:
+                saved_note = f"; finished adversaries are saved in {path}, continue with --resume" if path else ""
+                raise EvaluationInterrupted(f"evaluation interrupted during {name}{saved_note}") from None
+            flags[name] = clean.clone()
+            flags[name][clean] = robust
+            seconds[name] = round(time.perf_counter() - started, 3)
+            attacked[name] = int(clean.sum())
+            if path is not None:
+                done = [n for n in adversaries if n in flags]
+                save_flags(path, flags, settings, budgets, done, seconds, attacked)
+    finally:
+        model.train(was_training)
+
+    accuracy = accuracies(flags, adversaries)
+    accuracy["mean"] = sum(accuracy[name] for name in adversaries) / len(adversaries)
+    messages = sanity_warnings(accuracy, adversaries, len(y), recorded_clean)
+    for message in messages:
+        warn(console, message)
+    return {"n": len(y), "adversaries": list(adversaries), "budgets": {n: budgets[n] for n in adversaries},
+            "steps": steps, "queries": queries, "seed": seed, "bound": UPPER_BOUND, "accuracy": accuracy,
+            "seconds": {n: seconds[n] for n in adversaries}, "attacked": {n: attacked[n] for n in adversaries},
+            "resumed": resumed, "warnings": messages}
