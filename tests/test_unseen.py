@@ -178,20 +178,11 @@ def test_union_is_the_pointwise_and_and_resume_continues(shipped, points, tmp_pa
                         resume=True, **QUICK)
 
 
-def run_cli(args, capsys):
-    from ramptool.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_cli_eval_unseen_end_to_end(tmp_path, capsys):
+def test_cli_eval_unseen_end_to_end(tmp_path, ramptool_cli):
     out = tmp_path / "unseen"
     args = ["eval", "unseen", "--ckpt", str(SHIPPED), "--n-examples", "12", "--steps", "4", "--queries", "30",
             "--out", str(out), "--device", "cpu", "--batch-size", "64"]
-    code, stdout, _ = run_cli(args, capsys)
+    code, stdout, _ = ramptool_cli(args)
     assert code == 0, stdout
     report = json.loads((out / "report.json").read_text())["models"]["fmnist-linf-at"]
     assert report["n"] == 12 and report["adversaries"] == list(unseen_module.ADVERSARIES)
@@ -202,7 +193,7 @@ def test_cli_eval_unseen_end_to_end(tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("| model | clean | l0 | fog | snow | gabor | elastic | jpeg-linf | mean | union |")
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG" and (out / "fmnist-linf-at" / FLAGS_FILE).is_file()
-    code, _, _ = run_cli(args + ["--resume"], capsys)
+    code, _, _ = ramptool_cli(args + ["--resume"])
     again = json.loads((out / "report.json").read_text())["models"]["fmnist-linf-at"]
     assert code == 0 and again["resumed"] == report["adversaries"] and again["accuracy"] == accuracy
 
@@ -214,9 +205,9 @@ def test_cli_eval_unseen_end_to_end(tmp_path, capsys):
     (["--adversaries", "fog,fog"], "adversary listed twice"),
     (["--steps", "0"], "--steps must be positive"),
 ])
-def test_cli_eval_unseen_rejects_bad_input_in_one_line(tmp_path, capsys, extra, message):
-    code, _, err = run_cli(["eval", "unseen", "--ckpt", str(SHIPPED), "--out", str(tmp_path), "--device", "cpu",
-                            *extra], capsys)
+def test_cli_eval_unseen_rejects_bad_input_in_one_line(tmp_path, ramptool_cli, extra, message):
+    code, _, err = ramptool_cli(["eval", "unseen", "--ckpt", str(SHIPPED), "--out", str(tmp_path), "--device", "cpu",
+                                 *extra])
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
 
 
@@ -224,3 +215,27 @@ def test_budgets_default_per_dataset_and_are_required_elsewhere():
     assert parse_budgets("fog=300", "cifar10", ["fog", "l0"]) == {"fog": 300.0, "l0": 9}
     with pytest.raises(RamptoolError, match="no default budgets for imagenet: pass --budgets with snow=..."):
         parse_budgets("fog=1", "imagenet", ["fog", "snow"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["l0", "fog", "snow", "gabor", "elastic", "jpeg-linf"])
+def test_on_cuda_the_same_draws_give_the_same_attack(shipped, points, name):
+    """A CPU generator draws the same numbers for a CUDA batch: the start is the same point, and the search
+    ends at the same accuracy up to a few sign flips of float-level gradient differences."""
+    import copy
+
+    x, y = points
+    gpu_model = copy.deepcopy(shipped).cuda()
+    cpu, gpu = (run_attack(model, name, x.to(device), y.to(device), seed=5, steps=5)
+                for model, device in ((shipped, "cpu"), (gpu_model, "cuda")))
+    assert gpu.x_adv.is_cuda and 0 <= gpu.x_adv.min() and gpu.x_adv.max() <= 1
+    if name == "l0":
+        assert changed_pixels(x.cuda(), gpu.x_adv).max() <= BUDGETS[name]
+    else:
+        adversary = ADVERSARIES[name]
+        assert adversary.contains(gpu.theta, gpu.context, BUDGETS[name]).all()
+        start = run_attack(gpu_model, name, x.cuda(), y.cuda(), seed=5, steps=0)
+        assert torch.allclose(start.x_adv.cpu(), run_attack(shipped, name, x, y, seed=5, steps=0).x_adv, atol=1e-4)
+    assert abs(cpu.fooled.float().mean().item() - gpu.fooled.cpu().float().mean().item()) <= 0.1
+    report = evaluate_unseen(gpu_model, x, y, [name], BUDGETS, **QUICK)
+    assert report["accuracy"][name] <= report["accuracy"]["clean"]

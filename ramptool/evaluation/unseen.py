@@ -27,7 +27,7 @@ from ramptool.evaluation.union import (
     FLAGS_FILE,
     EvaluationInterrupted,
     fingerprint,
-    load_flags,
+    resumed_flags,
     sanity_warnings,
     save_flags,
     warn,
@@ -133,16 +133,7 @@ def evaluate_unseen(model, x: torch.Tensor, y: torch.Tensor, adversaries: list[s
     model.eval()
     try:
         clean = clean_flags(model, x, y, batch_size)
-        flags: dict[str, torch.Tensor] = {"clean": clean}
-        seconds: dict[str, float] = {}
-        attacked: dict[str, int] = {}
-        resumed: list[str] = []
-        if resume and path.is_file():
-            saved, saved_seconds, saved_attacked = load_flags(path, settings, budgets, clean)
-            for name in adversaries:
-                if name in saved:
-                    flags[name], seconds[name], attacked[name] = saved[name], saved_seconds[name], saved_attacked[name]
-                    resumed.append(name)
+        flags, seconds, attacked, resumed = resumed_flags(path, settings, budgets, clean, adversaries, resume)
         for name in adversaries:
             if name in flags:
                 continue

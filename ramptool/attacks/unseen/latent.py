@@ -62,10 +62,16 @@ class Adversary:
                              generator=generator)
 
 
+def generator_device(generator, like: torch.Tensor) -> torch.device:
+    """Where to draw: on the generator's device (a CPU generator then gives the same numbers for a CUDA batch),
+    or on ``like``'s device with the global RNG when there is no generator."""
+    return generator.device if generator is not None else like.device
+
+
 def random_uniform(shape, low, high, like: torch.Tensor, generator) -> torch.Tensor:
-    """Uniform draws on ``like``'s device and dtype from ``generator`` (the global RNG when it is None)."""
-    draw = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
-    return low + (high - low) * draw
+    """Uniform draws in ``like``'s device and dtype from ``generator`` (the global RNG when it is None)."""
+    draw = torch.rand(shape, generator=generator, device=generator_device(generator, like), dtype=like.dtype)
+    return low + (high - low) * draw.to(like.device)
 
 
 def latent_attack(adversary: Adversary, model, x, y, eps, steps=10, step_size=None, keep="loss",

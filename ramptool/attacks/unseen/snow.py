@@ -82,7 +82,7 @@ def streak_kernel(end_row: int, end_column: int, width: int, blur: float, flip: 
 def random_kernels(generator, device) -> torch.Tensor:
     """(1, GRIDS, K, K): one streak kernel per flake grid, all mirrored the same way (one flip per call)."""
     draws = torch.rand(1 + 4 * GRIDS, generator=generator,
-                       device=generator.device if generator is not None else "cpu").tolist()
+                       device=generator.device if generator is not None else device).tolist()
     flip, draws = draws[0] < 0.5, draws[1:]
     lowest = KERNEL_SIZE // 2 + 2  # line ends in [mid+2, K), like np.random.randint(mid + 2, K)
     kernels = []

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ramptool.attacks.base import AttackResult
+from ramptool.attacks.unseen.latent import generator_device, random_uniform
 from ramptool.errors import RamptoolError
 
 ALPHA_INIT = 0.3  # sparse-rs's eval.py default
@@ -40,8 +41,11 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def random_corners(batch: int, channels: int, count: int, like: torch.Tensor, generator) -> torch.Tensor:
-    draw = torch.rand((batch, channels, count), generator=generator, device=like.device)
-    return (draw < 0.5).to(like.dtype)
+    return (random_uniform((batch, channels, count), 0.0, 1.0, like, generator) < 0.5).to(like.dtype)
+
+
+def random_permutation(n: int, like: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randperm(n, generator=generator, device=generator_device(generator, like)).to(like.device)
 
 
 def set_pixels(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -60,7 +64,7 @@ def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init=ALPHA_INIT, 
         raise RamptoolError(f"l0 budget must be a whole number of pixels in 1..{pixels - 1}, got {eps}")
     x_flat = x.detach().flatten(2)
     with torch.no_grad():
-        order = torch.rand((batch, pixels), generator=generator, device=x.device).argsort(1)
+        order = random_uniform((batch, pixels), 0.0, 1.0, x, generator).argsort(1)
         changed, unchanged = order[:, :k], order[:, k:]
         best = set_pixels(x_flat, changed, random_corners(batch, channels, k, x, generator))
         logits = model(best.view_as(x))
@@ -71,8 +75,8 @@ def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init=ALPHA_INIT, 
             if len(active) == 0:
                 break
             count = max(int(fraction_changed(query, steps, alpha_init) * k), 1)
-            restore = torch.randperm(k, generator=generator, device=x.device)[:count]
-            move = torch.randperm(pixels - k, generator=generator, device=x.device)[:count]
+            restore = random_permutation(k, x, generator)[:count]
+            move = random_permutation(pixels - k, x, generator)[:count]
             old, new = changed[active][:, restore], unchanged[active][:, move]
             clean_values = x_flat[active].gather(2, old[:, None, :].expand(-1, channels, -1))
             candidate = set_pixels(best[active], old, clean_values)
