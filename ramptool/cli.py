@@ -166,7 +166,10 @@ def pair(
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
 ):
-    """Find the key tradeoff pair (q, r) of norms from single-norm AT models (SPEC.md §3)."""
+    """Find the key tradeoff pair (q, r) of norms from single-norm AT models.
+
+    The rule is in docs/METHOD.md#the-key-tradeoff-pair.
+    """
     from ramptool.pair import find_pair_command
 
     find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,

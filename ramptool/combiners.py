@@ -1,4 +1,4 @@
-"""Gradient combiners: how the adversarial loss becomes a weight update (SPEC.md §5).
+"""Gradient combiners: how the adversarial loss becomes a weight update (docs/METHOD.md#gradient-projection).
 
 ``none`` is plain adversarial training. ``gp`` is RAMP's per-epoch gradient projection: from the epoch's start
 weights f, a natural model trains one epoch on clean CE (f_n) while the main model trains one epoch on the

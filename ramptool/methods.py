@@ -1,4 +1,6 @@
-"""Training methods: small objects that turn a batch into a loss (SPEC.md §4, §6). One trainer runs them all.
+"""Training methods: small objects that turn a batch into a loss. One trainer runs them all.
+
+Their losses are stated in docs/METHOD.md#ramps-objective (RAMP) and docs/METHOD.md#baselines (the others).
 
 A method receives the model in train mode, switches it to eval mode while it attacks (APGD's BatchNorm must not
 see or update batch statistics of adversarial iterates), and computes its loss in train mode. Accuracy stats are

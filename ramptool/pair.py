@@ -1,4 +1,4 @@
-"""Key tradeoff pair (SPEC.md §3): which two norms RAMP should pair.
+"""Key tradeoff pair (docs/METHOD.md#the-key-tradeoff-pair): which two norms RAMP should pair.
 
 Rule: evaluate one single-norm AT model per norm against every norm (R[model][attack]); the two norms whose
 own AT models are least robust against their own attack (lowest R[p][p]) form the pair, and q, the source

@@ -16,7 +16,7 @@ NORMS = ("linf", "l2", "l1")
 
 _ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l2": "l2", "l1": "l1"}
 
-# Fashion-MNIST and MNIST eps are ramptool's own calibration (SPEC.md §1, recipes/README.md)
+# Fashion-MNIST and MNIST eps are ramptool's own calibration (docs/METHOD.md#decisions)
 DEFAULT_EPS = {
     "cifar10": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
     "cifar100": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},

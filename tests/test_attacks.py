@@ -181,7 +181,7 @@ def apgd_robust_accuracy(clean_model, trained_batch):
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_apgd_breaks_the_clean_model_at_least_as_well_as_pgd(norm, clean_model, trained_batch,
                                                                apgd_robust_accuracy):
-    """For l1 this is APGD-l1 against fixed-top-k sparse PGD. SPEC §2 expects tens of points between them;
+    """For l1 this is APGD-l1 against fixed-top-k sparse PGD. A naive sparse PGD can be tens of points weaker;
     on this model (and on a PGD-l1-trained one) they measure 1-2 points apart, so only 'no weaker' is
     asserted."""
     x, y = trained_batch

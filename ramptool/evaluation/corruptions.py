@@ -1,4 +1,4 @@
-"""Common corruptions (SPEC.md §8): the 15 ImageNet-C / CIFAR-10-C corruptions x 5 severities.
+"""Common corruptions: the 15 ImageNet-C / CIFAR-10-C corruptions x 5 severities (docs/METHOD.md#evaluation-protocol).
 
 Corrupted images come from ``imagecorruptions`` (the maintained ``imagecorruptions-imaug`` distribution), which
 wants HxWx3 uint8 images of at least 32x32. Smaller images are edge-padded to 32 and cropped back (lossless

@@ -1,7 +1,7 @@
 """Per-sample robustness flags and the accuracies derived from them.
 
 A flag is True when the point is classified correctly clean and under the attack; union accuracy is the mean
-of the pointwise AND over every norm (and clean), SPEC.md §1.
+of the pointwise AND over every norm (and clean), docs/METHOD.md#threat-model-and-union-accuracy.
 """
 
 from __future__ import annotations

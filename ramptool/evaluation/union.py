@@ -1,4 +1,6 @@
-"""Union accuracy (SPEC.md §1): clean, each norm, and the pointwise AND, with resumable per-sample flags.
+"""Union accuracy: clean, each norm, and the pointwise AND, with resumable per-sample flags.
+
+The protocol (AutoAttack-grade numbers, the cascade, upper bounds) is in docs/METHOD.md#evaluation-protocol.
 
 Flags are written to ``flags.safetensors`` after every norm, so an evaluation stopped half-way continues with
 ``resume=True`` from the last finished norm. ``union_only`` cascades the norms: each norm attacks only the
