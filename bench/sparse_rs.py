@@ -1,4 +1,4 @@
-"""ramptool's Sparse-RS (l0) against fra31/sparse-rs's ``RSAttack`` (norm L0, margin loss, alpha_init 0.3), side
+"""ramptool's Sparse-RS (l0) against fra31/sparse-rs's ``RSAttack`` (norm L0, margin loss, p_init 0.3), side
 by side on the same model and points: robust accuracy, the largest number of changed pixels, and seconds.
 
 fra31/sparse-rs is not a dependency; point ``--reference`` at a checkout of it (rs_attacks.py and utils.py):
@@ -48,8 +48,8 @@ def main() -> None:
     started = time.perf_counter()
     result = sparse_rs(model, x, y, eps=args.k, steps=args.queries, generator=torch.Generator().manual_seed(0))
     rows.append(("ramptool", result.x_adv, time.perf_counter() - started))
-    reference = RSAttack(model, norm="L0", eps=args.k, n_queries=args.queries, alpha_init=0.3, seed=0,
-                         loss="margin", device=x.device)
+    reference = RSAttack(model, norm="L0", eps=args.k, n_queries=args.queries, p_init=0.3, seed=0,
+                         loss="margin", device=x.device, verbose=False)
     started = time.perf_counter()
     with torch.no_grad():
         _, x_reference = reference.perturb(x, y)

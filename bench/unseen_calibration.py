@@ -38,9 +38,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=300, help="validation points (the last N training points)")
     parser.add_argument("--target", type=float, default=0.5, help="accuracy the chosen budget comes closest to")
-    parser.add_argument("--adversaries", default=",".join(ADVERSARIES))
+    parser.add_argument("--adversaries", default=",".join(ADVERSARIES), help="which adversaries to sweep")
+    parser.add_argument("--grid", action="append", default=[], help="budgets to try instead of the built-in grid, "
+                        "e.g. --grid fog=40,48 (repeat per adversary)")
     parser.add_argument("--out", default=None, help="write the sweep as JSON here")
     args = parser.parse_args()
+    grids = dict(GRIDS)
+    for entry in args.grid:
+        name, values = entry.split("=", 1)
+        grids[name] = [float(value) for value in values.split(",")]
     torch.set_num_threads(1)
     model = ramptool.load_model(CHECKPOINT)
     train = load_split("fashion-mnist", "train")
@@ -54,7 +60,7 @@ def main() -> None:
     sweep, chosen = {}, {}
     for name in args.adversaries.split(","):
         sweep[name] = {}
-        for budget in GRIDS[name]:
+        for budget in grids[name]:
             started = time.perf_counter()
             report = evaluate_unseen(model, x, y, [name], {name: budget}, steps=DEFAULT_STEPS,
                                      queries=DEFAULT_QUERIES, seed=0)

@@ -267,14 +267,13 @@ def unseen(
     budgets: str | None = typer.Option(None, help="e.g. fog=128,l0=20 (default: the dataset's)."),
     steps: int | None = typer.Option(None, help="Iterations of fog, snow, gabor, elastic, jpeg-linf (default: 100)."),
     queries: int | None = typer.Option(None, help="Sparse-RS queries for l0 (default: 1000)."),
-    with_corruptions: bool = typer.Option(False, "--corruptions", help="Also the mean accuracy under the 15 common "
-                                          "corruptions x 5 severities (as eval corruptions) on the same points."),
-    cache_dir: Path | None = typer.Option(None, help="--corruptions: corrupted-set cache."),
+    corruptions_from: Path | None = typer.Option(None, help="Output folder of `eval corruptions` for the same "
+                                                       "checkpoints: adds each one's mean corruption accuracy."),
     resume: bool = typer.Option(False, "--resume", help="Skip adversaries already finished in --out."),
     out: str = typer.Option("runs/eval-unseen", help="Folder for report.json, report.md, report.png and flags."),
     batch_size: int = typer.Option(500, help="Attack batch size."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed of the adversaries' random draws (and of the corruptions)."),
+    seed: int = typer.Option(0, help="Seed of the adversaries' random draws."),
 ):
     """Accuracy under unseen adversaries (l0, fog, snow, gabor, elastic, jpeg-linf), their mean and union."""
     from ramptool.evaluation.report import print_unseen_table, write_unseen_reports
@@ -282,6 +281,7 @@ def unseen(
     from ramptool.evaluation.unseen import (
         DEFAULT_QUERIES,
         DEFAULT_STEPS,
+        corruption_summary,
         evaluate_unseen,
         parse_adversaries,
         parse_budgets,
@@ -293,6 +293,9 @@ def unseen(
     queries = _positive(queries, "--queries") if queries is not None else DEFAULT_QUERIES
     _positive(batch_size, "--batch-size")
     target = _device(device)
+    # found before any attack runs: a missing report must not cost an evaluation
+    corruptions = {name: corruption_summary(corruptions_from, path) for name, path in checkpoints.items()
+                   if corruptions_from is not None}
     reports = {}
     for name, path in checkpoints.items():
         model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target)
@@ -302,15 +305,9 @@ def unseen(
             report = evaluate_unseen(model, x, y, names, budget_values, steps=steps, queries=queries,
                                      out_dir=Path(out) / name, resume=resume, batch_size=batch_size, seed=seed,
                                      recorded_clean=recorded_clean_accuracy(metadata), console=console)
-        if with_corruptions:
-            from ramptool.evaluation.corruptions import default_cache_dir, evaluate_corruptions
-
-            with console.status(f"{name}: common corruptions on {len(y)} points"):
-                corrupted = evaluate_corruptions(model, x, y, seed=seed, dataset=dataset_name,
-                                                 cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size)
-            report["accuracy"]["corruptions"] = corrupted["mean"]
-            report["corruptions"] = {key: corrupted[key] for key in ("mean", "corruptions", "severities",
-                                                                     "corruption_mean", "seed")}
+        if name in corruptions:
+            report["corruptions"] = corruptions[name]
+            report["accuracy"]["corruptions"] = corruptions[name]["mean"]
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
     print_unseen_table(reports, console)
     written = write_unseen_reports(reports, out)

@@ -179,9 +179,14 @@ def test_union_is_the_pointwise_and_and_resume_continues(shipped, points, tmp_pa
 
 
 def test_cli_eval_unseen_end_to_end(tmp_path, ramptool_cli):
+    corrupted = tmp_path / "corruptions"
+    code, stdout, _ = ramptool_cli(["eval", "corruptions", "--ckpt", str(SHIPPED), "--n-examples", "12",
+                                    "--corruptions", "fog,contrast", "--severities", "1", "--out", str(corrupted),
+                                    "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert code == 0, stdout
     out = tmp_path / "unseen"
     args = ["eval", "unseen", "--ckpt", str(SHIPPED), "--n-examples", "12", "--steps", "4", "--queries", "30",
-            "--out", str(out), "--device", "cpu", "--batch-size", "64"]
+            "--out", str(out), "--device", "cpu", "--batch-size", "64", "--corruptions-from", str(corrupted)]
     code, stdout, _ = ramptool_cli(args)
     assert code == 0, stdout
     report = json.loads((out / "report.json").read_text())["models"]["fmnist-linf-at"]
@@ -190,8 +195,11 @@ def test_cli_eval_unseen_end_to_end(tmp_path, ramptool_cli):
     accuracy = report["accuracy"]
     assert accuracy["union"] <= min(accuracy[n] for n in report["adversaries"]) <= accuracy["clean"]
     assert "upper bound" in report["bound"] and "upper bound" in stdout
+    expected = json.loads((corrupted / "corruptions.json").read_text())["mean"]
+    assert accuracy["corruptions"] == expected and report["corruptions"]["corruptions"] == ["fog", "contrast"]
     markdown = (out / "report.md").read_text()
-    assert markdown.startswith("| model | clean | l0 | fog | snow | gabor | elastic | jpeg-linf | mean | union |")
+    assert markdown.startswith("| model | clean | l0 | fog | snow | gabor | elastic | jpeg-linf | mean | union | "
+                               "corruptions |")
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG" and (out / "fmnist-linf-at" / FLAGS_FILE).is_file()
     code, _, _ = ramptool_cli(args + ["--resume"])
     again = json.loads((out / "report.json").read_text())["models"]["fmnist-linf-at"]
@@ -204,6 +212,7 @@ def test_cli_eval_unseen_end_to_end(tmp_path, ramptool_cli):
     (["--budgets", "l0=2.5"], "l0 budget is a number of pixels"),
     (["--adversaries", "fog,fog"], "adversary listed twice"),
     (["--steps", "0"], "--steps must be positive"),
+    (["--corruptions-from", "."], "no `eval corruptions` report for"),
 ])
 def test_cli_eval_unseen_rejects_bad_input_in_one_line(tmp_path, ramptool_cli, extra, message):
     code, _, err = ramptool_cli(["eval", "unseen", "--ckpt", str(SHIPPED), "--out", str(tmp_path), "--device", "cpu",

@@ -266,7 +266,7 @@ def unseen_settings_line(report: dict) -> str:
                                            else "")
     corruptions = report.get("corruptions")
     extra = (f"; corruptions: mean of {len(corruptions['corruptions'])} corruptions x {len(corruptions['severities'])}"
-             f" severities" if corruptions else "")
+             f" severities on {corruptions['n']} points ({corruptions['source']})" if corruptions else "")
     return f"{report['n']} points, budgets {budgets}, {attacks}, seed {report['seed']}; {report['bound']}{extra}"
 
 

@@ -26,8 +26,7 @@ def unseen_attacks() -> dict[str, Attack]:
     attacks = {"sparse-rs-l0": Attack(sparse_rs, "l0", "Sparse-RS (l0): score-based random search over k pixels "
                                                       "set to corners of the colour cube (eps = k pixels)")}
     for name, adversary in ADVERSARIES.items():
-        attacks[f"uar-{name}"] = Attack(adversary, name, f"{type(adversary).__doc__.split(':')[0]} "
-                                                         f"(eps: {adversary.unit})")
+        attacks[f"uar-{name}"] = Attack(adversary, name, f"{adversary.description}; eps: {adversary.unit}")
     return attacks
 
 

@@ -48,6 +48,7 @@ class Elastic(Adversary):
     """Elastic deformation (Kang et al. 2019): adversarial smoothed flow field; eps in pixels of displacement."""
 
     name = "elastic"
+    description = "Elastic (UAR, Kang 2019): adversarial smoothed flow field, bilinear warp"
     unit = "displacement in pixels (l-inf of the flow before smoothing)"
 
     def sample(self, x, eps, generator):

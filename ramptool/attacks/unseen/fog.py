@@ -72,6 +72,7 @@ class Fog(Adversary):
     """Fog (Kang et al. 2019): adversarial diamond-square fractal blended in; eps in grey levels of 0-255."""
 
     name = "fog"
+    description = "Fog (UAR, Kang 2019): adversarial diamond-square fractal blended into the image"
     unit = "fog strength in grey levels of 0-255"
 
     def sample(self, x, eps, generator):

@@ -71,6 +71,7 @@ class Gabor(Adversary):
     """Gabor noise (Kang et al. 2019): adversarial field through a random Gabor kernel; eps in grey levels 0-255."""
 
     name = "gabor"
+    description = "Gabor noise (UAR, Kang 2019): adversarial field through a random Gabor kernel"
     unit = "noise amplitude in grey levels of 0-255"
 
     def sample(self, x, eps, generator):

@@ -120,7 +120,8 @@ class JPEGLinf(Adversary):
     """JPEG-l∞ (Kang et al. 2019): adversarial shifts of the quantised JPEG coefficients; eps in quantisation steps."""
 
     name = "jpeg-linf"
-    unit = "l-inf of the coefficient shifts, in quantisation steps (x2)"
+    description = "JPEG-l∞ (UAR, Kang 2019): adversarial shifts of the quantised JPEG coefficients"
+    unit = "bound on theta in quantisation steps (each coefficient moves by theta / 2)"
 
     def sample(self, x, eps, generator):
         count = parameter_count(*x.shape[1:])

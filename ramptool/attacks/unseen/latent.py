@@ -39,7 +39,8 @@ class Adversary:
     Calling it runs the attack with the signature every registered attack has."""
 
     name = ""
-    unit = ""  # what eps measures, for ``ramptool plugins`` and reports
+    description = ""  # one line for ``ramptool plugins``
+    unit = ""  # what eps measures
 
     def sample(self, x: torch.Tensor, eps: float, generator) -> tuple[torch.Tensor, dict]:
         """A random starting ``theta`` inside the set, and the fixed random ``context`` of this call."""

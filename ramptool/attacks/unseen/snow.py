@@ -126,6 +126,7 @@ class Snow(Adversary):
     """Snow (Kang et al. 2019): adversarial snowflake intensities on a grid; eps scales the snow layer."""
 
     name = "snow"
+    description = "Snow (UAR, Kang 2019): adversarial snowflake intensities on a grid"
     unit = "scale of the snow layer on [0,1] images (flake mean <= 0.2 per 8x8 block)"
 
     def sample(self, x, eps, generator):

@@ -6,8 +6,9 @@ random corners, every query swaps m of the perturbed pixels for m unperturbed on
 and new random corners) and keeps the candidate when its margin (true logit minus the best other) drops or it is
 misclassified; a point is dropped from the search once misclassified. m follows Sparse-RS's schedule,
 ``alpha_init * k`` divided by 2, 4, 5, 6, 8, 10, 12, 15, 20 as the queries go (rescaled to the budget of
-queries). As fra31/sparse-rs's ``L0`` attack, vectorised over the batch (the same m positions in every image's
-lists of perturbed and unperturbed pixels, as there), with one restart. Gradient-free: it needs no backward.
+queries); when m is 1 the new pixel's colour is redrawn until it differs from the clean one. As fra31/sparse-rs's
+``L0`` attack (its current version), vectorised over the batch (the same m positions in every image's lists of
+perturbed and unperturbed pixels, as there), with one restart. Gradient-free: it needs no backward.
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init=ALPHA_INIT, 
             old, new = changed[active][:, restore], unchanged[active][:, move]
             clean_values = x_flat[active].gather(2, old[:, None, :].expand(-1, channels, -1))
             candidate = set_pixels(best[active], old, clean_values)
-            candidate = set_pixels(candidate, new, random_corners(len(active), channels, count, x, generator))
+            colours = random_corners(len(active), channels, count, x, generator)
+            if count == 1:  # a lone new pixel must change: redraw colours equal to the clean pixel
+                clean_new = x_flat[active].gather(2, new[:, None, :].expand(-1, channels, -1))
+                while (same := (colours == clean_new).all(1).squeeze(1)).any():
+                    colours[same] = random_corners(int(same.sum()), channels, 1, x, generator)
+            candidate = set_pixels(candidate, new, colours)
             logits = model(candidate.view(len(active), *x.shape[1:]))
             candidate_margin = margin(logits, y[active])
             wrong = logits.argmax(1) != y[active]
