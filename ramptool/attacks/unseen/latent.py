@@ -59,6 +59,7 @@ class Adversary:
 
     def __call__(self, model, x, y, eps, steps=10, norm=None, step_size=None, keep="loss",
                  generator=None) -> LatentAttackResult:
+        # ``norm`` is what ``Attack`` passes every attack: here it can only be this adversary's own name
         return latent_attack(self, model, x, y, eps, steps=steps, step_size=step_size, keep=keep,
                              generator=generator)
 
