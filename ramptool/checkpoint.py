@@ -7,6 +7,7 @@ leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -71,7 +72,12 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_metadata(path) -> dict[str, Any] | None:
-    """The ramptool metadata of a checkpoint, or None for a plain (foreign) weights file."""
+    """The ramptool metadata of a checkpoint (what ramptool records of a RobustBench zoo model, before its
+    weights are read), or None for a plain (foreign) weights file."""
+    from ramptool import robustbench
+
+    if robustbench.is_zoo_name(path):
+        return robustbench.parse(path).metadata()
     path = resolve(path)
     if not _is_safetensors(path):
         return None
@@ -128,6 +134,8 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: 
             details.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            if all(k.startswith("sub_block1.") for k in unexpected):
+                details.append("a TRADES-style WideResNet (RobustBench's layout): add --arch-option sub_block1=true")
         if shapes:
             details.append(f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
                            f"vs {tuple(own[shapes[0]].shape)})")
@@ -135,37 +143,149 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: 
                             f"{'; '.join(details) or str(error).splitlines()[0]}") from None
 
 
-def load_checkpoint(path, arch: str | None = None, dataset: str | None = None, device="cpu", num_classes=None):
-    """(model in eval mode, metadata). A ramptool checkpoint describes itself; a foreign state_dict needs
-    ``arch`` (and the dataset, for input shape and normalisation)."""
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def foreign_metadata(path: Path, arch: str | None, dataset: str | None = None, num_classes: int | None = None,
+                     normalize: str | None = None, arch_options: dict | None = None) -> dict[str, Any]:
+    """What a plain state_dict is, from the options given for it: it records nothing itself."""
+    from ramptool import robustbench
     from ramptool.data import get_dataset
+    from ramptool.models import bind_arch_options, resolve_normalize
+
+    if arch is None:
+        raise RamptoolError(f"{path} is a plain state_dict without ramptool metadata: pass --arch (and --dataset, "
+                            f"--normalize) to import it")
+    if robustbench.is_zoo_name(arch):
+        zoo_model = robustbench.parse(arch)
+        if dataset not in (None, zoo_model.dataset):
+            raise RamptoolError(f"{arch} is a {zoo_model.dataset} model, not {dataset}")
+        if normalize not in (None, "none"):
+            raise RamptoolError(f"{arch} keeps RobustBench's input convention ([0,1] pixels): drop --normalize")
+        metadata = zoo_model.metadata()
+        metadata["arch_options"] = bind_arch_options(arch, arch_options)
+    else:
+        spec = get_dataset(dataset or "cifar10")
+        label, mean, std = resolve_normalize(normalize, "none", spec)
+        metadata = {"arch": arch, "arch_options": bind_arch_options(arch, arch_options),
+                    "num_classes": num_classes or spec.num_classes or 1000, "input_shape": list(spec.input_shape),
+                    "normalize": label, "mean": mean, "std": std, "dataset": dataset or "cifar10", "source": {}}
+    metadata["source"].update({"state_dict": str(Path(path).resolve()), "sha256": file_sha256(path)})
+    return metadata
+
+
+def recorded_normalize(metadata: dict) -> str:
+    """The --normalize a checkpoint records (checkpoints before the option always normalised by mean/std)."""
+    if "normalize" in metadata:
+        return metadata["normalize"]
+    return "none" if metadata.get("mean") is None else "/".join(",".join(str(v) for v in metadata[k])
+                                                                 for k in ("mean", "std"))
+
+
+def _check_recorded(path, metadata: dict, arch, normalize, arch_options) -> None:
+    """A ramptool checkpoint describes itself: options for plain state_dicts must not contradict it."""
+    from ramptool.data import get_dataset
+    from ramptool.models import bind_arch_options, resolve_normalize
+
+    conflicts = []
+    if arch is not None and arch != metadata["arch"]:
+        conflicts.append(f"--arch {arch} (it records {metadata['arch']})")
+    if arch_options and bind_arch_options(metadata["arch"], arch_options) != metadata.get("arch_options", {}):
+        conflicts.append(f"--arch-option {arch_options} (it records {metadata.get('arch_options', {})})")
+    if normalize is not None:
+        _, mean, std = resolve_normalize(normalize, "none", get_dataset(metadata.get("dataset") or "cifar10"))
+        if (mean, std) != (metadata.get("mean"), metadata.get("std")):
+            conflicts.append(f"--normalize {normalize} (it records {recorded_normalize(metadata)})")
+    if conflicts:
+        raise RamptoolError(f"{path} is a ramptool checkpoint and describes itself; {'; '.join(conflicts)}: these "
+                            f"options are for plain state_dicts")
+
+
+def model_from_metadata(metadata: dict) -> torch.nn.Module:
     from ramptool.models import build_model
 
-    path = resolve(path)
+    return build_model(metadata["arch"], metadata["num_classes"], metadata["input_shape"], metadata.get("mean"),
+                       metadata.get("std"), **metadata.get("arch_options", {}))
+
+
+def load_checkpoint(ckpt, arch: str | None = None, dataset: str | None = None, device="cpu", num_classes=None,
+                    normalize: str | None = None, arch_options: dict | None = None, model_dir=None):
+    """(model in eval mode, metadata) of a ramptool checkpoint (it describes itself), a RobustBench zoo model
+    (``robustbench:<dataset>/<threat_model>/<model_name>``, weights from ``model_dir``), or a plain state_dict
+    (``arch`` needed; ``dataset`` gives the input shape and ``normalize`` the input normalisation, none by
+    default). Every model takes [0,1] inputs."""
+    from ramptool import robustbench
+    from ramptool.models import Normalized
+
+    if robustbench.is_zoo_name(ckpt):
+        if arch is not None or arch_options or normalize not in (None, "none"):
+            raise RamptoolError(f"{ckpt} is RobustBench's model with RobustBench's input convention: drop --arch, "
+                                f"--arch-option and --normalize")
+        network, metadata = robustbench.load(ckpt, model_dir)
+        return Normalized(network).to(device).eval(), metadata
+    path = resolve(ckpt)
     metadata = read_metadata(path)
     weights = read_weights(path)
-    if metadata is not None:
-        model = build_model(metadata["arch"], metadata["num_classes"], metadata["input_shape"],
-                            metadata["mean"], metadata["std"], **metadata.get("arch_options", {}))
-        load_into(model, weights, str(path))
-    else:
-        if arch is None:
-            raise RamptoolError(f"{path} is a plain state_dict without ramptool metadata: pass --arch "
-                                f"(and --dataset) to import it")
-        spec = get_dataset(dataset or "cifar10")
+    if metadata is None:
+        metadata = foreign_metadata(path, arch, dataset, num_classes, normalize, arch_options)
         weights = _strip_prefixes(weights)
-        classes = num_classes or spec.num_classes or 1000
-        model = build_model(arch, classes, spec.input_shape, spec.mean, spec.std)
-        wrapped = any(k.startswith("backbone.") for k in weights)
-        load_into(model if wrapped else model.backbone, weights, str(path))
-        metadata = {"arch": arch, "arch_options": {}, "num_classes": classes,
-                    "input_shape": list(spec.input_shape), "mean": list(spec.mean), "std": list(spec.std),
-                    "dataset": dataset or "cifar10", "imported_from": str(path)}
+    else:
+        _check_recorded(path, metadata, arch, normalize, arch_options)
+    model = model_from_metadata(metadata)
+    wrapped = any(k.startswith("backbone.") for k in weights)
+    load_into(model if wrapped else model.backbone, weights, str(path))
     return model.to(device).eval(), metadata
 
 
-def load_model(path, arch=None, device="cpu", dataset=None):
-    return load_checkpoint(path, arch=arch, device=device, dataset=dataset)[0]
+def load_model(path, arch=None, device="cpu", dataset=None, normalize=None, arch_options=None, model_dir=None):
+    return load_checkpoint(path, arch=arch, device=device, dataset=dataset, normalize=normalize,
+                           arch_options=arch_options, model_dir=model_dir)[0]
+
+
+def describe_input(metadata: dict) -> str:
+    """What the network inside expects, in words."""
+    shape = "x".join(str(n) for n in metadata["input_shape"])
+    if metadata.get("mean") is None:
+        return f"[0,1] pixels ({shape}) fed to the network as they are (normalize: none)"
+    return (f"[0,1] pixels ({shape}), normalised inside as (x - mean) / std with mean {metadata['mean']} and std "
+            f"{metadata['std']} (normalize: {recorded_normalize(metadata)})")
+
+
+def sidecar_path(weights_path) -> Path:
+    return Path(weights_path).with_suffix(".json")
+
+
+def export_checkpoint(ckpt, out, **loading) -> tuple[Path, Path]:
+    """Write the bare network's state_dict (no wrapper, no ramptool keys) to ``out`` (.pt or .safetensors) and a
+    JSON sidecar saying how to feed it and how to import it again; returns both paths."""
+    out = Path(out)
+    if out.suffix not in (".pt", ".safetensors"):
+        raise RamptoolError(f"export writes .pt or .safetensors, not {out.name!r}")
+    model, metadata = load_checkpoint(ckpt, **loading)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.backbone.state_dict().items()}
+    if out.suffix == ".safetensors":
+        atomic_write(out, lambda tmp: save_file(tensors, tmp))
+    else:
+        atomic_write(out, lambda tmp: torch.save(tensors, tmp))
+    flags = [f"--arch {metadata['arch']}", f"--dataset {metadata['dataset']}",
+             f"--normalize {recorded_normalize(metadata)}"]
+    flags += [f"--arch-option {key}={value}" for key, value in metadata.get("arch_options", {}).items()]
+    sidecar = {"format": "ramptool-export", "weights": out.name, "arch": metadata["arch"],
+               "arch_options": metadata.get("arch_options", {}), "num_classes": metadata["num_classes"],
+               "input_shape": metadata["input_shape"], "dataset": metadata.get("dataset"),
+               "normalize": recorded_normalize(metadata), "mean": metadata.get("mean"), "std": metadata.get("std"),
+               "input": ("[0,1] pixels, as they are" if metadata.get("mean") is None
+                         else "[0,1] pixels normalised as (x - mean) / std: the exported network does not do it"),
+               "import": f"--ckpt {out.name} {' '.join(flags)}", "checkpoint": metadata}
+    sidecar_file = sidecar_path(out)
+    text = json.dumps(sidecar, indent=2, default=str) + "\n"
+    atomic_write(sidecar_file, lambda tmp: Path(tmp).write_text(text))
+    return out, sidecar_file
 
 
 def save_state(path, state: dict) -> None:

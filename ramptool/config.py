@@ -15,6 +15,8 @@ from ramptool.trainer import TrainConfig
 # recipe keys that are not TrainConfig fields, or spelled differently
 _ALIASES = {"lambda": "lam", "ckpt": "init"}
 _META_KEYS = {"command", "description"}
+# TrainConfig fields holding a component's options (checked against the component when the run starts)
+OPTION_FIELDS = ("arch_options", "attack_options", "pairing_options", "combiner_options", "method_options")
 
 
 def load_recipe(path: str | Path | None) -> dict[str, Any]:
@@ -42,7 +44,13 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
 def build_train_config(cli: dict[str, Any], recipe: dict[str, Any]) -> TrainConfig:
     """CLI values that are not None win over the recipe, which wins over TrainConfig's defaults."""
     merged: dict[str, Any] = dict(recipe)
-    merged.update({k: v for k, v in cli.items() if v is not None})
+    for key, value in cli.items():
+        if value is None:
+            continue
+        # component options merge key by key: a flag changes one option and keeps the recipe's others
+        if key in OPTION_FIELDS and isinstance(merged.get(key), dict):
+            value = {**merged[key], **value}
+        merged[key] = value
     if "out" not in merged:
         raise RamptoolError("--out DIR is required (the run folder; it is never wiped)")
     from ramptool.attacks import known_norms
@@ -60,7 +68,7 @@ def build_train_config(cli: dict[str, Any], recipe: dict[str, Any]) -> TrainConf
     for key in ("epochs", "batch_size", "attack_steps"):
         if key in merged and int(merged[key]) <= 0:
             raise RamptoolError(f"--{key.replace('_', '-')} must be positive, got {merged[key]}")
-    for key in ("lr", "lam", "beta", "weight_decay"):
+    for key in ("lr", "lam", "weight_decay"):
         if key in merged and float(merged[key]) < 0:
             raise RamptoolError(f"--{key.replace('_', '-').replace('lam', 'lambda')} must be >= 0")
     return TrainConfig(**merged)

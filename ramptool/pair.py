@@ -52,17 +52,17 @@ def single_trained_norm(metadata: dict, path: str) -> str:
 
 
 def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
-                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "autoattack"):
+                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "autoattack",
+                      model_dir=None):
     """R[trained norm][attack norm] for one single-norm model per norm, under AutoAttack (fast) or, for a quick
     look, ramptool's APGD-CE with ``steps`` iterations (which overestimates l1 robustness markedly)."""
-    from ramptool.checkpoint import load_checkpoint
     from ramptool.data import load_split
-    from ramptool.evaluation.union import evaluate_union
+    from ramptool.evaluation.union import evaluate_union, load_for_evaluation
 
     x, y = load_split(dataset, "test", data_dir, n_examples).tensors()
     matrix, sources = {}, {}
     for path in checkpoints:
-        model, metadata = load_checkpoint(path, device=device)
+        model, metadata, _ = load_for_evaluation(path, dataset, device=device, model_dir=model_dir)
         norm = single_trained_norm(metadata, path)
         if norm in matrix:
             raise RamptoolError(f"two checkpoints were trained for {norm}: {sources[norm]} and {path}")
@@ -115,13 +115,14 @@ def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset
 
 
 def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, steps=100, fine_tune_from=None,
-              out: Path | None = None, device="cpu", attack: str = "autoattack") -> dict:
+              out: Path | None = None, device="cpu", attack: str = "autoattack", model_dir=None) -> dict:
     matrix, sources = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps, device,
-                                        attack)
+                                        attack, model_dir)
     q, r, evidence = choose_pair(matrix, fine_tune_from)
     result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
               "norms": norms, "dataset": dataset, "n_examples": n_examples,
-              "attack": "autoattack fast" if attack == "autoattack" else f"apgd-ce x{steps}",
+              "attack": "autoattack fast" if attack == "autoattack" else f"apgd-ce x{steps}" if attack == "apgd"
+              else f"{attack} x{steps} (attack family: upper bounds)",
               "checkpoints": sources, "fine_tune_from": fine_tune_from}
     if out is not None:
         from ramptool.checkpoint import atomic_write
@@ -133,7 +134,8 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
 
 
 def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, epochs, subset, optimizer, lr,
-                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="autoattack") -> dict:
+                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="autoattack",
+                      model_dir=None) -> dict:
     """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
     from rich.markup import escape
     from rich.table import Table
@@ -158,7 +160,7 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
     if not ckpts:
         raise RamptoolError("pass one --ckpt per norm (single-norm AT models), or --train to train them")
     result = find_pair(ckpts, norm_list, eps_map, dataset, data_dir, n_examples, steps, fine_tune_norm, out_dir,
-                       device_name, attack)
+                       device_name, attack, model_dir)
     table = Table(title=f"robust accuracy (%) of single-norm AT models, {n_examples} {dataset} test points, "
                         f"{result['attack']}")
     table.add_column("model")

@@ -4,6 +4,10 @@ Reproducibility: the batch order depends on (seed, epoch), each batch's augmenta
 and the global torch RNG is reseeded from (seed, epoch, step) before every step (random starts, E-AT/SAT norm
 sampling). A run restarted from any checkpoint therefore replays the rest exactly; checkpoints are written at
 every epoch end and on Ctrl-C (mid-epoch), always atomically.
+
+Under torchrun the trainer runs data-parallel (``ramptool.distributed``): every process takes its slice of the
+same global batches, the model is wrapped in DistributedDataParallel, and only rank 0 writes. A checkpoint holds
+no trace of the number of processes, so a run resumes with any number of them.
 """
 
 from __future__ import annotations
@@ -18,20 +22,31 @@ from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     load_checkpoint,
     load_state,
+    recorded_normalize,
     run_finished,
     save_checkpoint,
     save_state,
 )
-from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
+from ramptool.data import (
+    batch_loader,
+    batch_seed,
+    dataset_spec,
+    default_workers,
+    load_split,
+    num_batches,
+    to_unit_float,
+)
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
-from ramptool.plugins import get
+from ramptool.plugins import bind_options, get
 from ramptool.schedules import learning_rate
+from ramptool.tensorboard import TensorboardLog
 
 
 @dataclass
@@ -41,18 +56,31 @@ class TrainConfig:
     data_dir: str | None = None
     subset: int | None = None
     arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
-    arch_options: dict = field(default_factory=dict)
+    arch_options: dict = field(default_factory=dict, metadata={
+        "help": "Backbone options name=value, e.g. width=32 for small-cnn, cifar_stem=true for timm ResNets, "
+                "sub_block1=true for TRADES-style WideResNet state_dicts."})
     init: str | None = None  # fine-tuning: the checkpoint to start from
+    normalize: str | None = field(default=None, metadata={
+        "help": "Input normalisation inside the model: none, dataset or MEAN/STD (default: dataset for a new "
+                "model, none for a plain state_dict, what a ramptool checkpoint records)."})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for --ckpt "
+                "robustbench:<dataset>/<threat_model>/<name> (default: ./models)."})
     method: str = "ramp"
     norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
     pair: list[str] | None = None
     eps: dict[str, float] = field(default_factory=dict)
     attack: str = "apgd"
     attack_steps: int = 10
+    attack_options: dict = field(default_factory=dict, metadata={
+        "help": "Options of the training attack family, e.g. l1_sparsity=0.1."})
     lam: float = 0.5
     pairing: str = "kl"
+    pairing_options: dict = field(default_factory=dict, metadata={"help": "Pairing-loss options."})
     combiner: str = "none"
-    beta: float = 0.5
+    combiner_options: dict = field(default_factory=dict, metadata={
+        "help": "Combiner options, e.g. beta=0.5 for gp and gp-step."})
+    method_options: dict = field(default_factory=dict, metadata={"help": "Training-method options."})
     epochs: int = 1
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -69,6 +97,15 @@ class TrainConfig:
     amp: str | None = None
     channels_last: bool = False
     batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
+    image_size: int | None = field(default=None, metadata={
+        "help": "Image folders (imagenet, imagefolder): the side images are cropped to (default: 224)."})
+    workers: int | None = field(default=None, metadata={
+        "help": "DataLoader worker processes per training process (default: the process's share of the CPUs "
+                "minus one, at most 8; 0 for in-memory datasets on a CPU)."})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)."})
+    tensorboard: str | None = field(default=None, metadata={
+        "help": "Folder for TensorBoard logs of every scalar metrics.jsonl holds."})
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -99,11 +136,28 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def trained_norms(cfg: TrainConfig) -> list[str]:
-    if cfg.method == "clean":
+    uses = get("method", cfg.method).uses
+    if uses == "none":
         return []
-    if get("method", cfg.method).uses == "pair":
+    if uses == "pair":
         return list(cfg.pair or [])
     return list(cfg.norms)
+
+
+def bind_component_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
+    with) and backbone checked against what each declares, and typed; a mistake is one error line."""
+    from ramptool.attacks import bind_family_options
+    from ramptool.models import bind_arch_options
+
+    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
+    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
+    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
+                                                                                        cfg.arch_options)
+    return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
+                               method_options=bind_options("method", cfg.method, cfg.method_options),
+                               combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
+                               pairing_options=bind_options("pairing-loss", cfg.pairing, cfg.pairing_options))
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -153,32 +207,52 @@ class Trainer:
         resumed_state = load_state(self.out / STATE_FILE) if cfg.resume else None
         if resumed_state is not None:
             saved = resumed_state["config"]
+            # the machine may differ from the one that started the run: its device and workers are this one's
             cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
-                                                 progress=self.cfg.progress, device=self.cfg.device)
-        self.device = resolve_device(cfg.device)
-        self.spec = get_dataset(cfg.dataset)
-        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset)
+                                                 progress=self.cfg.progress, device=self.cfg.device,
+                                                 workers=self.cfg.workers)
+        cfg = self.cfg = bind_component_options(cfg)
+        self.dist = distributed.setup(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.spec = dataset_spec(cfg.dataset, cfg.image_size)
+        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
+        _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(
+            self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
         if cfg.init:
-            self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
+            self.model, self.init_metadata = load_checkpoint(
+                cfg.init, arch=cfg.arch, dataset=cfg.dataset, normalize=cfg.normalize,
+                arch_options=cfg.arch_options, model_dir=cfg.model_dir)
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
+            if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}: pass the --dataset "
+                                    f"it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
+            self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
+            self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model
+            from ramptool.models import build_model, resolve_normalize
 
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
+            label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
+            self.normalization = {"normalize": label, "mean": mean, "std": std}
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
-                                     self.spec.mean, self.spec.std, **cfg.arch_options)
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
+                                     **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            self.model = distributed.sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg), cfg.beta)
+        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
+                                                      **cfg.combiner_options)
         autocast = None
         if cfg.amp == "bf16":
             autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -190,9 +264,11 @@ class Trainer:
         batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
                                      pair=tuple(cfg.pair) if cfg.pair else None, attack=cfg.attack,
-                                     attack_steps=cfg.attack_steps, lam=cfg.lam, pairing=cfg.pairing,
-                                     autocast=autocast, batch_attacks=batch_attacks)
-        self.method = get("method", cfg.method)(self.context)
+                                     attack_steps=cfg.attack_steps, attack_options=cfg.attack_options, lam=cfg.lam,
+                                     pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
+                                     batch_attacks=batch_attacks)
+        self.method = get("method", cfg.method)(self.context, **cfg.method_options)
+        self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
@@ -220,16 +296,21 @@ class Trainer:
         cfg = self.cfg
         return {"arch": self.arch, "arch_options": self.arch_options,
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "dataset": cfg.dataset,
+                **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
-                "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
+                "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
+                "lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options,
+                "combiner": cfg.combiner, "combiner_options": cfg.combiner_options,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
+                "source": self.init_metadata.get("source"),
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
+        if not self.dist.is_main:
+            return
         save_state(self.out / STATE_FILE, self._state())
         save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
 
@@ -254,19 +335,23 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.eval_n:
-            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
-        if not cfg.resume:
+            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n, image_size=cfg.image_size)
+        if not cfg.resume and main:
             (self.out / "metrics.jsonl").write_text("")
-        progress = _progress(cfg.progress)
-        with interrupt_flag() as interrupted, progress:
+        progress = _progress(cfg.progress and main)
+        board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
+        lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
+        with distributed.guard(lost), interrupt_flag() as interrupted, progress, board:
             while self.epoch < cfg.epochs:
-                self._run_epoch(progress, interrupted)
+                self._run_epoch(progress, interrupted, board)
         self.save(finished=True)
         return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
 
-    def _run_epoch(self, progress, interrupted) -> None:
+    def _run_epoch(self, progress, interrupted, board) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
@@ -274,21 +359,28 @@ class Trainer:
                                  stats="") if not isinstance(progress, nullcontext) else None
         sums: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                  augment=self.spec.augment, start=self.step)
+        batches = batch_loader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                               augment=self.spec.augment, start=self.step, rank=self.dist.rank,
+                               world_size=self.dist.world_size, workers=self.workers,
+                               pin_memory=self.device.type == "cuda")
+        model = self.parallel_model
         for x, y in batches:
             lr = self.set_lr(epoch + (self.step + 1) / self.n_batches)
-            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919)
-            x, y = x.to(self.device), y.to(self.device)
+            # per-sample randomness differs between ranks; choices that must agree go through distributed.agree
+            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919 + self.dist.rank)
+            global_batch = min(cfg.batch_size, len(self.train_data) - self.step * cfg.batch_size)
+            x = to_unit_float(x.to(self.device, non_blocking=True))
+            y = y.to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.model.train()
-            loss, stats = self.combiner.train_step(self.model, self.optimizer,
-                                                   lambda: self.method.loss(self.model, x, y), x, y)
+            model.train()
+            loss, stats = self.combiner.train_step(model, self.optimizer, lambda: self.method.loss(model, x, y), x, y)
             self.step += 1
-            seen += len(y)
+            # every stat is a rank's term of a global mean (distributed.global_mean): weighting by the global
+            # batch over the number of ranks makes the sums over ranks exact
+            seen += global_batch / self.dist.world_size
             for key, value in {"loss": loss, **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(y)
+                sums[key] = sums.get(key, 0.0) + float(value) * global_batch / self.dist.world_size
             if task is not None:
                 shown = "  ".join(f"{k} {v / seen:.3f}" for k, v in sums.items())
                 rate = seen / max(time.perf_counter() - started, 1e-9)
@@ -298,6 +390,7 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {self.step}; checkpoint "
                                           f"saved in {self.out}, continue with --resume")
         self.combiner.end_epoch(self.model)
+        sums, seen = _sum_over_ranks(sums, seen)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
                   "img_per_s": round(seen / max(seconds, 1e-9), 1),
@@ -307,9 +400,28 @@ class Trainer:
             record["eval"] = self.evaluate()
         self.history.append(record)
         self.save(finished=False)
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if cfg.tensorboard:
+            board.write(record)
         _report_epoch(record)
+
+
+def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:
+    smallest = min(batch_size, n % batch_size or batch_size)
+    if smallest < world_size:
+        raise RamptoolError(f"{world_size} processes need at least {world_size} points in every global batch, but "
+                            f"one has {smallest} ({n} points, --batch-size {batch_size}): change --batch-size or "
+                            f"--subset")
+
+
+def _sum_over_ranks(sums: dict[str, float], seen: float) -> tuple[dict[str, float], float]:
+    """The epoch's metric sums over every rank (every rank holds the same keys: methods agree on their norms)."""
+    keys = sorted(sums)
+    totals = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [seen], dtype=torch.float64))
+    return {k: float(v) for k, v in zip(keys, totals[:-1])}, float(totals[-1])
 
 
 def _report_epoch(record: dict) -> None:

@@ -106,7 +106,8 @@ def test_gp_end_of_epoch_combines_each_tensor_and_keeps_the_adversarial_batchnor
 
 def test_gp_with_beta_zero_equals_plain_adversarial_training(tmp_path):
     plain = train(quick_config(tmp_path / "plain", method="at", norms=["linf"], epochs=2))
-    fused = train(quick_config(tmp_path / "gp", method="at", norms=["linf"], epochs=2, combiner="gp", beta=0.0))
+    fused = train(quick_config(tmp_path / "gp", method="at", norms=["linf"], epochs=2, combiner="gp",
+                               combiner_options={"beta": 0.0}))
     assert plain["epochs"] == fused["epochs"] == 2
     a, b = read_weights(tmp_path / "plain"), read_weights(tmp_path / "gp")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -114,7 +115,7 @@ def test_gp_with_beta_zero_equals_plain_adversarial_training(tmp_path):
 
 def test_gp_with_beta_half_differs_from_plain_training(tmp_path):
     train(quick_config(tmp_path / "plain", method="at", norms=["linf"]))
-    train(quick_config(tmp_path / "gp", method="at", norms=["linf"], combiner="gp", beta=0.5))
+    train(quick_config(tmp_path / "gp", method="at", norms=["linf"], combiner="gp", combiner_options={"beta": 0.5}))
     a, b = read_weights(tmp_path / "plain"), read_weights(tmp_path / "gp")
     assert any(not torch.equal(a[k], b[k]) for k in a)
 

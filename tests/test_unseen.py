@@ -150,7 +150,7 @@ def test_registered_as_attacks_usable_for_training(shipped, tmp_path):
 def test_union_is_the_pointwise_and_and_resume_continues(shipped, points, tmp_path, monkeypatch):
     x, y = points[0][:32], points[1][:32]
     names = ["l0", "fog", "elastic"]
-    attack = unseen_module._attack_flags
+    attack = unseen_module.adversary_flags
     calls = []
 
     def interrupted_at_elastic(model, x, y, name, *args):
@@ -159,10 +159,10 @@ def test_union_is_the_pointwise_and_and_resume_continues(shipped, points, tmp_pa
         calls.append(name)
         return attack(model, x, y, name, *args)
 
-    monkeypatch.setattr(unseen_module, "_attack_flags", interrupted_at_elastic)
+    monkeypatch.setattr(unseen_module, "adversary_flags", interrupted_at_elastic)
     with pytest.raises(EvaluationInterrupted, match="--resume"):
         evaluate_unseen(shipped, x, y, names, BUDGETS, out_dir=tmp_path, **QUICK)
-    monkeypatch.setattr(unseen_module, "_attack_flags", lambda model, x, y, name, *a: (
+    monkeypatch.setattr(unseen_module, "adversary_flags", lambda model, x, y, name, *a: (
         calls.append(name) or attack(model, x, y, name, *a)))
     report = evaluate_unseen(shipped, x, y, names, BUDGETS, out_dir=tmp_path, resume=True, **QUICK)
     assert calls == names and report["resumed"] == ["l0", "fog"]

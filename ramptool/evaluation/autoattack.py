@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.flags import clean_flags
 
 AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 VERSIONS = ("fast", "standard")
@@ -69,8 +70,12 @@ def _quiet():
 
 
 def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str = "fast",
-                     batch_size: int = 500, seed: int = 0, device=None) -> torch.Tensor:
-    """Per-point flags on CPU: True where the point is classified correctly clean and after AutoAttack."""
+                     batch_size: int = 500, seed: int = 0, device=None, on_progress=None) -> torch.Tensor:
+    """Per-point flags on CPU: True where the point is classified correctly clean and after AutoAttack.
+
+    AutoAttack's own loop (each attack on the points still robust, in batches of ``batch_size``, every batch
+    from the same seed) is driven one attack and one batch at a time: the same batches give the same result,
+    and ``on_progress(attack, points, total)`` can report after each."""
     if norm not in AUTOATTACK_NORMS:
         raise RamptoolError(f"AutoAttack has no {norm!r} threat model; use one of: {', '.join(AUTOATTACK_NORMS)}")
     if version not in VERSIONS:
@@ -84,8 +89,7 @@ def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: fl
         # AutoAttack reseeds the global RNG for every batch: keep the caller's random stream untouched
         with _quiet(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             adversary, run = _build_adversary(model, norm, float(eps), seed, str(device))
-            if version == "fast":
-                adversary.attacks_to_run = list(FAST_ATTACKS)
+            attacks = list(FAST_ATTACKS) if version == "fast" else list(adversary.attacks_to_run)
             adversary.verbose = False
             with torch.no_grad():
                 num_classes = model(x[:1].to(device)).shape[1]
@@ -93,7 +97,17 @@ def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: fl
             adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes,
                                                            num_classes - 1)
             adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
-            predictions = run(x, y, batch_size)
+            robust = clean_flags(model, x, y, batch_size)
+            for attack in attacks:
+                adversary.attacks_to_run = [attack]
+                index = robust.nonzero().squeeze(1)
+                if on_progress is not None:  # the points already fooled count as done for this attack
+                    on_progress(attack, len(y) - len(index), len(y) * len(attacks))
+                for start in range(0, len(index), batch_size):
+                    batch = index[start:start + batch_size]
+                    robust[batch] = run(x[batch], y[batch], batch_size).cpu() == y[batch].cpu()
+                    if on_progress is not None:
+                        on_progress(attack, len(batch), len(y) * len(attacks))
     finally:
         model.train(was_training)
-    return predictions.cpu() == y.cpu()
+    return robust

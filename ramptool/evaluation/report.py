@@ -18,7 +18,7 @@ from rich.table import Table  # noqa: E402
 from ramptool.checkpoint import atomic_write  # noqa: E402
 
 NORM_ORDER = ("linf", "l2", "l1")
-ATTACK_LABELS = {"autoattack": "AutoAttack", "apgd": "APGD-CE"}
+ATTACK_LABELS = {"autoattack": "AutoAttack", "apgd": "APGD-CE", "apgd-ce": "APGD-CE"}
 
 
 def write_json(path: Path, data) -> Path:
@@ -55,8 +55,13 @@ def percent_cell(report: dict, column: str) -> str:
     return f"{bound}{100 * report['accuracy'][column]:.1f}"
 
 
+def attack_label(attack: str) -> str:
+    """'AutoAttack', 'APGD-CE', or a registered family's name marked as giving upper bounds."""
+    return ATTACK_LABELS.get(attack) or f"{attack} (registered attack family, not AutoAttack: upper bounds)"
+
+
 def settings_line(report: dict) -> str:
-    attack = ATTACK_LABELS.get(report["attack"], report["attack"])
+    attack = attack_label(report["attack"])
     detail = report["version"] if "version" in report else f"{report['steps']} steps"
     eps = ", ".join(f"{norm}={value:g}" for norm, value in report["eps"].items())
     cascade = ", union-only cascade (≤: upper bound)" if report.get("union_only") else ""
@@ -144,13 +149,13 @@ def plot_curves(curves: dict[str, dict], path: Path) -> Path:
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 105)
         axis.set_title(norm)
-    figure.suptitle(f"APGD-CE ({first['steps']} steps), {first['n']} points")
+    figure.suptitle(f"{attack_label(first['attack'])} ({first['steps']} steps), {first['n']} points")
     return save_figure(figure, path)
 
 
 def curve_table(curves: dict[str, dict]) -> Table:
     first = next(iter(curves.values()))
-    table = Table(title="robust accuracy (%) vs eps")
+    table = Table(title=f"robust accuracy (%) vs eps, {attack_label(first['attack'])}")
     table.add_column("norm")
     table.add_column("eps", justify="right")
     for name in curves:

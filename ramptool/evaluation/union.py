@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,13 +23,14 @@ from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ramptool import distributed
 from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.autoattack import VERSIONS, autoattack_flags
+from ramptool.evaluation.family import BUILT_IN_EVALUATIONS, family_flags, family_options
 from ramptool.evaluation.flags import accuracies, apgd_flags, clean_flags
 
 FLAGS_FILE = "flags.safetensors"
-ATTACKS = ("autoattack", "apgd")
 # a clean accuracy this far under the checkpoint's own record means the inputs do not match the training ones
 CLEAN_GAP_WARNING = 0.10
 
@@ -103,19 +105,41 @@ def resumed_flags(path: Path | None, settings: dict, eps: dict, clean: torch.Ten
     return flags, seconds, attacked, resumed
 
 
-def _attack_flags(model, x, y, norm, eps, candidates, settings, batch_size) -> torch.Tensor:
-    """Flags for the ``candidates`` points only (True = still correct after the attack)."""
+def _attack_flags(model, x, y, norm, eps, candidates, settings, batch_size, on_progress=None) -> torch.Tensor:
+    """Flags for the ``candidates`` points only (True = still correct after the attack); under torchrun each
+    process attacks its share of them (``distributed.map_points``)."""
     index = candidates.nonzero().squeeze(1)
     if len(index) == 0:
         return torch.zeros(0, dtype=torch.bool)
+    return distributed.map_points(
+        lambda xs, ys: _attack_points(model, xs, ys, norm, eps, settings, batch_size, on_progress), x[index], y[index])
+
+
+def _attack_points(model, x, y, norm, eps, settings, batch_size, on_progress=None) -> torch.Tensor:
+    """Flags of every point of (x, y), reporting ``on_progress(attack, points, total)`` after each batch."""
+    if len(y) == 0:
+        return torch.zeros(0, dtype=torch.bool)
     if settings["attack"] == "autoattack":
-        return autoattack_flags(model, x[index], y[index], norm, eps, version=settings["version"],
-                                batch_size=batch_size, seed=settings["seed"])
-    with torch.random.fork_rng():
-        torch.manual_seed(settings["seed"])
-        flags = apgd_flags(model, x[index], y[index], [norm], {norm: eps}, steps=settings["steps"],
-                           batch_size=batch_size)
-    return flags[norm]
+        return autoattack_flags(model, x, y, norm, eps, version=settings["version"], batch_size=batch_size,
+                                seed=settings["seed"], on_progress=on_progress)
+    if settings["attack"] != "apgd":  # a family's random draws run on from batch to batch: one call
+        with torch.random.fork_rng():
+            torch.manual_seed(settings["seed"])
+            flags = family_flags(model, x, y, settings["attack"], norm, eps, steps=settings["steps"],
+                                 batch_size=batch_size, options=settings["attack_options"])
+        if on_progress is not None:
+            on_progress(settings["attack"], len(y), len(y))
+        return flags
+    parts = []
+    for start in range(0, len(y), batch_size):  # apgd_flags' own batches (deterministic), one call each
+        with torch.random.fork_rng():
+            torch.manual_seed(settings["seed"])
+            batch = slice(start, start + batch_size)
+            parts.append(apgd_flags(model, x[batch], y[batch], [norm], {norm: eps}, steps=settings["steps"],
+                                    batch_size=batch_size)[norm])
+        if on_progress is not None:
+            on_progress("apgd-ce", len(parts[-1]), len(y))
+    return torch.cat(parts)
 
 
 def sanity_warnings(accuracy: dict[str, float], norms: list[str], n: int,
@@ -139,16 +163,18 @@ def sanity_warnings(accuracy: dict[str, float], norms: list[str], n: int,
 def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], eps: dict[str, float],
                    version: str = "fast", out_dir=None, resume: bool = False, union_only: bool = False,
                    batch_size: int = 500, seed: int = 0, attack: str = "autoattack", steps: int = 100,
-                   recorded_clean: float | None = None, console: Console | None = None) -> dict:
+                   recorded_clean: float | None = None, console: Console | None = None,
+                   attack_options: dict | None = None, on_progress=None) -> dict:
     """Clean, per-norm and union accuracy of ``model`` on (x, y), with timings and attacked-point counts.
 
     ``attack='autoattack'`` is the reported evaluation (``version`` fast or standard); ``attack='apgd'`` uses
-    ramptool's own APGD-CE with ``steps`` iterations (quick checks). ``recorded_clean`` (the checkpoint's own
-    clean accuracy) enables the normalisation sanity check."""
+    ramptool's own APGD-CE with ``steps`` iterations (quick checks); any other name is a registered attack
+    family run with ``steps`` and ``attack_options`` (every number then an upper bound, see ``family.py``).
+    ``recorded_clean`` (the checkpoint's own clean accuracy) enables the normalisation sanity check.
+    ``on_progress(norm, attack, points, total)`` is called as the attacks go (``ramptool.progress``)."""
     if version not in VERSIONS:
         raise RamptoolError(f"unknown version {version!r}; use one of: {', '.join(VERSIONS)}")
-    if attack not in ATTACKS:
-        raise RamptoolError(f"unknown evaluation attack {attack!r}; use one of: {', '.join(ATTACKS)}")
+    attack_options = family_options(attack, norms, attack_options)
     missing = [norm for norm in norms if norm not in eps]
     if missing:
         raise RamptoolError(f"no eps given for {', '.join(missing)}")
@@ -157,8 +183,10 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     if len(y) == 0:
         raise RamptoolError("no points to evaluate")
 
+    by_family = attack not in BUILT_IN_EVALUATIONS
     settings = {"points": fingerprint(x, y), "n": len(y), "attack": attack, "union_only": union_only,
-                "seed": seed, **({"version": version} if attack == "autoattack" else {"steps": steps})}
+                "seed": seed, **({"version": version} if attack == "autoattack" else {"steps": steps}),
+                **({"attack_options": attack_options} if by_family else {})}
     path = Path(out_dir) / FLAGS_FILE if out_dir is not None else None
     clean = clean_flags(model, x, y, batch_size)
     flags, seconds, attacked, resumed = resumed_flags(path, settings, eps, clean, norms, resume)
@@ -172,7 +200,8 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
                 candidates &= flags[earlier]
         started = time.perf_counter()
         try:
-            robust = _attack_flags(model, x, y, norm, eps[norm], candidates, settings, batch_size)
+            report = partial(on_progress, norm) if on_progress is not None else None
+            robust = _attack_flags(model, x, y, norm, eps[norm], candidates, settings, batch_size, report)
         except KeyboardInterrupt:
             saved_note = f"; finished norms are saved in {path}, continue with --resume" if path else ""
             raise EvaluationInterrupted(f"evaluation interrupted during {norm}{saved_note}") from None
@@ -181,7 +210,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
         flags[norm][candidates] = robust
         seconds[norm] = round(time.perf_counter() - started, 3)
         attacked[norm] = int(candidates.sum())
-        if path is not None:
+        if path is not None and distributed.is_main():
             done = [name for name in norms if name in flags]
             save_flags(path, flags, settings, eps, done, seconds, attacked)
 
@@ -192,8 +221,9 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     return {
         "n": len(y), "norms": list(norms), "eps": {norm: eps[norm] for norm in norms}, "attack": attack,
         **({"version": version} if attack == "autoattack" else {"steps": steps}),
+        **({"attack_options": attack_options} if by_family else {}),
         "seed": seed, "union_only": union_only, "accuracy": accuracy,
-        "upper_bounds": list(norms[1:]) if union_only else [],
+        "upper_bounds": [*norms, "union"] if by_family else list(norms[1:]) if union_only else [],
         "seconds": {norm: seconds[norm] for norm in norms}, "attacked": {norm: attacked[norm] for norm in norms},
         "resumed": resumed, "warnings": messages,
     }
@@ -214,9 +244,13 @@ def not_falling_warnings(eps_values: dict[str, list[float]], accuracy: dict[str,
 
 def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[str, list[float]],
                      steps: int = 100, batch_size: int = 500, seed: int = 0,
-                     reference_eps: dict[str, float] | None = None, console: Console | None = None) -> dict:
-    """Robust accuracy under ramptool's APGD-CE at each eps of each norm (the same points throughout);
-    ``reference_eps`` (the threat model's eps) is recorded for the plot."""
+                     reference_eps: dict[str, float] | None = None, console: Console | None = None,
+                     attack: str = "apgd", attack_options: dict | None = None, on_progress=None) -> dict:
+    """Robust accuracy under ramptool's APGD-CE (or a registered attack family, ``attack``) at each eps of each
+    norm (the same points throughout); ``reference_eps`` (the threat model's eps) is recorded for the plot."""
+    if attack == "autoattack":
+        raise RamptoolError("eval curve runs apgd or a registered attack family, not autoattack")
+    attack_options = family_options(attack, list(eps_values), attack_options)
     accuracy: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
     clean = clean_flags(model, x, y, batch_size)
@@ -224,31 +258,39 @@ def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[s
         started = time.perf_counter()
         accuracy[norm] = []
         for value in values:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                flags = apgd_flags(model, x, y, [norm], {norm: value}, steps=steps, batch_size=batch_size)
-            accuracy[norm].append((flags[norm] & clean).float().mean().item())
+            settings = {"attack": attack, "seed": seed, "steps": steps, "attack_options": attack_options}
+            report = None
+            if on_progress is not None:  # one bar per norm over all its eps values
+                def report(name, done, total, norm=norm, value=value, values=values):
+                    on_progress(norm, f"eps {value:g}", done, total * len(values))
+            robust = distributed.map_points(
+                lambda xs, ys: _attack_points(model, xs, ys, norm, value, settings, batch_size, report), x, y)
+            accuracy[norm].append((robust & clean).float().mean().item())
         seconds[norm] = round(time.perf_counter() - started, 3)
     messages = not_falling_warnings(eps_values, accuracy, len(y))
     for message in messages:
         warn(console, message)
-    return {"n": len(y), "attack": "apgd-ce", "steps": steps, "seed": seed,
+    return {"n": len(y), "attack": "apgd-ce" if attack == "apgd" else attack, "steps": steps, "seed": seed,
+            **({"attack_options": attack_options, "upper_bound": True} if attack != "apgd" else {}),
             "clean": clean.float().mean().item(), "eps_values": {k: list(v) for k, v in eps_values.items()},
             "accuracy": accuracy, "reference_eps": dict(reference_eps or {}), "seconds": seconds,
             "warnings": messages}
 
 
-def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu"):
-    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on."""
+def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu", **loading):
+    """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on;
+    ``loading``: normalize, arch_options and model_dir, as ``load_checkpoint`` takes them."""
     from ramptool.checkpoint import load_checkpoint, read_metadata
-    from ramptool.data import get_dataset
+    from ramptool.data import dataset_spec, get_dataset
 
     metadata = read_metadata(ckpt)
     name = dataset or (metadata or {}).get("dataset")
     if name is None:
         raise RamptoolError(f"{ckpt} has no ramptool metadata: pass --dataset (and --arch)")
     spec = get_dataset(name)
-    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device)
+    model, metadata = load_checkpoint(ckpt, arch=arch, dataset=name, device=device, **loading)
+    if spec.resizable:  # image folders are read at the checkpoint's resolution
+        spec = dataset_spec(name, metadata["input_shape"][-1])
     if spec.num_classes is not None and metadata["num_classes"] != spec.num_classes:
         raise RamptoolError(f"{ckpt} predicts {metadata['num_classes']} classes but {name} has "
                             f"{spec.num_classes}: wrong --dataset?")

@@ -1,11 +1,13 @@
 """Universal robustness (RAMP's Table 4): accuracy under adversaries the model never trained on, their mean and
 their union (a point counts only if it survives every one of them), beside clean accuracy.
 
-Each adversary attacks the clean-correct points with its own seeded generator, so the result does not depend on
+Each adversary is a registered attack family's attack (``sparse-rs`` for l0, ``uar`` for the others), run through
+``family_flags`` on the clean-correct points with its own seeded random stream, so the result does not depend on
 which other adversaries run or in which order; per-sample flags go to ``flags.safetensors`` after each
 adversary, as in ``evaluate_union``, so an interrupted evaluation resumes (``resume=True``). These are attacks,
 not certificates: every accuracy but clean is an upper bound on the model's robustness to that threat model, and
-no AutoAttack exists for them.
+no AutoAttack exists for them. Under torchrun every process evaluates every point (they agree) and the first
+writes.
 
 Budgets per dataset: CIFAR-10/100 take the paper's. Fashion-MNIST's are ramptool's calibration: for each
 adversary, the budget of a sweep at which the shipped l∞-AT small CNN keeps closest to half of 300 validation
@@ -23,7 +25,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ramptool import distributed
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.family import family_flags
 from ramptool.evaluation.flags import accuracies, clean_flags
 from ramptool.evaluation.union import (
     FLAGS_FILE,
@@ -37,9 +41,8 @@ from ramptool.evaluation.union import (
 from ramptool.threat import parse_number
 
 ADVERSARIES = ("l0", "fog", "snow", "gabor", "elastic", "jpeg-linf")
-# the registered attack that evaluates each threat model, and its evaluation options
-EVALUATION_ATTACKS = {"l0": ("sparse-rs-l0", {})} | {
-    name: (f"uar-{name}", {"keep": "misclassified"}) for name in ADVERSARIES[1:]}
+# the attack family whose attack evaluates each threat model, and its evaluation options
+EVALUATION_ATTACKS = {"l0": ("sparse-rs", {})} | {name: ("uar", {"keep": "misclassified"}) for name in ADVERSARIES[1:]}
 PAPER_BUDGETS = {"l0": 9, "fog": 12.0, "snow": 0.5, "gabor": 60.0, "elastic": 0.125, "jpeg-linf": 0.125}
 DEFAULT_BUDGETS = {
     "cifar10": PAPER_BUDGETS,
@@ -108,39 +111,40 @@ def corruption_summary(folder, checkpoint) -> dict:
                         f"corruptions --ckpt {checkpoint} --out {folder}` first")
 
 
-def adversary_generator(seed: int, name: str, device) -> torch.Generator:
+def adversary_seed(seed: int, name: str) -> int:
     """Each adversary's own random stream: the same whichever adversaries run with it, in whatever order."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return seed * 1_000_003 + zlib.crc32(name.encode())
 
 
-def _attack_flags(model, x, y, name, budget, candidates, steps, queries, batch_size, seed) -> torch.Tensor:
-    """Flags for the ``candidates`` points only (True = still correct after the adversary)."""
-    from ramptool.plugins import get
-
-    attack_name, options = EVALUATION_ATTACKS[name]
-    attack = get("attack", attack_name)
+def adversary_flags(model, x, y, name: str, budget: float, steps: int = DEFAULT_STEPS,
+                    queries: int = DEFAULT_QUERIES, batch_size: int = 500, seed: int = 0,
+                    on_progress=None) -> torch.Tensor:
+    """(N,) bool: classified correctly clean and still after the adversary (``family_flags``: only a returned
+    point the model misclassifies counts as broken), its random draws from its own seeded stream.
+    ``on_progress(name, attack, points, total)`` after each batch."""
+    family, options = EVALUATION_ATTACKS[name]
     device = next(model.parameters()).device
-    generator = adversary_generator(seed, name, device)
-    index = candidates.nonzero().squeeze(1)
-    robust = torch.zeros(len(index), dtype=torch.bool)
-    for start in range(0, len(index), batch_size):
-        chunk = index[start:start + batch_size]
-        xb, yb = x[chunk].to(device), y[chunk].to(device)
-        result = attack(model, xb, yb, budget, steps=queries if name == "l0" else steps, generator=generator,
-                        **options)
-        with torch.no_grad():
-            still = model(result.x_adv).argmax(1) == yb
-        robust[start:start + len(chunk)] = (still & ~result.fooled).cpu()
-    return robust
+    parts = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(adversary_seed(seed, name))
+        for start in range(0, len(y), batch_size):
+            batch = slice(start, start + batch_size)
+            parts.append(family_flags(model, x[batch], y[batch], family, name, budget,
+                                      steps=queries if name == "l0" else steps, batch_size=batch_size,
+                                      options=options))
+            if on_progress is not None:
+                on_progress(name, f"{family}-{name}", len(parts[-1]), len(y))
+    return torch.cat(parts)
 
 
 def evaluate_unseen(model, x: torch.Tensor, y: torch.Tensor, adversaries: list[str], budgets: dict[str, float],
                     steps: int = DEFAULT_STEPS, queries: int = DEFAULT_QUERIES, out_dir=None, resume: bool = False,
                     batch_size: int = 500, seed: int = 0, recorded_clean: float | None = None,
-                    console: Console | None = None) -> dict:
+                    console: Console | None = None, on_progress=None) -> dict:
     """Clean accuracy, accuracy under each unseen adversary, their mean and their union, on (x, y).
 
-    ``steps`` are the iterations of Kang et al.'s adversaries, ``queries`` Sparse-RS's query budget."""
+    ``steps`` are the iterations of Kang et al.'s adversaries, ``queries`` Sparse-RS's query budget;
+    ``on_progress(adversary, attack, points, total)`` is called as the attacks go (``ramptool.progress``)."""
     missing = [name for name in adversaries if name not in budgets]
     if missing:
         raise RamptoolError(f"no budget given for {', '.join(missing)}")
@@ -161,15 +165,14 @@ def evaluate_unseen(model, x: torch.Tensor, y: torch.Tensor, adversaries: list[s
                 continue
             started = time.perf_counter()
             try:
-                robust = _attack_flags(model, x, y, name, budgets[name], clean, steps, queries, batch_size, seed)
+                flags[name] = adversary_flags(model, x, y, name, budgets[name], steps, queries, batch_size, seed,
+                                              on_progress)
             except KeyboardInterrupt:
                 saved_note = f"; finished adversaries are saved in {path}, continue with --resume" if path else ""
                 raise EvaluationInterrupted(f"evaluation interrupted during {name}{saved_note}") from None
-            flags[name] = clean.clone()
-            flags[name][clean] = robust
             seconds[name] = round(time.perf_counter() - started, 3)
             attacked[name] = int(clean.sum())
-            if path is not None:
+            if path is not None and distributed.is_main():
                 done = [n for n in adversaries if n in flags]
                 save_flags(path, flags, settings, budgets, done, seconds, attacked)
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,8 @@ class Adversary:
         """Per sample: ``theta`` is inside the set (the adversary's budget)."""
         raise NotImplementedError
 
-    def __call__(self, model, x, y, eps, steps=10, norm=None, step_size=None, keep="loss",
-                 generator=None) -> LatentAttackResult:
+    def __call__(self, model, x, y, eps, steps=10, norm=None, step_size: float | None = None,
+                 keep: Literal["loss", "misclassified"] = "loss", generator=None) -> LatentAttackResult:
         # ``norm`` is what ``Attack`` passes every attack: here it can only be this adversary's own name
         return latent_attack(self, model, x, y, eps, steps=steps, step_size=step_size, keep=keep,
                              generator=generator)

@@ -54,7 +54,8 @@ def set_pixels(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor
     return flat.scatter(2, positions[:, None, :].expand(-1, flat.shape[1], -1), values)
 
 
-def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init=ALPHA_INIT, generator=None) -> AttackResult:
+def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init: float = ALPHA_INIT,
+              generator=None) -> AttackResult:
     """Sparse-RS in {x' in [0,1]^d : x' differs from x in at most eps pixels}; ``steps`` is the query budget.
 
     Returns the accepted point (misclassified wherever ``fooled``), its cross-entropy, and ``fooled``."""
