@@ -2,7 +2,7 @@
 their union (a point counts only if it survives every one of them), beside clean accuracy.
 
 Each adversary is a registered attack family's attack (``sparse-rs`` for l0, ``uar`` for the others), run through
-``family_flags`` on the clean-correct points with its own seeded random stream, so the result does not depend on
+``family_flags`` on the clean-correct points with its own seeded generator, so the result does not depend on
 which other adversaries run or in which order; per-sample flags go to ``flags.safetensors`` after each
 adversary, as in ``evaluate_union``, so an interrupted evaluation resumes (``resume=True``). These are attacks,
 not certificates: every accuracy but clean is an upper bound on the model's robustness to that threat model, and
@@ -120,20 +120,19 @@ def adversary_flags(model, x, y, name: str, budget: float, steps: int = DEFAULT_
                     queries: int = DEFAULT_QUERIES, batch_size: int = 500, seed: int = 0,
                     on_progress=None) -> torch.Tensor:
     """(N,) bool: classified correctly clean and still after the adversary (``family_flags``: only a returned
-    point the model misclassifies counts as broken), its random draws from its own seeded stream.
+    point the model misclassifies counts as broken), its random draws from its own seeded generator.
     ``on_progress(name, attack, points, total)`` after each batch."""
     family, options = EVALUATION_ATTACKS[name]
     device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(adversary_seed(seed, name))
     parts = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(adversary_seed(seed, name))
-        for start in range(0, len(y), batch_size):
-            batch = slice(start, start + batch_size)
-            parts.append(family_flags(model, x[batch], y[batch], family, name, budget,
-                                      steps=queries if name == "l0" else steps, batch_size=batch_size,
-                                      options=options))
-            if on_progress is not None:
-                on_progress(name, f"{family}-{name}", len(parts[-1]), len(y))
+    for start in range(0, len(y), batch_size):
+        batch = slice(start, start + batch_size)
+        parts.append(family_flags(model, x[batch], y[batch], family, name, budget,
+                                  steps=queries if name == "l0" else steps, batch_size=batch_size,
+                                  options={**options, "generator": generator}))
+        if on_progress is not None:
+            on_progress(name, f"{family}-{name}", len(parts[-1]), len(y))
     return torch.cat(parts)
 
 
