@@ -94,7 +94,7 @@ def latent_attack(adversary: Adversary, model, x, y, eps, steps=10, step_size=No
             theta = theta.detach().requires_grad_(i < steps)
             x_adv = adversary.render(x, theta, context, eps)
             logits = model(x_adv)
-            loss = F.cross_entropy(logits.float(), y, reduction="none")
+            loss = F.cross_entropy(logits, y, reduction="none")
             grad = torch.autograd.grad(loss.sum(), theta)[0] if i < steps else None
             now = (x_adv.detach(), theta.detach(), loss.detach())
             wrong = logits.argmax(1) != y

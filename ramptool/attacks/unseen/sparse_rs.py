@@ -70,7 +70,7 @@ def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init: float = ALP
         changed, unchanged = order[:, :k], order[:, k:]
         best = set_pixels(x_flat, changed, random_corners(batch, channels, k, x, generator))
         logits = model(best.view_as(x))
-        best_margin, best_loss = margin(logits, y), F.cross_entropy(logits.float(), y, reduction="none")
+        best_margin, best_loss = margin(logits, y), F.cross_entropy(logits, y, reduction="none")
         fooled = logits.argmax(1) != y
         for query in range(1, int(steps)):
             active = (~fooled).nonzero().squeeze(1)
@@ -95,7 +95,7 @@ def sparse_rs(model, x, y, norm="l0", eps=9, steps=1000, alpha_init: float = ALP
             taken = active[accept]
             best[taken] = candidate[accept]
             best_margin[taken] = candidate_margin[accept]
-            best_loss[taken] = F.cross_entropy(logits[accept].float(), y[taken], reduction="none")
+            best_loss[taken] = F.cross_entropy(logits[accept], y[taken], reduction="none")
             fooled[taken] = wrong[accept]
             swapped_in, swapped_out = changed[taken], unchanged[taken]
             swapped_in[:, restore], swapped_out[:, move] = new[accept], old[accept]
