@@ -286,7 +286,7 @@ def pair(
                       device=device, seed=seed, console=console, attack=attack, model_dir=model_dir)
 
 
-app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve.")
+app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve, unseen.")
 
 
 def main(argv=None):
