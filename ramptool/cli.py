@@ -190,7 +190,7 @@ def export(
     ckpt: str = typer.Argument(..., help=CKPT_HELP),
     out: Path = typer.Argument(..., help="OUT.pt (torch.save of tensors) or OUT.safetensors; OUT.json is written "
                                          "beside it."),
-    dataset: str | None = typer.Option(None, help="Dataset of a plain state_dict (default: cifar10)."),
+    dataset: str | None = typer.Option(None, help="Dataset of a plain state_dict.", show_default="cifar10"),
     arch: str | None = ARCH_OPTION,
     normalize: str | None = NORMALIZE_OPTION,
     arch_option: list[str] = ARCH_OPTIONS_OPTION,
@@ -245,7 +245,7 @@ def pair(
                           device=device, seed=seed, console=console, attack=attack, model_dir=model_dir)
 
 
-app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve.")
+app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve, unseen.")
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""``ramptool eval``: union accuracy (AutoAttack), common corruptions, robust accuracy vs eps.
+"""``ramptool eval``: union accuracy (AutoAttack), common corruptions, robust accuracy vs eps, unseen adversaries.
 
 A thin layer: the work happens in ``ramptool.evaluation``. User mistakes raise RamptoolError (one line, exit 2).
 Under torchrun every process evaluates its share of the test points and rank 0 prints and writes the reports,
@@ -21,7 +21,9 @@ eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
 
 DEFAULT_MULTIPLES = "0.25,0.5,1,1.5,2"
-CKPT_HELP = "Checkpoint or run folder; repeat to compare models. \\[required]"  # help is rich markup: \\[ is [
+# help is rich markup: \\[ is a literal [
+CKPT_HELP = ("Checkpoint, run folder or robustbench:<dataset>/<threat_model>/<name>; repeat to compare models. "
+             "\\[required]")
 
 
 def _positive(value: int, flag: str) -> int:
@@ -56,7 +58,7 @@ ARCH_OPTIONS_OPTION = typer.Option([], "--arch-option", help="Backbone option ke
                                    "(e.g. cifar_stem=true); repeat.")
 MODEL_DIR_OPTION = typer.Option(None, "--model-dir", help="RobustBench weights for --ckpt robustbench:<dataset>/"
                                 "<threat_model>/<name>, in RobustBench's layout <dir>/<dataset>/<threat_model>/"
-                                "<name>.pt (default: ./models).")
+                                "<name>.pt.", show_default="./models")
 
 
 def loading_options(normalize: str | None, arch_option: list[str], model_dir: str | None) -> dict:
@@ -340,4 +342,75 @@ def curve(
     if not _is_main():
         return
     written = write_curve_report(curves, out)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+
+
+@eval_app.command()
+@_locks_out
+def unseen(
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
+    data_dir: str | None = typer.Option(None, help="Dataset root."),
+    arch: str | None = ARCH_OPTION,
+    normalize: str | None = NORMALIZE_OPTION,
+    arch_option: list[str] = ARCH_OPTIONS_OPTION,
+    model_dir: str | None = MODEL_DIR_OPTION,
+    n_examples: int = typer.Option(500, help="Test points (the first N)."),
+    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    adversaries: str | None = typer.Option(None, help="Subset, e.g. fog,snow.",
+                                           show_default="l0,fog,snow,gabor,elastic,jpeg-linf"),
+    budgets: str | None = typer.Option(None, help="e.g. fog=128,l0=20.", show_default="the dataset's"),
+    steps: int | None = typer.Option(None, help="Iterations of fog, snow, gabor, elastic, jpeg-linf.",
+                                     show_default="100"),
+    queries: int | None = typer.Option(None, help="Sparse-RS queries for l0.", show_default="1000"),
+    corruptions_from: Path | None = typer.Option(None, help="Output folder of `eval corruptions` for the same "
+                                                       "checkpoints: adds each one's mean corruption accuracy."),
+    resume: bool = typer.Option(False, "--resume", help="Skip adversaries already finished in --out."),
+    out: str = typer.Option("runs/eval-unseen", help="Folder for report.json, report.md, report.png and flags."),
+    batch_size: int = typer.Option(500, help="Attack batch size."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0, help="Seed of the adversaries' random draws."),
+):
+    """Accuracy under unseen adversaries (l0, fog, snow, gabor, elastic, jpeg-linf), their mean and union."""
+    from ramptool.evaluation.report import print_unseen_table, write_unseen_reports
+    from ramptool.evaluation.union import load_for_evaluation, recorded_clean_accuracy
+    from ramptool.evaluation.unseen import (
+        DEFAULT_QUERIES,
+        DEFAULT_STEPS,
+        corruption_summary,
+        evaluate_unseen,
+        parse_adversaries,
+        parse_budgets,
+    )
+    from ramptool.progress import task_progress
+
+    checkpoints = checkpoint_names(ckpt)
+    loading = loading_options(normalize, arch_option, model_dir)
+    names = parse_adversaries(adversaries)
+    steps = _positive(steps, "--steps") if steps is not None else DEFAULT_STEPS
+    queries = _positive(queries, "--queries") if queries is not None else DEFAULT_QUERIES
+    _positive(batch_size, "--batch-size")
+    target = _device(device)
+    # found before any attack runs: a missing report must not cost an evaluation
+    corruptions = {name: corruption_summary(corruptions_from, path) for name, path in checkpoints.items()
+                   if corruptions_from is not None}
+    reports = {}
+    for name, path in checkpoints.items():
+        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target, **loading)
+        budget_values = parse_budgets(budgets, dataset_name, names)
+        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        console.print(f"evaluating {name} on {len(y)} {dataset_name} points", highlight=False)
+        with task_progress(console) as progress:
+            report = evaluate_unseen(model, x, y, names, budget_values, steps=steps, queries=queries,
+                                     out_dir=Path(out) / name, resume=resume, batch_size=batch_size, seed=seed,
+                                     recorded_clean=recorded_clean_accuracy(metadata), console=console,
+                                     on_progress=progress)
+        if name in corruptions:
+            report["corruptions"] = corruptions[name]
+            report["accuracy"]["corruptions"] = corruptions[name]["mean"]
+        reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
+    print_unseen_table(reports, console)
+    if not _is_main():
+        return
+    written = write_unseen_reports(reports, out)
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)

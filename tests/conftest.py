@@ -54,3 +54,17 @@ def clean_model(clean_model_dir):
     from ramptool.checkpoint import load_model
 
     return load_model(clean_model_dir)
+
+
+@pytest.fixture
+def ramptool_cli(capsys):
+    """Run the ramptool command line in this process: ``ramptool_cli(args) -> (exit code, stdout, stderr)``."""
+    from ramptool.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

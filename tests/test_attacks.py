@@ -14,7 +14,9 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from ramptool.attacks import apgd, pgd
 from ramptool.attacks.apgd import apgd_joint, checkpoint_schedule
 from ramptool.attacks.losses import dlr, dlr_targeted
+from ramptool.attacks.unseen import changed_pixels
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.unseen import DEFAULT_BUDGETS
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.plugins import get, registry
 from ramptool.threat import lp_norm
@@ -27,12 +29,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def eps_for(attack):
-    """Each norm's Fashion-MNIST radius; multi-norm attacks (norm None) take all of them as a dict."""
-    return dict(FMNIST_EPS) if attack.norm is None else FMNIST_EPS[attack.norm]
+    """Each norm's Fashion-MNIST radius (an unseen adversary's budget); multi-norm attacks (norm None) take all of
+    them as a dict."""
+    if attack.norm is None:
+        return dict(FMNIST_EPS)
+    return FMNIST_EPS.get(attack.norm, DEFAULT_BUDGETS["fashion-mnist"].get(attack.norm))
 
 
 def assert_in_threat_model(x_adv, x, attack, eps):
     assert ((x_adv >= 0) & (x_adv <= 1)).all()
+    if attack.norm == "l0":
+        assert changed_pixels(x, x_adv).max() <= eps
+    if attack.norm in DEFAULT_BUDGETS["fashion-mnist"]:
+        return  # the unseen adversaries' own constraints: tests/test_unseen.py
     balls = {attack.norm: eps} if attack.norm is not None else eps
     inside = [lp_norm(x_adv - x, norm) <= radius * (1 + 1e-5) for norm, radius in balls.items()]
     # a multi-norm attack is inside the union: at least one ball per sample

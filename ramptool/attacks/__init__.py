@@ -4,6 +4,7 @@ from ramptool.attacks.apgd import apgd, apgd_joint
 from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
 from ramptool.attacks.msd import msd
 from ramptool.attacks.pgd import fgsm_rs, pgd
+from ramptool.attacks.unseen import unseen_attacks
 from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
 from ramptool.options import bind
@@ -20,7 +21,7 @@ def register_attacks():
                                         + (", SLIDE-style sparse steps" if norm == "l1" else ""))
     attacks["fgsm-rs"] = Attack(fgsm_rs, "linf", "FGSM with uniform random start, step 1.25*eps (linf)")
     attacks["msd"] = Attack(msd, None, "MSD: per step, the best of the linf/l2/l1 steepest-descent steps")
-    return attacks
+    return {**attacks, **unseen_attacks()}
 
 
 def attack_families() -> dict[str, list[str]]:

@@ -52,8 +52,8 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, done: list[str],
-                seconds: dict, attacked: dict) -> None:
+def save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, done: list[str],
+               seconds: dict, attacked: dict) -> None:
     tensors = {name: flags[name].contiguous() for name in ["clean", *done]}
     header = {"settings": json.dumps(settings, sort_keys=True), "eps": json.dumps({n: eps[n] for n in done}),
               "done": json.dumps(done), "seconds": json.dumps(seconds), "attacked": json.dumps(attacked)}
@@ -86,6 +86,23 @@ def _load_flags(path: Path, settings: dict, eps: dict, clean: torch.Tensor):
         raise RamptoolError(f"cannot resume: the clean predictions differ from those in {path} "
                             f"(another checkpoint?); {hint}")
     return {norm: saved[norm] for norm in done}, seconds, attacked
+
+
+def resumed_flags(path: Path | None, settings: dict, eps: dict, clean: torch.Tensor, names: list[str],
+                  resume: bool) -> tuple[dict, dict, dict, list]:
+    """(flags, seconds, attacked, resumed): the clean flags, plus, when resuming, those of the ``names`` already
+    finished in ``path`` with their timings and attacked-point counts."""
+    flags: dict[str, torch.Tensor] = {"clean": clean}
+    seconds: dict[str, float] = {}
+    attacked: dict[str, int] = {}
+    resumed: list[str] = []
+    if resume and path.is_file():
+        saved, saved_seconds, saved_attacked = _load_flags(path, settings, eps, clean)
+        for name in names:
+            if name in saved:
+                flags[name], seconds[name], attacked[name] = saved[name], saved_seconds[name], saved_attacked[name]
+                resumed.append(name)
+    return flags, seconds, attacked, resumed
 
 
 def _attack_flags(model, x, y, norm, eps, candidates, settings, batch_size, on_progress=None) -> torch.Tensor:
@@ -172,16 +189,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
                 **({"attack_options": attack_options} if by_family else {})}
     path = Path(out_dir) / FLAGS_FILE if out_dir is not None else None
     clean = clean_flags(model, x, y, batch_size)
-    flags: dict[str, torch.Tensor] = {"clean": clean}
-    seconds: dict[str, float] = {}
-    attacked: dict[str, int] = {}
-    resumed: list[str] = []
-    if resume and path.is_file():
-        saved, saved_seconds, saved_attacked = _load_flags(path, settings, eps, clean)
-        for norm in norms:
-            if norm in saved:
-                flags[norm], seconds[norm], attacked[norm] = saved[norm], saved_seconds[norm], saved_attacked[norm]
-                resumed.append(norm)
+    flags, seconds, attacked, resumed = resumed_flags(path, settings, eps, clean, norms, resume)
 
     for position, norm in enumerate(norms):
         if norm in flags:
@@ -204,7 +212,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
         attacked[norm] = int(candidates.sum())
         if path is not None and distributed.is_main():
             done = [name for name in norms if name in flags]
-            _save_flags(path, flags, settings, eps, done, seconds, attacked)
+            save_flags(path, flags, settings, eps, done, seconds, attacked)
 
     accuracy = accuracies(flags, norms)
     messages = sanity_warnings(accuracy, norms, len(y), recorded_clean)
