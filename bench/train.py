@@ -18,19 +18,19 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ramptool import distributed
+from ramptool.config import RECIPES_DIR
 from ramptool.hookspecs import hookimpl
 from ramptool.methods import RAMP
 from ramptool.plugins import build_plugin_manager, reset_registry
 from ramptool.threat import parse_eps
 from ramptool.trainer import TrainConfig, Trainer
 
-SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
+SHIPPED_LINF_AT = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 
 CONFIGS = {
     "clean": {"method": "clean"},

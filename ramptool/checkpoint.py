@@ -1,12 +1,14 @@
 """Self-describing checkpoints: weights in safetensors, metadata (JSON) in the safetensors header.
 
 Nothing here unpickles arbitrary objects: foreign state_dicts are read with ``torch.load(weights_only=True)``.
-Every write goes to a temporary file in the same folder and is renamed over the target, so a crash never
-leaves a half-written checkpoint.
+Every write goes to a temporary file in the same folder, is flushed to disk and renamed over the target, so a
+crash never leaves a half-written checkpoint; the temporary file of a process that died is removed by the next
+write to the same target.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,17 +25,57 @@ from ramptool.errors import RamptoolError
 METADATA_KEY = "ramptool"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+# what a checkpoint's metadata must hold to rebuild its model, and the type of each
+REQUIRED_METADATA = {"arch": str, "num_classes": int, "input_shape": list}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path, flags=os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_orphans(folder: Path, name: str = "") -> None:
+    """Delete the temporary files that writers of ``folder/name*`` left when they died (``.NAME.PID.XXXX.tmp``
+    whose PID is no longer running); a live writer's file is never touched."""
+    for tmp in Path(folder).glob(f".{glob.escape(name)}*.tmp"):
+        pid = tmp.name[:-len(".tmp")].split(".")[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)``, flush the file to disk, then rename it onto ``path``: readers see the old file or
+    the whole new one. The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_orphans(path.parent, path.name)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -88,7 +130,34 @@ def read_metadata(path) -> dict[str, Any] | None:
             header = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise RamptoolError(f"{path} is not a readable checkpoint ({error})") from None
-    return json.loads(header[METADATA_KEY]) if METADATA_KEY in header else None
+    if METADATA_KEY not in header:
+        return None
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise RamptoolError(f"{path}: its ramptool metadata is not valid JSON ({error.msg} at character "
+                            f"{error.pos}); the file was damaged or edited") from None
+    if not isinstance(metadata, dict):
+        raise RamptoolError(f"{path}: its ramptool metadata is not a JSON object")
+    return metadata
+
+
+def check_metadata(metadata: dict, path) -> None:
+    """The fields a model is rebuilt from must be there, with the right types."""
+    for key, kind in REQUIRED_METADATA.items():
+        if key not in metadata:
+            raise RamptoolError(f"{path}: its ramptool metadata lacks {key!r}; the file was damaged or edited")
+        if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
+            raise RamptoolError(f"{path}: metadata {key!r} should be a {kind.__name__}, got {metadata[key]!r}")
+    if not isinstance(metadata.get("arch_options", {}), dict):
+        raise RamptoolError(f"{path}: metadata 'arch_options' should be an object, got {metadata['arch_options']!r}")
+    for key in ("mean", "std"):  # None: the network takes [0,1] pixels itself
+        if not isinstance(metadata.get(key), (list, type(None))):
+            raise RamptoolError(f"{path}: metadata {key!r} should be a list or null, got {metadata[key]!r}")
+    shape = metadata["input_shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape) or metadata["num_classes"] <= 0:
+        raise RamptoolError(f"{path}: metadata input_shape {shape} / num_classes {metadata['num_classes']} "
+                            f"do not describe a model")
 
 
 def read_weights(path) -> dict[str, torch.Tensor]:
@@ -235,6 +304,7 @@ def load_checkpoint(ckpt, arch: str | None = None, dataset: str | None = None, d
         metadata = foreign_metadata(path, arch, dataset, num_classes, normalize, arch_options)
         weights = _strip_prefixes(weights)
     else:
+        check_metadata(metadata, path)
         _check_recorded(path, metadata, arch, normalize, arch_options)
     model = model_from_metadata(metadata)
     wrapped = any(k.startswith("backbone.") for k in weights)
@@ -293,9 +363,10 @@ def save_state(path, state: dict) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path) -> dict:
+def load_state(path, mmap: bool = False) -> dict:
+    """A training state written by ``save_state`` (``mmap``: map tensors lazily, to read the small parts)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise RamptoolError(f"cannot resume from {path}: {type(error).__name__}: "
                             f"{str(error).splitlines()[0][:200] if str(error) else ''}") from None

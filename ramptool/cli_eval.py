@@ -7,6 +7,8 @@ the same files a single process writes.
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import typer
@@ -19,6 +21,9 @@ eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
 
 DEFAULT_MULTIPLES = "0.25,0.5,1,1.5,2"
+# help is rich markup: \\[ is a literal [
+CKPT_HELP = ("Checkpoint, run folder or robustbench:<dataset>/<threat_model>/<name>; repeat to compare models. "
+             "\\[required]")
 
 
 def _positive(value: int, flag: str) -> int:
@@ -53,7 +58,7 @@ ARCH_OPTIONS_OPTION = typer.Option([], "--arch-option", help="Backbone option ke
                                    "(e.g. cifar_stem=true); repeat.")
 MODEL_DIR_OPTION = typer.Option(None, "--model-dir", help="RobustBench weights for --ckpt robustbench:<dataset>/"
                                 "<threat_model>/<name>, in RobustBench's layout <dir>/<dataset>/<threat_model>/"
-                                "<name>.pt (default: ./models).")
+                                "<name>.pt.", show_default="./models")
 
 
 def loading_options(normalize: str | None, arch_option: list[str], model_dir: str | None) -> dict:
@@ -63,23 +68,43 @@ def loading_options(normalize: str | None, arch_option: list[str], model_dir: st
 
 
 def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
-    """Short unique names for the table: the run folder's name (or the file's stem, or the zoo model's name)."""
+    """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
+    file's stem, or the zoo model's name), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a
+    safe path component."""
     from ramptool.checkpoint import MODEL_FILE, resolve
     from ramptool.robustbench import is_zoo_name
+    from ramptool.rundir import safe_name
 
     if not paths:
         raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     names: dict[str, Path | str] = {}
     for given in paths:
-        path = given if is_zoo_name(given) else resolve(given)
-        base = given.rsplit("/", 1)[-1] if is_zoo_name(given) else (
-            path.parent.name if path.name == MODEL_FILE else path.stem)
-        name, count = base or "model", 1
+        if is_zoo_name(given):
+            path, base = given, given.rsplit("/", 1)[-1]
+        else:
+            path = resolve(given)
+            normalised = Path(os.path.abspath(path))
+            base = normalised.parent.name if normalised.name == MODEL_FILE else normalised.stem
+        base = safe_name(base)
+        name, count = base, 1
         while name in names:
             count += 1
             name = f"{base}-{count}"
         names[name] = path
     return names
+
+
+def _locks_out(command):
+    """Check that --out is a writable folder and hold it for the whole command, before any work."""
+
+    @functools.wraps(command)
+    def locked(**options):
+        from ramptool.rundir import writer_lock
+
+        with writer_lock(options["out"]):
+            return command(**options)
+
+    return locked
 
 
 def _test_points(dataset: str, data_dir, n_examples: int, sample_seed, metadata: dict):
@@ -92,9 +117,10 @@ def _test_points(dataset: str, data_dir, n_examples: int, sample_seed, metadata:
 
 
 @eval_app.command()
+@_locks_out
 def union(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = ARCH_OPTION,
     normalize: str | None = NORMALIZE_OPTION,
@@ -102,7 +128,7 @@ def union(
     model_dir: str | None = MODEL_DIR_OPTION,
     n_examples: int = typer.Option(1000, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12 (default: dataset's)."),
+    eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12.", show_default="the dataset's"),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
     version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
     attack: str = typer.Option("autoattack", help="autoattack (reported numbers), apgd (quick check), or a "
@@ -151,9 +177,10 @@ def union(
 
 
 @eval_app.command()
+@_locks_out
 def corruptions(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = ARCH_OPTION,
     normalize: str | None = NORMALIZE_OPTION,
@@ -162,13 +189,13 @@ def corruptions(
     n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir, a "
                                              "seeded random N for an ImageNet-C tree)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
-                                                help="Subset, e.g. fog,snow (default: all 15)."),
-    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5 (default: 1-5)."),
+                                                help="Subset, e.g. fog,snow.", show_default="all 15"),
+    severities: str | None = typer.Option(None, help="Subset, e.g. 1,3,5.", show_default="1-5"),
     from_dir: Path | None = typer.Option(None, help="Pre-corrupted sets instead of corrupting the test set: "
                                                     "CIFAR-10-C style (<corruption>.npy, labels.npy) or "
                                                     "ImageNet-C style (<corruption>/<severity>/<class>/*.JPEG)."),
-    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache (default: $RAMPTOOL_CACHE/"
-                                                     "corruptions or ~/.cache/ramptool/corruptions)."),
+    cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache.",
+                                          show_default="$RAMPTOOL_CACHE/corruptions or ~/.cache/ramptool/corruptions"),
     out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -252,16 +279,17 @@ def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[flo
 
 
 @eval_app.command()
+@_locks_out
 def curve(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = ARCH_OPTION,
     normalize: str | None = NORMALIZE_OPTION,
     arch_option: list[str] = ARCH_OPTIONS_OPTION,
     model_dir: str | None = MODEL_DIR_OPTION,
     norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
-    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255 (default: dataset's)."),
+    eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255.", show_default="the dataset's"),
     eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
                                          "linf=2/255,4/255,8/255; repeat per norm."),
     multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "
@@ -318,9 +346,10 @@ def curve(
 
 
 @eval_app.command()
+@_locks_out
 def unseen(
-    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoint or run folder; repeat to compare models."),
-    dataset: str | None = typer.Option(None, help="Dataset (default: the checkpoint's)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
     data_dir: str | None = typer.Option(None, help="Dataset root."),
     arch: str | None = ARCH_OPTION,
     normalize: str | None = NORMALIZE_OPTION,
@@ -328,11 +357,12 @@ def unseen(
     model_dir: str | None = MODEL_DIR_OPTION,
     n_examples: int = typer.Option(500, help="Test points (the first N)."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    adversaries: str | None = typer.Option(None, help="Subset, e.g. fog,snow (default: l0,fog,snow,gabor,"
-                                                      "elastic,jpeg-linf)."),
-    budgets: str | None = typer.Option(None, help="e.g. fog=128,l0=20 (default: the dataset's)."),
-    steps: int | None = typer.Option(None, help="Iterations of fog, snow, gabor, elastic, jpeg-linf (default: 100)."),
-    queries: int | None = typer.Option(None, help="Sparse-RS queries for l0 (default: 1000)."),
+    adversaries: str | None = typer.Option(None, help="Subset, e.g. fog,snow.",
+                                           show_default="l0,fog,snow,gabor,elastic,jpeg-linf"),
+    budgets: str | None = typer.Option(None, help="e.g. fog=128,l0=20.", show_default="the dataset's"),
+    steps: int | None = typer.Option(None, help="Iterations of fog, snow, gabor, elastic, jpeg-linf.",
+                                     show_default="100"),
+    queries: int | None = typer.Option(None, help="Sparse-RS queries for l0.", show_default="1000"),
     corruptions_from: Path | None = typer.Option(None, help="Output folder of `eval corruptions` for the same "
                                                        "checkpoints: adds each one's mean corruption accuracy."),
     resume: bool = typer.Option(False, "--resume", help="Skip adversaries already finished in --out."),

@@ -50,8 +50,8 @@ def parse_number(text: str) -> float:
     """'8/255', '0.5', '12' -> float."""
     try:
         value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise RamptoolError(f"not a number: {text!r} (use e.g. 0.5 or 8/255)") from None
+    except (ValueError, ZeroDivisionError, OverflowError):  # 1e400 overflows a float
+        raise RamptoolError(f"not a finite number: {text!r} (use e.g. 0.5 or 8/255)") from None
     return value
 
 

@@ -44,8 +44,8 @@ def clean_model_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("clean_model")
     train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=6000, method="clean", optimizer="adam",
-                      lr=1e-3, schedule="constant", epochs=1, eps=dict(FMNIST_EPS), progress=False,
-                      overwrite=True, device="cpu"))
+                      lr=1e-3, weight_decay=5e-4, schedule="constant", epochs=1, eps=dict(FMNIST_EPS),
+                      progress=False, overwrite=True, device="cpu"))
     return out
 
 

@@ -420,6 +420,31 @@ def test_a_successful_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "its ramptool metadata is not valid JSON"),
+    ('["small-cnn"]', "its ramptool metadata is not a JSON object"),
+    (json.dumps({k: v for k, v in FMNIST_METADATA.items() if k != "arch"}), "metadata lacks 'arch'"),
+    (json.dumps({**FMNIST_METADATA, "input_shape": "1x28x28"}), "metadata 'input_shape' should be a list"),
+    (json.dumps({**FMNIST_METADATA, "num_classes": -3}), "do not describe a model"),
+    (json.dumps({**FMNIST_METADATA, "arch_options": {"depth": 3}}), "backbone 'small-cnn' has no option 'depth'"),
+])
+def test_damaged_checkpoint_metadata_is_one_clear_error(tmp_path, capsys, metadata, message):
+    from safetensors.torch import save_file
+
+    from ramptool.cli import main
+
+    tensors = build_model("small-cnn", 10, (1, 28, 28), (0.286,), (0.353,)).state_dict()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "model.safetensors",
+              metadata={"ramptool": metadata})
+    with pytest.raises(RamptoolError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_checkpoint(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "union", "--ckpt", str(tmp_path), "--dataset", "fashion-mnist", "--n-examples", "4",
+              "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
 # ---------------------------------------------------------------- ramptool info
 
 def test_info_says_what_input_the_checkpoint_expects_and_prints_the_metadata(tmp_path):

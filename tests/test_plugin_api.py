@@ -100,9 +100,10 @@ def test_assignments_from_the_command_line():
             parse_assignments(bad, "--x")
 
 
-def test_recipe_tables_and_flags_merge_key_by_key():
-    recipe = {"combiner": "gp", "combiner_options": {"beta": 0.25}, "method_options": {"a": 1}}
-    cfg = build_train_config({"out": "x", "combiner_options": {"extra": "1"}}, recipe)
+def test_recipe_tables_and_flags_merge_key_by_key(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('combiner = "gp"\n[combiner_options]\nbeta = 0.25\n[method_options]\na = 1\n')
+    cfg = build_train_config({"out": "x", "combiner_options": ["extra=1"]}, recipe)
     assert cfg.combiner_options == {"beta": 0.25, "extra": "1"} and cfg.method_options == {"a": 1}
 
 

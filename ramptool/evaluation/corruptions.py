@@ -157,13 +157,15 @@ def count_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
 
 def accuracy_on(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Accuracy on (x, y); under torchrun each process classifies its share of the points."""
+    if len(y) == 0:  # an accuracy of nothing would read as 0.0%
+        raise RamptoolError("no images to evaluate: the set is empty")
     part = distributed.rank_slice(len(y))
     return _share_of_correct(count_correct(model, x[part], y[part], batch_size), len(y))
 
 
 def _share_of_correct(correct: int, total: int) -> float:
     """The accuracy over every process's points, from this process's count of correct points."""
-    return float(distributed.all_reduce_sum(torch.tensor(float(correct), dtype=torch.float64))) / max(total, 1)
+    return float(distributed.all_reduce_sum(torch.tensor(float(correct), dtype=torch.float64))) / total
 
 
 def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: int, clean: float | None,
@@ -213,6 +215,15 @@ def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=No
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
+def _load_npy(path: Path, mmap_mode=None) -> np.ndarray:
+    """A .npy file of plain numbers, or one line saying it is not one (truncated, damaged, pickled objects)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise RamptoolError(f"{path} is not a readable .npy array ({first})") from None
+
+
 def _is_tree(folder: Path, corruption: str) -> bool:
     return any((folder / corruption / str(severity)).is_dir() for severity in SEVERITIES)
 
@@ -251,7 +262,11 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
     if missing:
         raise RamptoolError(f"{folder} has no {missing[0]}.npy")
     severities = list(severities or SEVERITIES)
-    labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+    labels = _load_npy(labels_path)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0:
+        raise RamptoolError(f"{labels_path}: expected a non-empty list of integer labels, got {labels.dtype} "
+                            f"{labels.shape}")
+    labels = labels.astype(np.int64)
     if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise RamptoolError(f"{labels_path} has labels up to {labels.max()} but the model predicts "
                             f"{num_classes} classes: a folder of another dataset?")
@@ -259,8 +274,9 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
     accuracy: dict[str, dict[str, float]] = {}
     per_severity = None
     for corruption in corruptions:
-        stacked = np.load(folder / f"{corruption}.npy", mmap_mode="r", allow_pickle=False)
-        if stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or len(stacked) % len(SEVERITIES):
+        stacked = _load_npy(folder / f"{corruption}.npy", mmap_mode="r")
+        if (stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or not len(stacked)
+                or len(stacked) % len(SEVERITIES)):
             raise RamptoolError(f"{folder / (corruption + '.npy')}: expected 5*N uint8 images, got "
                                 f"{stacked.dtype} {stacked.shape}")
         channels = stacked.shape[3] if stacked.ndim == 4 else 1
@@ -298,8 +314,15 @@ def _read_images(root: Path, files: list[str], channels: int) -> torch.Tensor:
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for name in files:
-        with Image.open(root / name) as image:
-            arrays.append(np.asarray(image.convert(mode)))
+        try:
+            with Image.open(root / name) as image:
+                arrays.append(np.asarray(image.convert(mode)))
+        except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise RamptoolError(f"{root / name} is not a readable image ({error})") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise RamptoolError(f"{root / name} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]} but "
+                                f"{root / files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}: the images of a "
+                                f"corrupted set must share one size")
     return to_tensor(np.stack(arrays))
 
 
