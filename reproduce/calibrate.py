@@ -62,7 +62,8 @@ def main(argv=None):
                "rows": [], "pairs": []}
 
     def accuracy(run: Path, norm: str, eps: float) -> dict:
-        result = evaluate_run(run, run / f"val{len(y)}-{norm}{eps:g}", x, y, {norm: eps}, log, norms=[norm])
+        folder = (run if run.is_relative_to(root) else root / "given" / run.name) / f"val{len(y)}-{norm}{eps:g}"
+        result = evaluate_run(run, folder, x, y, {norm: eps}, log, norms=[norm])
         return result["report"]["accuracy"]
 
     for linf in linf_grid:

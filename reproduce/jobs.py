@@ -20,6 +20,7 @@ from ramptool.checkpoint import STATE_FILE, atomic_write, load_checkpoint, run_f
 from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import FLAGS_FILE, evaluate_union, fingerprint
 from ramptool.trainer import TrainConfig, train
+from reproduce.splits import DATASET
 
 NORMS = ("linf", "l2", "l1")
 REPORT_FILE = "report.json"
@@ -91,4 +92,27 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     result = {"key": key, "report": kept}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     log.record("evaluate", str(folder), started, load, points=len(y))
+    return result
+
+
+def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, log: JobLog,
+                   corruptions=None) -> dict:
+    """``evaluate_corruptions`` of ``ckpt`` on (x, y), cached in ``folder``; the corrupted images themselves are
+    cached where ``ramptool eval corruptions`` keeps them, so they are made once for every model."""
+    from ramptool.evaluation.corruptions import default_cache_dir, evaluate_corruptions
+
+    key = {"points": fingerprint(x, y), "checkpoint": str(ckpt), "corruptions": list(corruptions or [])}
+    path = Path(folder) / "corruptions.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    model, _ = load_checkpoint(ckpt)
+    report = evaluate_corruptions(model, x, y, corruptions=corruptions, dataset=DATASET,
+                                  cache_dir=default_cache_dir())
+    result = {"key": key, "report": report}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    log.record("corruptions", str(folder), started, load, points=len(y))
     return result
