@@ -257,7 +257,7 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
         f"run folder (all invocations): {sum(e['seconds'] for e in log_entries) / 60:.1f} min.",
         f"- Machine: {machine_line(log_entries)}.",
         f"- Threat model (the dataset defaults): l∞ {eps['linf']:g}, l2 {eps['l2']:g}, l1 {eps['l1']:g}.",
-        f"- Start: the shipped l∞-AT small CNN (`recipes/checkpoints/fmnist-linf-at.safetensors`).",
+        "- Start: the shipped l∞-AT small CNN (`recipes/checkpoints/fmnist-linf-at.safetensors`).",
         f"- Fine-tuning, every method at the same budget: one epoch on the first {budget.finetune_subset:,} training "
         f"points, Adam lr 5e-4 (piecewise-ft), batch 128, APGD-10 training attacks, pair (l∞, l1) for E-AT and RAMP; "
         f"seeds {', '.join(map(str, budget.seeds))} (the batch order and the random choices; the same start).",

@@ -376,7 +376,7 @@ def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_pa
     train(quick_config(tmp_path, init=str(SHIPPED_LINF_AT), method="at", norms=["linf"], optimizer="sgd", lr=1.0))
     [record] = _records(tmp_path)
     start = read_metadata(tmp_path)["start_clean"]
-    assert start > 0.8 and record["test_clean"] < start - 0.1
+    assert start > 0.7 and record["test_clean"] < start - 0.1
     line = capsys.readouterr().out
     assert "WARNING: clean accuracy fell" in line and f"(checkpoint {100 * start:.1f})" in line
 
@@ -408,5 +408,5 @@ def test_the_readme_finetune_command_with_its_defaults_keeps_clean_accuracy(tmp_
               "--subset", "1024", "--no-progress"])
     assert exited.value.code == 0, capsys.readouterr().err
     metadata = read_metadata(tmp_path)
-    assert metadata["config"]["optimizer"] == "adam" and metadata["start_clean"] > 0.8
+    assert metadata["config"]["optimizer"] == "adam" and metadata["start_clean"] > 0.7
     assert metadata["metrics"]["test_clean"] > metadata["start_clean"] - 0.05
