@@ -54,7 +54,8 @@ def training_command(
     lr_drop_epoch: float | None = typer.Option(None, help="static schedule: epoch of the /10 drop."),
     seed: int | None = typer.Option(None, help="(default: 0)"),
     device: str | None = typer.Option(None, help="auto, cpu or cuda (default: auto)."),
-    eval_n: int | None = typer.Option(None, help="After each epoch, APGD-100 on N test points."),
+    eval_n: int | None = typer.Option(None, help="After each epoch, AutoAttack-grade APGD-CE + APGD-T on N test "
+                                                 "points."),
     amp: str | None = typer.Option(None, help="bf16 autocast (CUDA)."),
     channels_last: bool | None = typer.Option(None, "--channels-last", help="channels-last memory (CUDA)."),
     batch_attacks: str | None = typer.Option(None, help="auto, on, off: run several norms' attacks as one "
@@ -159,8 +160,9 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast) or apgd (APGD-CE, quick look)."),
-    steps: int = typer.Option(100, help="--attack apgd: iterations."),
+    attack: str = typer.Option("apgd", help="apgd (AutoAttack-grade: APGD-CE + APGD-T with AutoAttack's "
+                               "settings), autoattack (pyautoattack) or apgd-ce (one run: quick, an upper bound)."),
+    steps: int = typer.Option(100, help="APGD iterations (AutoAttack's: 100)."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
     device: str = typer.Option("auto"),

@@ -315,11 +315,11 @@ class ForwardCounter(nn.Module):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, clean_model, fmnist_test):
+def test_drop_fooled_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, clean_model, fmnist_test):
     x, y = fmnist_test[0][:64], fmnist_test[1][:64]
     eps = FMNIST_EPS[norm]
     full = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified")
-    early = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified", early_stop=True)
+    early = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified", drop_fooled=True)
     assert_in_threat_model(early.x_adv, x, get("attack", f"apgd-{norm}"), eps)
     with torch.no_grad():
         logits = clean_model(early.x_adv)
@@ -330,7 +330,7 @@ def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, c
 
     broken = full.fooled
     counted = ForwardCounter(clean_model)
-    stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", early_stop=True)
+    stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", drop_fooled=True)
     assert stopped.fooled.all()
     assert counted.calls < 20
     with torch.no_grad():
@@ -376,16 +376,16 @@ def test_batched_joint_apgd_sends_one_batch_per_step_and_finds_the_same_points(f
         assert torch.equal(a.fooled, b.fooled)
 
 
-def test_joint_apgd_with_random_starts_and_early_stop_drops_finished_instances(clean_model, fmnist_test):
+def test_joint_apgd_with_random_starts_and_drop_fooled_ends_finished_instances(clean_model, fmnist_test):
     x, y = fmnist_test[0][:48], fmnist_test[1][:48]
     model = counting(copy.deepcopy(clean_model))
     # a small linf ball leaves robust points, a huge l2 ball fools everybody: only linf runs to the end
     threats = [("linf", 0.005), ("l2", 20.0)]
-    lone = [apgd(model, x, y, norm, eps, steps=20, random_init=True, keep="misclassified", early_stop=True,
+    lone = [apgd(model, x, y, norm, eps, steps=20, random_init=True, keep="misclassified", drop_fooled=True,
                  generator=torch.Generator().manual_seed(index)) for index, (norm, eps) in enumerate(threats)]
     generator = torch.Generator().manual_seed(0)
     model.samples = 0
-    joint = apgd_joint(model, x, y, threats, steps=20, random_init=True, keep="misclassified", early_stop=True,
+    joint = apgd_joint(model, x, y, threats, steps=20, random_init=True, keep="misclassified", drop_fooled=True,
                        generator=generator, batched=True)
     assert not joint[0].fooled.all() and joint[1].fooled.all()
     # the l2 instance left the shared batches early (the last 2 * 48: each instance's final evaluation)

@@ -83,7 +83,7 @@ def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
     out = tmp_path / "pair"
     process = subprocess.run(
         [sys.executable, "-m", "ramptool.cli", "pair", "--train", "--subset", "8000", "--epochs", "1", "--lr", "0.002",
-         "--n-examples", "100", "--attack", "apgd", "--steps", "20", "--out", str(out), "--device", "cpu"],
+         "--n-examples", "100", "--attack", "apgd-ce", "--steps", "20", "--out", str(out), "--device", "cpu"],
         capture_output=True, text=True)
     assert process.returncode == 0, process.stderr
     result = json.loads((out / "pair.json").read_text())

@@ -16,19 +16,15 @@ import warnings
 import torch
 
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.flags import model_device
 
 AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 VERSIONS = ("fast", "standard")
 FAST_ATTACKS = ["apgd-ce", "apgd-t"]
 
 
-def _model_device(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _build_adversary(model, norm: str, eps: float, seed: int, device):
-    """(adversary, run(x, y, batch_size) -> per-point predictions after the attack)."""
+    """(adversary, run(x, y, batch_size) -> adversarial points) with AutoAttack's standard settings."""
     try:
         import pyautoattack
     except ImportError:
@@ -38,7 +34,7 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
                                             seed=seed, device=device)
 
         def run(x, y, batch_size):
-            return adversary.run_standard_evaluation(x, y, batch_size=batch_size)[1]
+            return adversary.run_standard_evaluation(x, y, batch_size=batch_size)[0]
 
         return adversary, run
     try:
@@ -49,9 +45,21 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
                                       seed=seed, device=device, verbose=False)
 
     def run(x, y, batch_size):
-        return adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)[1]
+        return adversary.run_standard_evaluation(x, y, bs=batch_size)
 
     return adversary, run
+
+
+def installed_version() -> str | None:
+    """The installed AutoAttack distribution and version, for report provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("pyautoattack", "autoattack"):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 @contextlib.contextmanager
@@ -68,32 +76,49 @@ def _quiet():
         logger.setLevel(level)
 
 
-def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str = "fast",
-                     batch_size: int = 500, seed: int = 0, device=None) -> torch.Tensor:
-    """Per-point flags on CPU: True where the point is classified correctly clean and after AutoAttack."""
+@contextlib.contextmanager
+def _adversary(model, norm: str, eps: float, seed: int, device, sample: torch.Tensor):
+    """AutoAttack built for ``model`` in eval mode, quiet, on a forked RNG (it reseeds the global RNG for every
+    batch: the caller's random stream stays untouched); its targeted attacks capped at the model's classes."""
     if norm not in AUTOATTACK_NORMS:
         raise RamptoolError(f"AutoAttack has no {norm!r} threat model; use one of: {', '.join(AUTOATTACK_NORMS)}")
-    if version not in VERSIONS:
-        raise RamptoolError(f"unknown AutoAttack version {version!r}; use one of: {', '.join(VERSIONS)}")
-    if len(y) == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     try:
-        # AutoAttack reseeds the global RNG for every batch: keep the caller's random stream untouched
         with _quiet(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             adversary, run = _build_adversary(model, norm, float(eps), seed, str(device))
-            if version == "fast":
-                adversary.attacks_to_run = list(FAST_ATTACKS)
             adversary.verbose = False
             with torch.no_grad():
-                num_classes = model(x[:1].to(device)).shape[1]
+                num_classes = model(sample[:1].to(device)).shape[1]
             # targeted attacks need that many other classes; AutoAttack's 9 assume at least 10 classes
             adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes,
                                                            num_classes - 1)
             adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
-            predictions = run(x, y, batch_size)
+            yield adversary, run, device
     finally:
         model.train(was_training)
-    return predictions.cpu() == y.cpu()
+
+
+def autoattack_adversarial(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str = "fast",
+                           batch_size: int = 500, seed: int = 0, device=None) -> torch.Tensor:
+    """AutoAttack's adversarial points for (x, y) (x itself where it found none), on x's device."""
+    if version not in VERSIONS:
+        raise RamptoolError(f"unknown AutoAttack version {version!r}; use one of: {', '.join(VERSIONS)}")
+    if len(y) == 0:
+        return x.clone()
+    with _adversary(model, norm, eps, seed, device, x) as (adversary, run, device):
+        if version == "fast":
+            adversary.attacks_to_run = list(FAST_ATTACKS)
+        return run(x, y, batch_size).to(x.device)
+
+
+def fab_t_or_square(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, attack: str, seed: int = 0,
+                    batch_size: int = 500, device=None) -> torch.Tensor:
+    """Standard AutoAttack's third or fourth attack alone, with its settings (FAB-T: 9 target classes, or every
+    other class when there are fewer, 1 restart; Square: 5000 queries)."""
+    if len(y) == 0:
+        return x.clone()
+    with _adversary(model, norm, eps, seed, device, x) as (adversary, run, device):
+        adversary.attacks_to_run = [attack]
+        return run(x, y, batch_size).to(x.device)

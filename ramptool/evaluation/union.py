@@ -1,10 +1,15 @@
-"""Union accuracy (SPEC.md §1): clean, each norm, and the pointwise AND, with resumable per-sample flags.
+"""Union accuracy (SPEC.md §1): clean, each norm, and the pointwise AND, from resumable per-sample flags.
 
-Flags are written to ``flags.safetensors`` after every norm, so an evaluation stopped half-way continues with
-``resume=True`` from the last finished norm. ``union_only`` cascades the norms: each norm attacks only the
-points still robust under the norms before it. The union number is the same (a point fooled once is out of the
-union whatever the later norms do); the per-norm numbers of the later norms become upper bounds, because
-points already fooled are not attacked again.
+An evaluation is a list of runs (``suite.py``): each run attacks some points in one norm and marks the points it
+broke. Full evaluation: each norm's runs attack the points still robust in that norm, so every per-norm accuracy
+is exact. Union cascade (``union_only``): every run attacks only the points still robust in every norm, cheapest
+runs first across norms; a point broken once is out of the union whatever the later runs do, so the union is
+the same as the full evaluation's when each point's outcome does not depend on its batch (ramptool's APGD), and
+the per-norm numbers become upper bounds (points broken in another norm are not attacked again).
+
+Every claimed success is checked again before it counts: inside the ball (up to float rounding), inside the box,
+misclassified by the model. Flags are written to ``flags.safetensors`` after every run, so an evaluation stopped
+half-way continues with ``resume=True`` from the last finished run.
 """
 
 from __future__ import annotations
@@ -22,17 +27,18 @@ from safetensors.torch import save_file
 
 from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
-from ramptool.evaluation.autoattack import VERSIONS, autoattack_flags
-from ramptool.evaluation.flags import accuracies, apgd_flags, clean_flags
+from ramptool.evaluation.flags import accuracies, logits_of, model_device, verified_successes
+from ramptool.evaluation.passes import PassCounter
+from ramptool.evaluation.suite import VERSIONS, RunContext, get_suite, plan, settings_summary
 
 FLAGS_FILE = "flags.safetensors"
-ATTACKS = ("autoattack", "apgd")
+ADVERSARIAL_PREFIX = "adversarial/"
 # a clean accuracy this far under the checkpoint's own record means the inputs do not match the training ones
 CLEAN_GAP_WARNING = 0.10
 
 
 class EvaluationInterrupted(RamptoolError):
-    """Ctrl-C during an evaluation: the finished norms are on disk."""
+    """Ctrl-C during an evaluation: the finished runs are on disk."""
 
     exit_code = 130
 
@@ -41,32 +47,35 @@ def warn(console: Console | None, message: str) -> None:
     (console or Console(stderr=True)).print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
 
 
-def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+def fingerprint(*tensors: torch.Tensor) -> str:
     """A short hash of the evaluated points: resuming on other points would mix two evaluations."""
-    digest = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def _save_flags(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, done: list[str],
-                seconds: dict, attacked: dict) -> None:
-    tensors = {name: flags[name].contiguous() for name in ["clean", *done]}
-    header = {"settings": json.dumps(settings, sort_keys=True), "eps": json.dumps({n: eps[n] for n in done}),
-              "done": json.dumps(done), "seconds": json.dumps(seconds), "attacked": json.dumps(attacked)}
+def _save_state(path: Path, flags: dict[str, torch.Tensor], settings: dict, eps: dict, log: list[dict],
+                adversarial: dict | None) -> None:
+    tensors = {name: flag.contiguous() for name, flag in flags.items()}
+    for norm, found in (adversarial or {}).items():
+        if found["index"]:
+            tensors[f"{ADVERSARIAL_PREFIX}{norm}/index"] = torch.tensor(found["index"], dtype=torch.int64)
+            tensors[f"{ADVERSARIAL_PREFIX}{norm}/x_adv"] = torch.cat(found["x_adv"]).contiguous()
+    header = {"settings": json.dumps(settings, sort_keys=True), "eps": json.dumps(eps), "runs": json.dumps(log)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def _load_flags(path: Path, settings: dict, eps: dict, clean: torch.Tensor):
-    """(flags, seconds, attacked) of the norms already finished in ``path``, after checking they belong here."""
+def _load_state(path: Path, settings: dict, eps: dict, clean: torch.Tensor, norms: list[str]):
+    """(flags, run log, adversarial examples) saved in ``path``, after checking they belong here."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
             saved = {name: handle.get_tensor(name) for name in handle.keys()}
-        saved_settings = json.loads(header["settings"])
-        saved_eps, done = json.loads(header["eps"]), json.loads(header["done"])
-        seconds, attacked = json.loads(header["seconds"]), json.loads(header["attacked"])
+        saved_settings, saved_eps = json.loads(header["settings"]), json.loads(header["eps"])
+        log = json.loads(header["runs"])
     except (SafetensorError, OSError, KeyError, ValueError) as error:
-        raise RamptoolError(f"cannot resume from {path}: not a flags file of ramptool ({error})") from None
+        raise RamptoolError(f"cannot resume from {path}: not a flags file of this ramptool ({error})") from None
     hint = f"drop --resume or use another --out than {path.parent}"
     for key, value in settings.items():
         if key == "points" and saved_settings.get(key) != value:
@@ -74,29 +83,18 @@ def _load_flags(path: Path, settings: dict, eps: dict, clean: torch.Tensor):
         if saved_settings.get(key) != value:
             raise RamptoolError(f"cannot resume: {path} was computed with {key}={saved_settings.get(key)!r}, "
                                 f"now {value!r}; {hint}")
-    for norm in done:
-        if norm in eps and not math.isclose(saved_eps[norm], eps[norm], rel_tol=1e-9):
+    for norm in {entry["norm"] for entry in log} & set(norms):
+        if norm in saved_eps and not math.isclose(saved_eps[norm], eps[norm], rel_tol=1e-9):
             raise RamptoolError(f"cannot resume: {path} has {norm} eps {saved_eps[norm]:g}, now {eps[norm]:g}; "
                                 f"{hint}")
     if not torch.equal(saved["clean"], clean):
         raise RamptoolError(f"cannot resume: the clean predictions differ from those in {path} "
                             f"(another checkpoint?); {hint}")
-    return {norm: saved[norm] for norm in done}, seconds, attacked
-
-
-def _attack_flags(model, x, y, norm, eps, candidates, settings, batch_size) -> torch.Tensor:
-    """Flags for the ``candidates`` points only (True = still correct after the attack)."""
-    index = candidates.nonzero().squeeze(1)
-    if len(index) == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    if settings["attack"] == "autoattack":
-        return autoattack_flags(model, x[index], y[index], norm, eps, version=settings["version"],
-                                batch_size=batch_size, seed=settings["seed"])
-    with torch.random.fork_rng():
-        torch.manual_seed(settings["seed"])
-        flags = apgd_flags(model, x[index], y[index], [norm], {norm: eps}, steps=settings["steps"],
-                           batch_size=batch_size)
-    return flags[norm]
+    flags = {norm: saved[norm] for norm in norms if norm in saved}
+    adversarial = {norm: {"index": saved[f"{ADVERSARIAL_PREFIX}{norm}/index"].tolist(),
+                          "x_adv": [saved[f"{ADVERSARIAL_PREFIX}{norm}/x_adv"]]}
+                   for norm in norms if f"{ADVERSARIAL_PREFIX}{norm}/index" in saved}
+    return flags, [entry for entry in log if entry["norm"] in norms], adversarial
 
 
 def sanity_warnings(accuracy: dict[str, float], norms: list[str], n: int,
@@ -119,17 +117,23 @@ def sanity_warnings(accuracy: dict[str, float], norms: list[str], n: int,
 
 def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], eps: dict[str, float],
                    version: str = "fast", out_dir=None, resume: bool = False, union_only: bool = False,
-                   batch_size: int = 500, seed: int = 0, attack: str = "autoattack", steps: int = 100,
-                   recorded_clean: float | None = None, console: Console | None = None) -> dict:
-    """Clean, per-norm and union accuracy of ``model`` on (x, y), with timings and attacked-point counts.
+                   batch_size: int = 500, seed: int = 0, attack: str = "apgd", steps: int = 100,
+                   recorded_clean: float | None = None, console: Console | None = None,
+                   index: torch.Tensor | None = None, keep_adversarial: bool = False, batched: bool | None = None,
+                   progress=None) -> dict:
+    """Clean, per-norm and union accuracy of ``model`` on (x, y), with seconds, model passes and points attacked
+    per norm and a log of every run.
 
-    ``attack='autoattack'`` is the reported evaluation (``version`` fast or standard); ``attack='apgd'`` uses
-    ramptool's own APGD-CE with ``steps`` iterations (quick checks). ``recorded_clean`` (the checkpoint's own
-    clean accuracy) enables the normalisation sanity check."""
+    ``attack`` picks the suite (``suite.SUITES``): 'apgd' (default, AutoAttack-grade), 'autoattack'
+    (pyautoattack), 'apgd-ce' (quick upper bound); ``version`` fast or standard; ``steps`` the APGD iterations
+    (AutoAttack's 100). ``index`` names each point for its random draws (default: its position), so a shard of
+    the points gets the flags the whole set would. ``keep_adversarial`` returns (and saves with the flags) the
+    adversarial examples that counted, per norm. ``recorded_clean`` (the checkpoint's own clean accuracy)
+    enables the normalisation sanity check. ``batched`` sends the iterates of runs made together through the
+    model as one batch (default: on CUDA). ``progress(text)`` hears about every group of runs as it starts."""
     if version not in VERSIONS:
         raise RamptoolError(f"unknown version {version!r}; use one of: {', '.join(VERSIONS)}")
-    if attack not in ATTACKS:
-        raise RamptoolError(f"unknown evaluation attack {attack!r}; use one of: {', '.join(ATTACKS)}")
+    suite = get_suite(attack)
     missing = [norm for norm in norms if norm not in eps]
     if missing:
         raise RamptoolError(f"no eps given for {', '.join(missing)}")
@@ -137,56 +141,103 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
         raise RamptoolError("resume needs the output folder of the interrupted evaluation")
     if len(y) == 0:
         raise RamptoolError("no points to evaluate")
+    if steps < 1:
+        raise RamptoolError(f"steps must be positive, got {steps}")
+    index = torch.arange(len(y)) if index is None else index.cpu()
+    y = y.cpu()
 
-    settings = {"points": fingerprint(x, y), "n": len(y), "attack": attack, "union_only": union_only,
-                "seed": seed, **({"version": version} if attack == "autoattack" else {"steps": steps})}
-    path = Path(out_dir) / FLAGS_FILE if out_dir is not None else None
-    clean = clean_flags(model, x, y, batch_size)
-    flags: dict[str, torch.Tensor] = {"clean": clean}
-    seconds: dict[str, float] = {}
-    attacked: dict[str, int] = {}
-    resumed: list[str] = []
-    if resume and path.is_file():
-        saved, saved_seconds, saved_attacked = _load_flags(path, settings, eps, clean)
-        for norm in norms:
-            if norm in saved:
-                flags[norm], seconds[norm], attacked[norm] = saved[norm], saved_seconds[norm], saved_attacked[norm]
-                resumed.append(norm)
+    counter = PassCounter(model)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = logits_of(counter, x, batch_size)
+        clean = logits.argmax(1) == y
+        groups = plan(suite, norms, version, logits.shape[1], union_only)
+        settings = {"points": fingerprint(x, y, index), "n": len(y), "attack": attack, "union_only": union_only,
+                    "seed": seed, "version": version, "steps": steps, "adversarial": keep_adversarial,
+                    **({"norms": list(norms)} if union_only else {})}
+        path = Path(out_dir) / FLAGS_FILE if out_dir is not None else None
+        flags = {norm: clean.clone() for norm in norms}
+        log: list[dict] = []
+        adversarial = {norm: {"index": [], "x_adv": []} for norm in norms} if keep_adversarial else None
+        if resume and path.is_file():
+            saved_flags, log, saved_adversarial = _load_state(path, settings, eps, clean, norms)
+            flags.update(saved_flags)
+            if adversarial is not None:
+                adversarial.update(saved_adversarial)
+        resumed = [entry["run"] for entry in log]
+        device = model_device(model)
+        context = RunContext(counter, dict(eps), version, seed, steps, batch_size, logits.shape[1],
+                             batched=device.type == "cuda" if batched is None else batched)
 
-    for position, norm in enumerate(norms):
-        if norm in flags:
-            continue
-        candidates = clean.clone()
-        if union_only:
-            for earlier in norms[:position]:
-                candidates &= flags[earlier]
-        started = time.perf_counter()
-        try:
-            robust = _attack_flags(model, x, y, norm, eps[norm], candidates, settings, batch_size)
-        except KeyboardInterrupt:
-            saved_note = f"; finished norms are saved in {path}, continue with --resume" if path else ""
-            raise EvaluationInterrupted(f"evaluation interrupted during {norm}{saved_note}") from None
-        # points not attacked keep their clean flag: in the cascade that makes the norm's accuracy an upper bound
-        flags[norm] = clean.clone()
-        flags[norm][candidates] = robust
-        seconds[norm] = round(time.perf_counter() - started, 3)
-        attacked[norm] = int(candidates.sum())
-        if path is not None:
-            done = [name for name in norms if name in flags]
-            _save_flags(path, flags, settings, eps, done, seconds, attacked)
+        for number, group in enumerate(groups, start=1):
+            if all(run.key in resumed for run in group):
+                continue
+            candidates = clean.clone()
+            for norm in (norms if union_only else [group[0].norm]):
+                candidates &= flags[norm]
+            chosen = candidates.nonzero().squeeze(1)
+            if progress is not None:
+                names = " + ".join(f"{run.norm} {run.attack}{f' {run.round + 1}' if run.round else ''}"
+                                   for run in group)
+                progress(f"{names} on {len(chosen)} points ({number}/{len(groups)})")
+            started, before = time.perf_counter(), counter.counts()
+            try:
+                found = suite.attack(context, group, x[chosen], y[chosen], index[chosen], logits[chosen])
+                broken = [verified_successes(counter, x[chosen], y[chosen], x_adv.cpu(), run.norm, eps[run.norm],
+                                             batch_size) for run, x_adv in zip(group, found)]
+            except KeyboardInterrupt:
+                saved_note = f"; finished runs are saved in {path}, continue with --resume" if path else ""
+                raise EvaluationInterrupted(f"evaluation interrupted during {group[0].norm} {group[0].attack}"
+                                            f"{saved_note}") from None
+            after, seconds = counter.counts(), time.perf_counter() - started
+            for run, x_adv, hits in zip(group, found, broken):
+                flags[run.norm][chosen[hits]] = False
+                if adversarial is not None:
+                    adversarial[run.norm]["index"] += chosen[hits].tolist()
+                    adversarial[run.norm]["x_adv"].append(x_adv[hits].cpu())
+                # the runs of a group step together on the same points: they share its time and passes evenly
+                log.append({"run": run.key, "norm": run.norm, "attack": run.attack, "round": run.round,
+                            "points": len(chosen), "broken": int(hits.sum()), "together": len(group),
+                            "seconds": round(seconds / len(group), 3),
+                            "forward": (after["forward"] - before["forward"]) // len(group),
+                            "backward": (after["backward"] - before["backward"]) // len(group)})
+            if path is not None:
+                _save_state(path, {"clean": clean, **flags}, settings, eps, log, adversarial)
+    finally:
+        model.train(was_training)
 
-    accuracy = accuracies(flags, norms)
+    accuracy = accuracies({"clean": clean, **flags}, norms)
     messages = sanity_warnings(accuracy, norms, len(y), recorded_clean)
     for message in messages:
         warn(console, message)
-    return {
+    report = {
         "n": len(y), "norms": list(norms), "eps": {norm: eps[norm] for norm in norms}, "attack": attack,
-        **({"version": version} if attack == "autoattack" else {"steps": steps}),
-        "seed": seed, "union_only": union_only, "accuracy": accuracy,
-        "upper_bounds": list(norms[1:]) if union_only else [],
-        "seconds": {norm: seconds[norm] for norm in norms}, "attacked": {norm: attacked[norm] for norm in norms},
-        "resumed": resumed, "warnings": messages,
+        "grade": suite.grade, "version": version, "steps": steps, "seed": seed, "union_only": union_only,
+        "accuracy": accuracy, "upper_bounds": upper_bounds(groups, norms) if union_only else [],
+        "seconds": {norm: round(sum(e["seconds"] for e in log if e["norm"] == norm), 3) for norm in norms},
+        "passes": {norm: {kind: sum(e[kind] for e in log if e["norm"] == norm) for kind in ("forward", "backward")}
+                   for norm in norms},
+        "attacked": {norm: next((e["points"] for e in log if e["norm"] == norm), 0) for norm in norms},
+        "settings": settings_summary(suite, norms, version, logits.shape[1], steps),
+        "runs": log, "resumed": resumed, "warnings": messages,
     }
+    if adversarial is not None:
+        report["adversarial"] = {norm: {"index": torch.tensor(found["index"], dtype=torch.int64),
+                                        "x_adv": torch.cat(found["x_adv"]) if found["x_adv"] else x[:0].clone()}
+                                 for norm, found in adversarial.items()}
+    return report
+
+
+def upper_bounds(groups: list[list], norms: list[str]) -> list[str]:
+    """The norms whose cascade accuracy may overstate: some run of theirs came after or together with a run of
+    another norm, so points that norm broke were not attacked (to the end) in this one."""
+    bounded = []
+    for norm in norms:
+        last_own = max(i for i, group in enumerate(groups) if any(run.norm == norm for run in group))
+        if any(run.norm != norm for group in groups[:last_own + 1] for run in group):
+            bounded.append(norm)
+    return bounded
 
 
 def not_falling_warnings(eps_values: dict[str, list[float]], accuracy: dict[str, list[float]], n: int) -> list[str]:
@@ -203,29 +254,32 @@ def not_falling_warnings(eps_values: dict[str, list[float]], accuracy: dict[str,
 
 
 def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[str, list[float]],
-                     steps: int = 100, batch_size: int = 500, seed: int = 0,
-                     reference_eps: dict[str, float] | None = None, console: Console | None = None) -> dict:
-    """Robust accuracy under ramptool's APGD-CE at each eps of each norm (the same points throughout);
-    ``reference_eps`` (the threat model's eps) is recorded for the plot."""
+                     attack: str = "apgd", version: str = "fast", steps: int = 100, batch_size: int = 500,
+                     seed: int = 0, reference_eps: dict[str, float] | None = None, console: Console | None = None,
+                     progress=None) -> dict:
+    """Robust accuracy at each eps of each norm, on the same points: every (norm, eps) is a full evaluation of
+    that norm with ``attack`` (AutoAttack-grade by default). ``reference_eps`` (the threat model's eps) is
+    recorded for the plot."""
     accuracy: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
-    clean = clean_flags(model, x, y, batch_size)
+    passes: dict[str, dict[str, int]] = {}
     for norm, values in eps_values.items():
-        started = time.perf_counter()
-        accuracy[norm] = []
+        accuracy[norm], seconds[norm], passes[norm] = [], 0.0, {"forward": 0, "backward": 0}
         for value in values:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                flags = apgd_flags(model, x, y, [norm], {norm: value}, steps=steps, batch_size=batch_size)
-            accuracy[norm].append((flags[norm] & clean).float().mean().item())
-        seconds[norm] = round(time.perf_counter() - started, 3)
+            step_progress = None if progress is None else (lambda text, v=value: progress(f"eps {v:g}: {text}"))
+            report = evaluate_union(model, x, y, [norm], {norm: value}, version=version, batch_size=batch_size,
+                                    seed=seed, attack=attack, steps=steps, progress=step_progress)
+            accuracy[norm].append(report["accuracy"][norm])
+            seconds[norm] = round(seconds[norm] + report["seconds"][norm], 3)
+            for kind in passes[norm]:
+                passes[norm][kind] += report["passes"][norm][kind]
     messages = not_falling_warnings(eps_values, accuracy, len(y))
     for message in messages:
         warn(console, message)
-    return {"n": len(y), "attack": "apgd-ce", "steps": steps, "seed": seed,
-            "clean": clean.float().mean().item(), "eps_values": {k: list(v) for k, v in eps_values.items()},
-            "accuracy": accuracy, "reference_eps": dict(reference_eps or {}), "seconds": seconds,
-            "warnings": messages}
+    return {"n": len(y), "attack": attack, "grade": report["grade"], "version": version, "steps": steps,
+            "seed": seed, "clean": report["accuracy"]["clean"],
+            "eps_values": {k: list(v) for k, v in eps_values.items()}, "accuracy": accuracy,
+            "reference_eps": dict(reference_eps or {}), "seconds": seconds, "passes": passes, "warnings": messages}
 
 
 def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu"):
