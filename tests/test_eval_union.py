@@ -1,12 +1,17 @@
 """Union evaluation: flags, the union-only cascade, resume, sanity warnings, AutoAttack cross-check, CLI."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
+from ramptool.checkpoint import load_model
 from ramptool.errors import RamptoolError
-from ramptool.evaluation import union as union_module
+from ramptool.evaluation import suite as suite_module
+from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import (
     FLAGS_FILE,
     EvaluationInterrupted,
@@ -14,10 +19,12 @@ from ramptool.evaluation.union import (
     not_falling_warnings,
     sanity_warnings,
 )
+from ramptool.threat import lp_norm
 
 FMNIST_EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
 NORMS = ["linf", "l2", "l1"]
-QUICK = {"attack": "apgd", "steps": 10, "batch_size": 64}
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
+QUICK = {"steps": 10, "batch_size": 64}  # the default, AutoAttack-grade evaluation with fewer steps
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,6 +34,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def points(fmnist_test):
     x, y = fmnist_test
     return x[:48], y[:48]
+
+
+@pytest.fixture(scope="module")
+def robust_model():
+    return load_model(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def robust_points(fmnist_test):
+    x, y = fmnist_test
+    return x[:32], y[:32]
 
 
 def read_flags(folder):
@@ -54,53 +72,113 @@ def test_union_is_the_and_of_the_saved_per_norm_flags(clean_model, points, tmp_p
         assert not (flags[norm] & ~flags["clean"]).any(), "a point wrong on clean data counted robust"
         assert report["accuracy"][norm] == pytest.approx(flags[norm].float().mean().item())
         assert report["attacked"][norm] == int(flags["clean"].sum())
-        assert report["seconds"][norm] > 0
+        assert report["seconds"][norm] > 0 and report["passes"][norm]["backward"] > 0
     assert report["accuracy"]["clean"] == pytest.approx((clean_model(x).argmax(1) == y).float().mean().item())
     # the clean model is far from robust at these eps, and the union is below every norm
     assert report["accuracy"]["union"] < min(report["accuracy"][n] for n in NORMS) < report["accuracy"]["clean"]
-    assert report["upper_bounds"] == [] and report["warnings"] == []
+    assert report["upper_bounds"] == [] and report["warnings"] == [] and report["grade"] == "AutoAttack-grade"
+    # AutoAttack's runs: APGD-CE (l1: 5 restarts) then APGD-T (l∞, l2: 9 targets; l1: 5), norm by norm
+    assert [entry["run"] for entry in report["runs"]] == (
+        ["linf/apgd-ce/0"] + [f"linf/apgd-t/{t}" for t in range(9)] + ["l2/apgd-ce/0"]
+        + [f"l2/apgd-t/{t}" for t in range(9)] + [f"l1/apgd-ce/{r}" for r in range(5)]
+        + [f"l1/apgd-t/{t}" for t in range(5)])
 
 
-def test_union_only_cascade_gives_the_same_union_attacking_fewer_points(clean_model, points):
-    x, y = points
-    full = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, **QUICK)
-    cascade = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, union_only=True, **QUICK)
-    assert cascade["accuracy"]["union"] == full["accuracy"]["union"]
-    assert cascade["accuracy"]["clean"] == full["accuracy"]["clean"]
-    assert cascade["accuracy"]["linf"] == full["accuracy"]["linf"]  # the first norm is attacked in full
-    assert cascade["upper_bounds"] == ["l2", "l1"]
-    for norm in ("l2", "l1"):
+def test_union_only_cascade_gives_the_full_unions_flags_with_fewer_passes(robust_model, robust_points, tmp_path):
+    """Each point's attacks do not depend on the other points of its batch (random starts drawn per point, a
+    point leaves its batch once fooled), so scheduling them differently cannot change any point's union flag."""
+    x, y = robust_points
+    full = evaluate_union(robust_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path / "full", **QUICK)
+    cascade = evaluate_union(robust_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path / "cascade", union_only=True,
+                             **QUICK)
+    flags = {name: read_flags(tmp_path / name)[0] for name in ("full", "cascade")}
+    assert torch.equal(union_flags(flags["full"], NORMS), union_flags(flags["cascade"], NORMS))
+    assert 0 < cascade["accuracy"]["union"] == full["accuracy"]["union"] <= min(full["accuracy"][n] for n in NORMS)
+    assert cascade["upper_bounds"] == NORMS
+    for norm in NORMS:
         assert cascade["accuracy"][norm] >= full["accuracy"][norm]
-    assert cascade["attacked"]["linf"] == full["attacked"]["linf"]
-    assert cascade["attacked"]["l2"] == round(full["accuracy"]["linf"] * len(y))
-    assert cascade["attacked"]["l1"] < cascade["attacked"]["l2"] < full["attacked"]["l2"]
+    # each round of every norm runs together; points broken in any norm leave all of them
+    assert cascade["runs"][0]["together"] == 3 and cascade["runs"][0]["points"] == full["attacked"]["linf"]
+
+    def total(report, kind):
+        return sum(report["passes"][norm][kind] for norm in NORMS)
+
+    assert total(cascade, "backward") < 0.6 * total(full, "backward")
+
+
+def test_a_shard_of_the_points_gets_the_flags_of_the_whole_set(clean_model, points):
+    """Per-point random draws (named by the point's index), so any subset evaluated alone, as a distributed
+    rank would, gets the flags it has in the whole evaluation."""
+    x, y = points
+    whole = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, keep_adversarial=True, **QUICK)
+    shard = torch.arange(10, 30)
+    part = evaluate_union(clean_model, x[shard], y[shard], NORMS, FMNIST_EPS, index=shard, keep_adversarial=True,
+                          **QUICK)
+    for norm in NORMS:
+        broken_whole = {int(i) for i in whole["adversarial"][norm]["index"] if 10 <= i < 30}
+        broken_part = {int(shard[i]) for i in part["adversarial"][norm]["index"]}
+        assert broken_part == broken_whole
+
+
+def test_every_counted_success_is_misclassified_inside_the_ball_and_the_box(robust_model, robust_points):
+    x, y = robust_points
+    report = evaluate_union(robust_model, x, y, NORMS, FMNIST_EPS, keep_adversarial=True, **QUICK)
+    with torch.no_grad():
+        clean = robust_model(x).argmax(1) == y
+    for norm in NORMS:
+        found = report["adversarial"][norm]
+        index, x_adv = found["index"], found["x_adv"]
+        assert len(index) == int(clean.sum()) - round(report["accuracy"][norm] * len(y)) > 0
+        assert clean[index].all()
+        assert (lp_norm(x_adv - x[index], norm) <= FMNIST_EPS[norm] * (1 + 1e-5)).all()
+        assert ((x_adv >= 0) & (x_adv <= 1)).all()
+        with torch.no_grad():
+            assert (robust_model(x_adv).argmax(1) != y[index]).all()
+
+
+def test_claimed_successes_outside_the_ball_or_not_misclassified_do_not_count(clean_model, points, monkeypatch):
+    """An attack that claims too much (a point beyond eps, or one the model still classifies right) gains
+    nothing: every success is checked before it counts."""
+    x, y = points
+
+    def boastful(context, runs, x, y, index, clean_logits):
+        beyond = (x + 2 * context.eps[runs[0].norm]).clamp(0, 1) if runs[0].norm == "linf" else x
+        unchanged_but_moved = x + 1e-7 * (x < 1)
+        return [beyond if run.norm == "linf" else unchanged_but_moved for run in runs]
+
+    monkeypatch.setitem(suite_module.SUITES, "apgd", dataclasses.replace(suite_module.SUITES["apgd"],
+                                                                          attack=boastful))
+    report = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, **QUICK)
+    assert all(report["accuracy"][norm] == report["accuracy"]["clean"] for norm in NORMS)
+    assert all(entry["broken"] == 0 for entry in report["runs"])
 
 
 def test_resume_after_an_interruption_gives_the_same_report(clean_model, points, tmp_path, monkeypatch):
     x, y = points
     reference = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, **QUICK)
-    attack = union_module._attack_flags
-    attacked_norms = []
+    suite = suite_module.SUITES["apgd"]
+    attacked = []
 
-    def interrupted_at_l2(model, x, y, norm, *args, **kwargs):
-        if norm == "l2":
+    def interrupted_at_l2(context, runs, *args):
+        if runs[0].norm == "l2" and runs[0].attack == "apgd-t" and runs[0].round == 2:
             raise KeyboardInterrupt
-        attacked_norms.append(norm)
-        return attack(model, x, y, norm, *args, **kwargs)
+        attacked.append(runs[0].key)
+        return suite.attack(context, runs, *args)
 
-    monkeypatch.setattr(union_module, "_attack_flags", interrupted_at_l2)
+    monkeypatch.setitem(suite_module.SUITES, "apgd", dataclasses.replace(suite, attack=interrupted_at_l2))
     with pytest.raises(EvaluationInterrupted, match="--resume"):
         evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path, **QUICK)
     flags, metadata = read_flags(tmp_path)
-    assert set(flags) == {"clean", "linf"} and json.loads(metadata["done"]) == ["linf"]
+    done = [entry["run"] for entry in json.loads(metadata["runs"])]
+    assert done == attacked and done[-1] == "l2/apgd-t/1"
 
-    monkeypatch.setattr(union_module, "_attack_flags", lambda model, x, y, norm, *a, **k: (
-        attacked_norms.append(norm) or attack(model, x, y, norm, *a, **k)))
+    attacked.clear()
+    monkeypatch.setitem(suite_module.SUITES, "apgd", dataclasses.replace(
+        suite, attack=lambda context, runs, *args: attacked.append(runs[0].key) or suite.attack(context, runs, *args)))
     resumed = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, out_dir=tmp_path, resume=True, **QUICK)
-    assert attacked_norms == ["linf", "l2", "l1"], "linf was attacked again after resuming"
-    assert resumed["resumed"] == ["linf"]
+    assert attacked[0] == "l2/apgd-t/2" and not set(attacked) & set(done), "finished runs were attacked again"
+    assert resumed["resumed"] == done
     assert resumed["accuracy"] == reference["accuracy"]
-    assert resumed["attacked"] == reference["attacked"]
     assert set(read_flags(tmp_path)[0]) == {"clean", *NORMS}
 
 
@@ -115,6 +193,8 @@ def test_resume_refuses_flags_of_other_points_or_eps(clean_model, points, tmp_pa
     with pytest.raises(RamptoolError, match="union_only=False, now True"):
         evaluate_union(clean_model, x, y, ["linf"], FMNIST_EPS, out_dir=tmp_path, resume=True, union_only=True,
                        **QUICK)
+    with pytest.raises(RamptoolError, match="seed=0, now 1"):
+        evaluate_union(clean_model, x, y, ["linf"], FMNIST_EPS, out_dir=tmp_path, resume=True, seed=1, **QUICK)
 
 
 def test_sanity_warnings_catch_impossible_and_suspicious_numbers(clean_model, points, capsys):
