@@ -1,6 +1,7 @@
 """Union evaluation: flags, the union-only cascade, resume, sanity warnings, AutoAttack cross-check, CLI."""
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -8,10 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import ramptool
 from ramptool.checkpoint import load_model
+from ramptool.cli_eval import _test_points, parse_n_examples
 from ramptool.errors import RamptoolError
 from ramptool.evaluation import suite as suite_module
 from ramptool.evaluation.flags import union_flags
+from ramptool.evaluation.report import curve_title, union_plot_title
 from ramptool.evaluation.union import (
     FLAGS_FILE,
     EvaluationInterrupted,
@@ -240,28 +244,98 @@ def test_fast_autoattack_matches_pyautoattack_called_directly(clean_model, point
         assert abs(report["accuracy"][norm] - direct) <= 0.01, (norm, report["accuracy"][norm], direct)
 
 
-def test_cli_eval_union_writes_reports_and_resumes(clean_model_dir, tmp_path, capsys):
-    out = tmp_path / "eval"
+def test_cli_eval_union_writes_reports_with_provenance_keeps_them_and_resumes(clean_model_dir, tmp_path, capsys):
+    out, adversarial = tmp_path / "eval", tmp_path / "adv"
     args = ["eval", "union", "--ckpt", str(clean_model_dir), "--n-examples", "16", "--out", str(out),
-            "--device", "cpu", "--batch-size", "64"]
-    code, stdout, _ = run_cli(args, capsys)
+            "--device", "cpu", "--batch-size", "64", "--steps", "10", "--eps", "linf=26/255"]
+    code, stdout, _ = run_cli(args + ["--save-adv", str(adversarial)], capsys)
     assert code == 0, stdout
     name = clean_model_dir.name
-    report = json.loads((out / "report.json").read_text())["models"][name]
-    assert report["n"] == 16 and report["version"] == "fast" and report["attack"] == "autoattack"
-    assert report["eps"] == FMNIST_EPS and report["dataset"] == "fashion-mnist"
+    document = json.loads((out / "report.json").read_text())
+    report = document["models"][name]
+    assert report["n"] == 16 and report["attack"] == "apgd" and report["grade"] == "AutoAttack-grade"
+    assert report["eps"] == {**FMNIST_EPS, "linf": 26 / 255} and report["dataset"] == "fashion-mnist"
+    assert report["eps_given"] == {"linf": "26/255", "l2": "1.5", "l1": "10"} and report["points"] == "first N"
+    checkpoint = clean_model_dir / "model.safetensors"
+    assert report["provenance"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    for record in (report["provenance"], document["provenance"]):
+        assert record["ramptool"] == ramptool.__version__ and record["torch"] == torch.__version__
+        assert record["autoattack"].startswith("pyautoattack ") and record["date"][:2] == "20"
+    assert report["settings"]["l1"]["apgd-ce"]["restarts"] == 5 and report["settings"]["l1"]["apgd-t"]["targets"] == 5
+    assert report["settings"]["linf"]["apgd-t"] == {"targets": 9, "restarts": 1, "steps": 10, "loss": "dlr-targeted"}
+    assert all(report["seconds"][n] > 0 and report["passes"][n]["forward"] > 0 for n in NORMS)
     accuracy = report["accuracy"]
     assert accuracy["union"] <= min(accuracy[n] for n in NORMS) <= max(accuracy[n] for n in NORMS) <= accuracy["clean"]
-    markdown = (out / "report.md").read_text()
-    assert markdown.startswith("| model | clean | linf | l2 | l1 | union |")
-    assert f"| {name} | {100 * accuracy['clean']:.1f} |" in markdown
-    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / name / FLAGS_FILE).is_file()
-    assert "union" in stdout
 
+    markdown = (out / "report.md").read_text().splitlines()
+    assert markdown[0] == "robust accuracy (%), ± one standard error"
+    assert markdown[2] == "| model | clean | linf | l2 | l1 | union |"
+    error = 100 * (accuracy["clean"] * (1 - accuracy["clean"]) / 16) ** 0.5
+    assert markdown[4].startswith(f"| {name} | {100 * accuracy['clean']:.1f} ± {error:.1f} |")
+    assert "eps linf 26/255, l2 1.5, l1 10" in markdown[-1] and "16 points" in markdown[-1]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    title = union_plot_title(document["models"])
+    assert name in title and "APGD-CE + APGD-T" in title and "eps linf 26/255" in title and "n=16" in title
+    assert (out / name / FLAGS_FILE).is_file() and "union" in stdout
+
+    # the adversarial examples that counted, re-checkable by anyone: in the ball and the box, misclassified
+    model = load_model(clean_model_dir)
+    with safe_open(str(adversarial / f"{name}.safetensors"), framework="pt") as handle:
+        saved = {key: handle.get_tensor(key) for key in handle.keys()}
+    for norm in NORMS:
+        x_adv, x, label = saved[f"{norm}/x_adv"], saved[f"{norm}/x"], saved[f"{norm}/label"]
+        assert len(x_adv) == round((accuracy["clean"] - accuracy[norm]) * 16) > 0
+        assert (lp_norm(x_adv - x, norm) <= report["eps"][norm] * (1 + 1e-5)).all()
+        assert ((x_adv >= 0) & (x_adv <= 1)).all()
+        with torch.no_grad():
+            assert (model(x_adv).argmax(1) != label).all()
+
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "already holds a report; pass --overwrite" in err
+    code, _, _ = run_cli(args + ["--resume", "--save-adv", str(tmp_path / "again")], capsys)
+    with safe_open(str(tmp_path / "again" / f"{name}.safetensors"), framework="pt") as handle:
+        assert code == 0 and torch.equal(handle.get_tensor("l1/x_adv"), saved["l1/x_adv"])
     code, _, _ = run_cli(args + ["--resume"], capsys)
     again = json.loads((out / "report.json").read_text())["models"][name]
-    assert code == 0 and again["resumed"] == NORMS and again["accuracy"] == accuracy
+    assert code == 0 and again["resumed"] == [entry["run"] for entry in report["runs"]]
+    assert again["accuracy"] == accuracy
+    (out / "report.json").unlink()
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "holds an unfinished evaluation; pass --resume" in err
+    code, _, _ = run_cli(args + ["--overwrite"], capsys)
+    assert code == 0 and json.loads((out / "report.json").read_text())["models"][name]["resumed"] == []
+    code, _, err = run_cli(args + ["--resume", "--save-adv", str(adversarial)], capsys)
+    assert code == 2 and "did not keep those of its finished runs" in err
+
+
+def test_cli_quick_upper_bound_says_so_in_every_table_file_and_title(clean_model_dir, tmp_path, capsys):
+    out = tmp_path / "quick"
+    code, stdout, _ = run_cli(["eval", "union", "--ckpt", str(clean_model_dir), "--attack", "apgd-ce",
+                               "--n-examples", "16", "--steps", "10", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    reports = json.loads((out / "report.json").read_text())["models"]
+    assert next(iter(reports.values()))["grade"] == "upper bound (not AutoAttack)"
+    assert "upper bound (not AutoAttack)" in " ".join(stdout.split())
+    assert (out / "report.md").read_text().startswith("robust accuracy (%), upper bound (not AutoAttack)")
+    assert union_plot_title(reports).splitlines()[1].startswith("upper bound (not AutoAttack): APGD-CE")
+    assert "| ≤" in (out / "report.md").read_text()
+
+    code, stdout, _ = run_cli(["eval", "curve", "--ckpt", str(clean_model_dir), "--attack", "apgd-ce",
+                               "--n-examples", "16", "--steps", "5", "--norms", "l2", "--out", str(out),
+                               "--device", "cpu"], capsys)
+    assert code == 0, stdout
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["grade"] == "upper bound (not AutoAttack)"
+    assert "upper bound (not AutoAttack)" in curve_title({"m": curve})
+    assert "upper bound (not AutoAttack)" in " ".join(stdout.split())
+
+
+def test_n_examples_all_is_the_whole_test_split(fmnist_test):
+    x, y = _test_points("fashion-mnist", None, "all", None)
+    assert len(y) == 10000 and torch.equal(x[:256], fmnist_test[0])
+    assert parse_n_examples("all") is None and parse_n_examples("12") == 12
+    with pytest.raises(RamptoolError, match="--sample-seed draws a random subset"):
+        _test_points("fashion-mnist", None, "all", 3)
 
 
 def test_cli_eval_curve_writes_json_and_png(clean_model_dir, tmp_path, capsys):
@@ -297,6 +371,8 @@ def test_cli_eval_curve_compares_several_checkpoints_in_one_plot(clean_model_dir
     (["--norms", "linf,l3"], "unknown norm 'l3'"),
     (["--version", "plus"], "unknown version 'plus'"),
     (["--n-examples", "0"], "--n-examples must be positive"),
+    (["--n-examples", "many"], "--n-examples must be a positive number or 'all'"),
+    (["--attack", "fgsm"], "unknown evaluation attack 'fgsm'"),
 ])
 def test_cli_eval_union_rejects_bad_input_in_one_line(clean_model_dir, tmp_path, capsys, extra, message):
     code, _, err = run_cli(["eval", "union", "--ckpt", str(clean_model_dir), "--out", str(tmp_path), "--device",

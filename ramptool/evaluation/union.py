@@ -77,7 +77,12 @@ def _load_state(path: Path, settings: dict, eps: dict, clean: torch.Tensor, norm
     except (SafetensorError, OSError, KeyError, ValueError) as error:
         raise RamptoolError(f"cannot resume from {path}: not a flags file of this ramptool ({error})") from None
     hint = f"drop --resume or use another --out than {path.parent}"
+    if settings["adversarial"] and not saved_settings.get("adversarial"):
+        raise RamptoolError(f"cannot resume keeping adversarial examples: {path} did not keep those of its "
+                            f"finished runs; {hint}")
     for key, value in settings.items():
+        if key == "adversarial":
+            continue
         if key == "points" and saved_settings.get(key) != value:
             raise RamptoolError(f"cannot resume: {path} was computed on other test points; {hint}")
         if saved_settings.get(key) != value:
