@@ -221,27 +221,47 @@ def test_sanity_warnings_catch_impossible_and_suspicious_numbers(clean_model, po
     assert not_falling_warnings({"l2": [0.5, 1.0]}, {"l2": [0.6, 0.61]}, 100) == []
 
 
-@pytest.mark.slow
-def test_fast_autoattack_matches_pyautoattack_called_directly(clean_model, points):
-    """Independent check: AutoAttack built by hand here, nothing of ramptool on the attack path."""
+def direct_autoattack_flags(model, x, y, norm):
+    """pyautoattack's fast AutoAttack built by hand, nothing of ramptool on its path: robust flags per point."""
     import pyautoattack
 
-    x, y = points[0][:40], points[1][:40]
-    report = evaluate_union(clean_model, x, y, NORMS, FMNIST_EPS, version="fast", seed=0, batch_size=500)
     names = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-    for norm in NORMS:
-        adversary = pyautoattack.AutoAttack(clean_model, attacks=["apgd-ce", "apgd-t"], norm=names[norm],
-                                            eps=FMNIST_EPS[norm], version="custom", device="cpu", seed=0)
-        # AutoAttack's standard-version settings for each norm, set by hand
-        adversary.apgd_targeted.n_restarts = 1
-        if norm == "l1":
-            adversary.apgd.use_largereps = adversary.apgd_targeted.use_largereps = True
-            adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 5, 5
-        else:
-            adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 1, 9
-        _, predictions = adversary.run_standard_evaluation(x, y, batch_size=500)
-        direct = (predictions == y).float().mean().item()
-        assert abs(report["accuracy"][norm] - direct) <= 0.01, (norm, report["accuracy"][norm], direct)
+    adversary = pyautoattack.AutoAttack(model, attacks=["apgd-ce", "apgd-t"], norm=names[norm], eps=FMNIST_EPS[norm],
+                                        version="custom", device="cpu", seed=0)
+    # AutoAttack's standard-version settings for each norm, set by hand
+    adversary.apgd_targeted.n_restarts = 1
+    if norm == "l1":
+        adversary.apgd.use_largereps = adversary.apgd_targeted.use_largereps = True
+        adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 5, 5
+    else:
+        adversary.apgd.n_restarts, adversary.apgd_targeted.n_target_classes = 1, 9
+    _, predictions = adversary.run_standard_evaluation(x, y, batch_size=500)
+    return predictions == y
+
+
+@pytest.mark.slow
+def test_default_evaluation_agrees_with_pyautoattack_and_one_apgd_ce_run_does_not(robust_model, fmnist_test):
+    """The default evaluation next to pyautoattack called directly, on the first 100 test points of the shipped
+    l∞-AT model: within a point per norm and for the union. l2 is allowed 2: on these points AutoAttack's own
+    seeds 0 and 1 disagree about 4 points' l2 flags (on 300 points ramptool 38.7%, pyautoattack 38.3%).
+    ``--attack autoattack`` is pyautoattack exactly (same flags), and one APGD-CE run from x, the quick upper
+    bound, overstates l1 robustness by far more than a point."""
+    x, y = fmnist_test[0][:100], fmnist_test[1][:100]
+    ours = evaluate_union(robust_model, x, y, NORMS, FMNIST_EPS)["accuracy"]
+    direct = {norm: direct_autoattack_flags(robust_model, x, y, norm) for norm in NORMS}
+    direct_accuracy = {norm: flags.float().mean().item() for norm, flags in direct.items()}
+    direct_accuracy["union"] = (direct["linf"] & direct["l2"] & direct["l1"]).float().mean().item()
+    for key, tolerance in {"linf": 0.01, "l2": 0.02, "l1": 0.01, "union": 0.01}.items():
+        assert abs(ours[key] - direct_accuracy[key]) <= tolerance + 1e-9, (key, ours[key], direct_accuracy[key])
+    assert 0.1 < direct_accuracy["union"] < direct_accuracy["l2"] < direct_accuracy["linf"]
+
+    adapter = evaluate_union(robust_model, x, y, ["l2"], FMNIST_EPS, attack="autoattack", keep_adversarial=True)
+    robust = robust_model(x).argmax(1) == y
+    robust[adapter["adversarial"]["l2"]["index"]] = False
+    assert torch.equal(robust, direct["l2"])
+
+    quick = evaluate_union(robust_model, x, y, ["l1"], FMNIST_EPS, attack="apgd-ce")["accuracy"]["l1"]
+    assert quick > direct_accuracy["l1"] + 0.05
 
 
 def test_cli_eval_union_writes_reports_with_provenance_keeps_them_and_resumes(clean_model_dir, tmp_path, capsys):

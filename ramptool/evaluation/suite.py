@@ -43,6 +43,10 @@ AUTOATTACK_SETTINGS = {
 AUTOATTACK_STEPS = 100
 FAB_TARGETS = 9
 VERSIONS = ("fast", "standard")
+# On a CPU one model call over the joint runs' concatenated iterates beats one call per run while the joint
+# batch stays small (measured on the small CNN: ~2.5 ms per image at 4 images a call, ~1.3-1.6 between 48 and
+# 384, 2.2 past 768); on CUDA it is always one call.
+CPU_JOINT_BATCH = 384
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class RunContext:
     steps: int
     batch_size: int
     num_classes: int
-    batched: bool  # joint runs send their iterates through the model as one batch
+    batched: bool | None  # joint runs send their iterates through the model as one batch; None: auto
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,12 @@ def attack_with_apgd(context: RunContext, runs: list[Run], x, y, index, clean_lo
         if kind == "apgd-t":
             y_target = clean_logits[part].sort(dim=1)[1][:, -(rank + 2)]
             options = {"loss": "dlr-targeted", "y_target": y_target.to(device)}
+        batched = context.batched
+        if batched is None:
+            batched = device.type == "cuda" or len(yb) * len(runs) <= CPU_JOINT_BATCH
         results = apgd_joint(context.model, xb, yb, [(run.norm, context.eps[run.norm]) for run in runs],
                              steps=context.steps, x_init=starts, keep="misclassified", drop_fooled=True,
-                             drop_together=True, large_eps=True, batched=context.batched, **options)
+                             drop_together=True, large_eps=True, batched=batched, **options)
         for out, result in zip(outs, results):
             out[part] = torch.where(per_sample(result.fooled, xb), result.x_adv, xb).to(out.device)
     return outs

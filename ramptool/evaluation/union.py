@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
-from ramptool.evaluation.flags import accuracies, logits_of, model_device, verified_successes
+from ramptool.evaluation.flags import accuracies, logits_of, verified_successes
 from ramptool.evaluation.passes import PassCounter
 from ramptool.evaluation.suite import VERSIONS, RunContext, get_suite, plan, settings_summary
 
@@ -135,7 +135,8 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     the points gets the flags the whole set would. ``keep_adversarial`` returns (and saves with the flags) the
     adversarial examples that counted, per norm. ``recorded_clean`` (the checkpoint's own clean accuracy)
     enables the normalisation sanity check. ``batched`` sends the iterates of runs made together through the
-    model as one batch (default: on CUDA). ``progress(text)`` hears about every group of runs as it starts."""
+    model as one batch (default: on CUDA, and on a CPU while that batch stays small). ``progress(text)`` hears
+    about every group of runs as it starts."""
     if version not in VERSIONS:
         raise RamptoolError(f"unknown version {version!r}; use one of: {', '.join(VERSIONS)}")
     suite = get_suite(attack)
@@ -171,9 +172,7 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
             if adversarial is not None:
                 adversarial.update(saved_adversarial)
         resumed = [entry["run"] for entry in log]
-        device = model_device(model)
-        context = RunContext(counter, dict(eps), version, seed, steps, batch_size, logits.shape[1],
-                             batched=device.type == "cuda" if batched is None else batched)
+        context = RunContext(counter, dict(eps), version, seed, steps, batch_size, logits.shape[1], batched)
 
         for number, group in enumerate(groups, start=1):
             if all(run.key in resumed for run in group):
