@@ -9,6 +9,7 @@ if the file is missing. Finished runs in runs/demo/ are reused.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from rich.console import Console
@@ -39,7 +40,10 @@ def ensure_run(recipe: str, out: Path, console: Console, **overrides) -> Path:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="fine-tune with E-AT and RAMP, then evaluate before and after")
+    parser.add_argument("--n-eval", type=int, default=N_EVAL, help=f"test points evaluated (default {N_EVAL})")
+    n_eval = parser.parse_args(argv).n_eval
     console = Console()
     pretrained = PRETRAINED
     if not pretrained.exists():
@@ -53,8 +57,8 @@ def main() -> None:
                                       init=str(pretrained)),
     }
     eps = DEFAULT_EPS["fashion-mnist"]
-    x, y = load_split("fashion-mnist", "test", subset=N_EVAL).tensors()
-    console.print(f"evaluating on the first {N_EVAL} test points with APGD-CE + APGD-T at AutoAttack's settings "
+    x, y = load_split("fashion-mnist", "test", subset=n_eval).tensors()
+    console.print(f"evaluating on the first {n_eval} test points with APGD-CE + APGD-T at AutoAttack's settings "
                   f"(AutoAttack-grade) at " + ", ".join(f"{p} {eps[p]:g}" for p in NORMS))
     reports = {}
     with console.status("evaluating") as status:

@@ -406,3 +406,15 @@ def test_cli_eval_curve_rejects_bad_eps_values(clean_model_dir, tmp_path, capsys
     code, _, err = run_cli(["eval", "curve", "--ckpt", str(clean_model_dir), "--eps-values", "l1=5,-1",
                             "--out", str(tmp_path)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "must be positive" in err
+
+
+def test_per_epoch_evaluation_is_the_default_autoattack_grade_one(tmp_path, fmnist_test):
+    from ramptool.trainer import TrainConfig, train
+
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=256, method="clean", optimizer="adam", lr=1e-3,
+                      schedule="constant", epochs=1, eps=dict(FMNIST_EPS), eval_n=12, eval_steps=5, progress=False,
+                      overwrite=True, device="cpu"))
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = evaluate_union(load_model(out), fmnist_test[0][:12], fmnist_test[1][:12], NORMS, FMNIST_EPS, steps=5)
+    assert record["eval"] == expected["accuracy"] and expected["grade"] == "AutoAttack-grade"

@@ -216,7 +216,8 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     for message in messages:
         warn(console, message)
     report = {
-        "n": len(y), "norms": list(norms), "eps": {norm: eps[norm] for norm in norms}, "attack": attack,
+        "n": len(y), "points_fingerprint": settings["points"], "norms": list(norms),
+        "eps": {norm: eps[norm] for norm in norms}, "attack": attack,
         "grade": suite.grade, "version": version, "steps": steps, "seed": seed, "union_only": union_only,
         "accuracy": accuracy, "upper_bounds": upper_bounds(groups, norms) if union_only else [],
         "seconds": {norm: round(sum(e["seconds"] for e in log if e["norm"] == norm), 3) for norm in norms},
