@@ -88,7 +88,6 @@ class Suite:
     # Several runs (``joint``) attack the same points together; a point one of them fools leaves them all.
     attack: Callable[..., list[torch.Tensor]]
     joint: bool
-    per_point: bool  # a point's outcome depends on nothing but the point: the cascade's union is the full one's
     description: str
 
 
@@ -188,12 +187,12 @@ def attack_with_single_apgd_ce(context: RunContext, runs: list[Run], x, y, index
 
 
 SUITES = {
-    "apgd": Suite("apgd", GRADE_AUTOATTACK_LEVEL, autoattack_runs, attack_with_apgd, joint=True, per_point=True,
+    "apgd": Suite("apgd", GRADE_AUTOATTACK_LEVEL, autoattack_runs, attack_with_apgd, joint=True,
                   description="APGD-CE + APGD-T with AutoAttack's settings on ramptool's APGD"),
     "autoattack": Suite("autoattack", GRADE_AUTOATTACK, pyautoattack_runs, attack_with_pyautoattack, joint=False,
-                        per_point=False, description="pyautoattack"),
+                        description="pyautoattack"),
     "apgd-ce": Suite("apgd-ce", UPPER_BOUND, single_apgd_ce_runs, attack_with_single_apgd_ce, joint=False,
-                     per_point=True, description="one APGD-CE run from x"),
+                     description="one APGD-CE run from x"),
 }
 
 
