@@ -92,6 +92,9 @@ def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
     expected = sorted(own, key=lambda p: (own[p], ["linf", "l2", "l1"].index(p)))[:2]
     assert [result["q"], result["r"]] == expected
     assert (out / "pair_matrix.png").stat().st_size > 0
+    # the quick attack is an upper bound, and says so wherever its numbers appear
+    assert result["grade"] == "upper bound (not AutoAttack)" and result["attack"].startswith(result["grade"])
+    assert "upper bound (not AutoAttack)" in " ".join(process.stdout.split())
     assert "key pair" in process.stdout and f"R[{result['q']}][{result['q']}]=" in process.stdout
     # the tradeoff the pair is about: the l∞ and l1 models each win on their own norm
     matrix = result["matrix"]

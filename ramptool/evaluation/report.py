@@ -83,6 +83,9 @@ def provenance(checkpoint=None, device=None) -> dict:
         record["device"] = str(device) if str(device) == "cpu" or not torch.cuda.is_available() else \
             f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     if checkpoint is not None:
+        from ramptool.checkpoint import resolve
+
+        checkpoint = resolve(checkpoint)  # a run folder means its model file
         digest = hashlib.sha256()
         with open(checkpoint, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
