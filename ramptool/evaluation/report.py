@@ -182,9 +182,10 @@ def plot_union_bars(reports: dict[str, dict], path: Path) -> Path:
         values = [100 * report["accuracy"].get(column, 0.0) for column in columns]
         errors = [100 * standard_error(report["accuracy"].get(column, 0.0), report["n"]) for column in columns]
         bars = axes.bar(positions, values, width, yerr=errors, capsize=2, label=name)
-        for bar, column in zip(bars, columns):
+        for bar, column, error in zip(bars, columns, errors):
             if column in report["accuracy"]:
-                axes.annotate(percent_cell(report, column), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                axes.annotate(percent_cell(report, column),
+                              (bar.get_x() + bar.get_width() / 2, bar.get_height() + error),
                               ha="center", va="bottom", fontsize=7)
     axes.set_xticks(range(len(columns)), columns)
     axes.set_ylabel("accuracy (%), bars: ± one standard error")
