@@ -308,9 +308,10 @@ def apgd_joint(model, x, y, threats, steps=10, loss="ce", y_target=None, random_
 
     Each instance follows exactly the iterates a lone ``apgd`` call would. ``batched=True`` evaluates the
     instances' iterates in one forward/backward over their concatenation. Starting from x (no ``random_init``,
-    no ``x_init``), the first evaluation is shared. ``x_init`` is one start per threat; ``large_eps`` puts the
-    l1 instances on AutoAttack's large-eps schedule. ``drop_together`` (with ``drop_fooled``): a point fooled by
-    one instance leaves every instance, whose result then says nothing about it (union evaluation).
+    no ``x_init``), the first evaluation is shared. ``x_init`` is one start per threat; ``loss`` and ``y_target``
+    are one for all or a list with one per threat; ``large_eps`` puts the l1 instances on AutoAttack's large-eps
+    schedule. ``drop_together`` (with ``drop_fooled``): a point fooled by one instance leaves every instance,
+    whose result then says nothing about it (union evaluation).
     """
     if drop_together and not drop_fooled:
         raise RamptoolError("drop_together needs drop_fooled")
@@ -321,11 +322,14 @@ def apgd_joint(model, x, y, threats, steps=10, loss="ce", y_target=None, random_
         starts, sparsity = [random_start(x, norm, eps, generator) for norm, eps in threats], l1_sparsity
     else:
         starts, sparsity = [x] * len(threats), l1_sparsity
+    losses = loss if isinstance(loss, list) else [loss] * len(threats)
+    targets = y_target if isinstance(y_target, list) else [y_target] * len(threats)
     runs = []
-    for (norm, eps), start in zip(threats, starts):
+    for (norm, eps), start, run_loss, run_target in zip(threats, starts, losses, targets):
         stages = large_eps_stages(eps, steps) if large_eps and norm == "l1" else [(eps, steps)]
-        runs.append(_APGDRun(x, y, norm, stages, start, loss, y_target, sparsity, keep, drop_fooled))
-    if x_init is None and not random_init and len(runs) > 1 and not runs[0].finished:
+        runs.append(_APGDRun(x, y, norm, stages, start, run_loss, run_target, sparsity, keep, drop_fooled))
+    shared_start = x_init is None and not random_init and isinstance(loss, str) and not isinstance(y_target, list)
+    if shared_start and len(runs) > 1 and not runs[0].finished:
         with input_gradients_only(model):  # every instance starts at x: one evaluation serves them all
             answer = loss_and_input_grad(model, x, y, runs[0].criterion(), True)
             for run in runs:

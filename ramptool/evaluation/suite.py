@@ -121,8 +121,7 @@ def attack_with_apgd(context: RunContext, runs: list[Run], x, y, index, clean_lo
     from ramptool.attacks.apgd import apgd_joint
     from ramptool.attacks.base import autoattack_start, point_noise
 
-    kind, rank = runs[0].attack, runs[0].round
-    if kind in ("fab-t", "square"):
+    if runs[0].attack in ("fab-t", "square"):
         from ramptool.evaluation.autoattack import fab_t_or_square
 
         return [fab_t_or_square(context.model, x, y, run.norm, context.eps[run.norm], run.attack, context.seed,
@@ -138,16 +137,17 @@ def attack_with_apgd(context: RunContext, runs: list[Run], x, y, index, clean_lo
             # the large-eps schedule starts in the 3x ball (AutoAttack's decr_eps_pgd)
             radius = (3.0 if AUTOATTACK_SETTINGS[run.norm]["large_eps"] else 1.0) * context.eps[run.norm]
             starts.append(autoattack_start(xb, run.norm, radius, noise))
-        options = {}
-        if kind == "apgd-t":
-            y_target = clean_logits[part].sort(dim=1)[1][:, -(rank + 2)]
-            options = {"loss": "dlr-targeted", "y_target": y_target.to(device)}
+        ranked = clean_logits[part].sort(dim=1)[1].to(device)
+        # APGD-T's r-th run aims at the (r+2)-th most likely class of the clean logits, as AutoAttack's does
+        targets = [ranked[:, -(run.round + 2)] if run.attack == "apgd-t" else None for run in runs]
+        losses = ["dlr-targeted" if run.attack == "apgd-t" else "ce" for run in runs]
         batched = context.batched
         if batched is None:
             batched = device.type == "cuda" or len(yb) * len(runs) <= CPU_JOINT_BATCH
         results = apgd_joint(context.model, xb, yb, [(run.norm, context.eps[run.norm]) for run in runs],
-                             steps=context.steps, x_init=starts, keep="misclassified", drop_fooled=True,
-                             drop_together=True, large_eps=True, batched=batched, **options)
+                             steps=context.steps, loss=losses, y_target=targets, x_init=starts,
+                             keep="misclassified", drop_fooled=True, drop_together=True, large_eps=True,
+                             batched=batched)
         for out, result in zip(outs, results):
             out[part] = torch.where(per_sample(result.fooled, xb), result.x_adv, xb).to(out.device)
     return outs
@@ -203,27 +203,21 @@ def get_suite(name: str) -> Suite:
         raise RamptoolError(f"unknown evaluation attack {name!r}; use one of: {', '.join(SUITES)}") from None
 
 
-# cascade order: cheapest and most often successful first
-ROUND_ORDER = {"apgd-ce": 0, "apgd-ce-once": 0, "autoattack": 0, "apgd-t": 1, "fab-t": 2, "square": 3}
-
-
 def plan(suite: Suite, norms: list[str], version: str, num_classes: int, union_only: bool) -> list[list[Run]]:
     """The runs in the order they are made, in groups attacked together. Full: norm by norm, one run at a time.
-    Cascade: round by round across norms (APGD-CE restarts, then APGD-T targets by rank, then FAB-T, Square),
-    each round's runs of every norm together where the suite can (a point broken in one norm leaves them all),
-    so the expensive later rounds only see the points every earlier run of every norm left robust."""
+    Cascade: in rounds, the k-th run of every norm in round k (each norm keeps AutoAttack's order: APGD-CE
+    restarts, APGD-T targets by rank, then FAB-T and Square; with AutoAttack's settings every norm has 10 APGD
+    runs), a round's APGD runs together where the suite can (a point broken in one norm leaves them all), so
+    the expensive later rounds only see the points every earlier run of every norm left robust."""
     per_norm = {norm: suite.runs(norm, version, num_classes) for norm in norms}
     if not union_only:
         return [[run] for norm in norms for run in per_norm[norm]]
-    runs = sorted((run for norm in norms for run in per_norm[norm]),
-                  key=lambda run: (ROUND_ORDER[run.attack], run.round, norms.index(run.norm)))
     groups: list[list[Run]] = []
-    for run in runs:
-        same_round = groups and (groups[-1][0].attack, groups[-1][0].round) == (run.attack, run.round)
-        if suite.joint and same_round and run.attack not in ("fab-t", "square"):
-            groups[-1].append(run)
-        else:
-            groups.append([run])
+    for k in range(max(len(runs) for runs in per_norm.values())):
+        round_runs = [per_norm[norm][k] for norm in norms if k < len(per_norm[norm])]
+        together = [run for run in round_runs if suite.joint and run.attack not in ("fab-t", "square")]
+        groups += [together] if together else []
+        groups += [[run] for run in round_runs if run not in together]
     return groups
 
 
