@@ -7,11 +7,14 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup data demo test test-fast bench lint clean-demo
 
+# robustbench 1.1.1 goes in without its pins (timm==1.0.9, gdown==5.1.0); the robustbench extra brings what it
+# imports (README: "RobustBench models")
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,robustbench]'
+	$(PY) -m pip install --quiet --no-deps robustbench==1.1.1
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,13 +1,15 @@
 """Seconds per epoch and images/s of every training method on the same data and model, in one run.
 
-    .venv/bin/python bench/train.py [--n 2048] [--methods ramp,e-at,...] [--device cpu|cuda] [--scratch]
+    .venv/bin/python bench/train.py [--points 2048] [--methods ramp,e-at,...] [--device cpu|cuda] [--scratch]
+    torchrun --nproc_per_node N bench/train.py --device cuda ...     # data-parallel on N GPUs (global --batch-size)
 
 By default every method fine-tunes the shipped l∞-AT checkpoint (the paper's main setting, where E-AT's
 sampling favours the weaker l1); --scratch starts from random weights of --arch instead. Prints one row per
 method (with the images sent through the model in train and in eval mode per training image) and the ratio
 RAMP / E-AT, for RAMP's attacks run one after the other (the CPU default) and batched into one model call per
 step (the CUDA default). Methods run round-robin, fastest of --repeats kept. Absolute times on shared machines
-are noise; the ratios are what to read.
+are noise; the ratios are what to read. Under torchrun every process trains its slice of each global batch and
+rank 0 prints; img/s is then the throughput of all processes together.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ramptool import distributed
+from ramptool.config import RECIPES_DIR
 from ramptool.hookspecs import hookimpl
 from ramptool.methods import RAMP
 from ramptool.plugins import build_plugin_manager, reset_registry
 from ramptool.threat import parse_eps
 from ramptool.trainer import TrainConfig, Trainer
 
-SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
+SHIPPED_LINF_AT = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 
 CONFIGS = {
     "clean": {"method": "clean"},
@@ -80,7 +83,8 @@ def count_forwards(model):
 
 
 def run(name, overrides, args, root):
-    cfg = TrainConfig(out=f"{root}/{name}", dataset=args.dataset, subset=args.n, batch_size=args.batch_size,
+    cfg = TrainConfig(out=f"{root}/{name}", dataset=args.dataset, data_dir=args.data_dir, workers=args.workers,
+                      subset=args.n, batch_size=args.batch_size,
                       arch=args.arch, pair=["linf", "l1"], eps=parse_eps(None, args.dataset),
                       attack_steps=args.steps, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
                       epochs=1, progress=False, device=args.device, overwrite=True,
@@ -94,17 +98,20 @@ def run(name, overrides, args, root):
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return seconds, {k: v / args.n for k, v in counts.items()}
+    return seconds, {k: v / (args.n / trainer.dist.world_size) for k, v in counts.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2048, help="training points per epoch")
+    parser.add_argument("--points", "--n", dest="n", type=int, default=2048,
+                        help="training points per epoch (--points under torchrun, whose own options take --n)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="training attack iterations")
     parser.add_argument("--arch", default="small-cnn", help="backbone with --scratch")
     parser.add_argument("--scratch", action="store_true", help="random init instead of fine-tuning l∞-AT")
     parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-dir", default=None, help="dataset root (default: ramptool's data folder)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: ramptool's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--methods", default=",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=3, help="take the fastest of N epochs per method")
@@ -126,10 +133,14 @@ def main():
         for _ in range(args.repeats):
             for name in names:
                 times[name].append(run(name, CONFIGS[name], args, root))
+    if not distributed.is_main():
+        return
     results = {name: min(runs, key=lambda item: item[0]) for name, runs in times.items()}
     start = f"{args.arch} from scratch" if args.scratch else "fine-tuning the shipped l∞-AT small CNN"
+    card = f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() and args.device != "cpu" else ""
     print(f"\n{start} on {args.n} {args.dataset} points, batch {args.batch_size}, attack steps {args.steps}, "
-          f"device {args.device}, torch threads {torch.get_num_threads()}")
+          f"device {args.device}{card} x {distributed.world_size()} process(es), torch threads "
+          f"{torch.get_num_threads()}")
     print(f"{'method':<13} {'s/epoch':>9} {'img/s':>9} {'x clean':>8} {'fwd train/img':>14} {'fwd eval/img':>13}")
     clean_seconds = results.get("clean", (None,))[0]
     for name, (seconds, forwards) in results.items():

@@ -1,4 +1,4 @@
-"""Gradient combiners: how the adversarial loss becomes a weight update (SPEC.md §5).
+"""Gradient combiners: how the adversarial loss becomes a weight update (docs/METHOD.md#gradient-projection).
 
 ``none`` is plain adversarial training. ``gp`` is RAMP's per-epoch gradient projection: from the epoch's start
 weights f, a natural model trains one epoch on clean CE (f_n) while the main model trains one epoch on the
@@ -8,20 +8,26 @@ The natural epoch runs interleaved step by step with the adversarial one (same r
 a mid-epoch checkpoint then holds both). BatchNorm running statistics are taken from the adversarial model
 (the reference code averages them like weights; statistics are not gradients, and the fused model is
 evaluated under attack). ``gp-step`` applies the same projection to every step's gradients instead.
+
+Under torchrun the natural model is data-parallel like the main one: both start each epoch from identical
+weights and take identical averaged steps on every rank, so every rank computes the same fusion.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ramptool.errors import TrainingDiverged
+from ramptool import distributed
+from ramptool.errors import RamptoolError, TrainingDiverged
 from ramptool.hookspecs import hookimpl
 
 
 def checked_backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, or stop the run with one line (the last checkpoint intact) when the loss is not finite."""
     if not bool(torch.isfinite(loss)):
         raise TrainingDiverged(f"training loss became {loss.detach().item()}; stopped, the last checkpoint is intact "
                                f"(lower the learning rate or check the data)")
@@ -42,44 +48,63 @@ def combine(anchor: torch.Tensor, natural: torch.Tensor, adversarial: torch.Tens
 
 
 class Combiner:
-    """Plain training step: backward the adversarial loss, step the optimiser."""
+    """Plain update: backward the training method's loss, step the optimiser. The base class of every combiner.
 
-    description = "none: plain update from the training method's loss"
+    ramptool builds one per run as ``cls(model, make_optimizer, **options)``: ``make_optimizer(module)`` returns
+    a fresh optimiser configured like the run's own (for a second model a combiner trains alongside), and the
+    options are the keyword-only parameters a subclass declares (``--combiner-option name=value``). The trainer
+    then calls, per epoch, ``start_epoch``, ``train_step`` once per batch, ``end_epoch``; ``set_lr`` before
+    every step; ``state_dict``/``load_state_dict`` when it checkpoints and resumes.
+    """
 
-    def __init__(self, model, make_optimizer, beta: float = 0.5):
-        self.beta = beta
-
-    def start_epoch(self, model) -> None:
+    def __init__(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]):
         pass
 
-    def train_step(self, model, optimizer, compute_loss, x, y):
+    def start_epoch(self, model: torch.nn.Module) -> None:
+        """Called before the first step of every epoch (also of an epoch resumed from its start)."""
+
+    def train_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   compute_loss: Callable[[], tuple[torch.Tensor, dict]], x: torch.Tensor,
+                   y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One step on the batch (x, y); the model is in train mode.
+
+        ``compute_loss()`` runs the training method (attack included) and returns ``(loss, stats)``: a scalar
+        loss with a graph and a dict of scalar tensors. Update the model (through ``optimizer``) and return the
+        detached loss and the stats, to which a combiner may add its own.
+        """
         loss, stats = compute_loss()
         optimizer.zero_grad(set_to_none=True)
         checked_backward(loss)
         optimizer.step()
         return loss.detach(), stats
 
-    def end_epoch(self, model) -> None:
-        pass
+    def end_epoch(self, model: torch.nn.Module) -> None:
+        """Called after the last step of every epoch, before the checkpoint is written."""
 
     def set_lr(self, lr: float) -> None:
-        pass
+        """The learning rate of the coming step, for optimisers the combiner owns."""
 
     def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly: tensors and plain Python values only."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Restore what ``state_dict`` returned."""
+
+
+def checked_beta(beta: float) -> float:
+    if not 0.0 <= beta <= 1.0:
+        raise RamptoolError(f"the gradient-projection mixing weight beta must be in [0, 1], got {beta:g}")
+    return beta
 
 
 class EpochGradientProjection(Combiner):
-    """gp: RAMP's per-epoch projection of the natural-training delta onto the adversarial one (beta)."""
+    """Per-epoch fusion of natural and adversarial training deltas (RAMP's GP), mixing weight beta."""
 
-    description = "gp: per-epoch fusion of natural and adversarial training deltas (RAMP, --beta)"
-
-    def __init__(self, model, make_optimizer, beta: float = 0.5):
-        super().__init__(model, make_optimizer, beta)
+    def __init__(self, model, make_optimizer, *, beta: float = 0.5):
+        self.beta = checked_beta(beta)
         self.natural = copy.deepcopy(model)
+        self.natural_parallel = distributed.data_parallel(self.natural)
         self.natural_optimizer = make_optimizer(self.natural)
         self.anchor: dict[str, torch.Tensor] | None = None
 
@@ -89,13 +114,14 @@ class EpochGradientProjection(Combiner):
 
     def train_step(self, model, optimizer, compute_loss, x, y):
         loss, stats = super().train_step(model, optimizer, compute_loss, x, y)
-        self.natural.train()
-        natural_logits = self.natural(x)
-        natural_loss = F.cross_entropy(natural_logits.float(), y)
+        self.natural_parallel.train()
+        natural_logits = self.natural_parallel(x)
+        natural_loss = distributed.global_mean(F.cross_entropy(natural_logits.float(), y), len(y))
         self.natural_optimizer.zero_grad(set_to_none=True)
         checked_backward(natural_loss)
         self.natural_optimizer.step()
-        stats = {**stats, "acc_natural": (natural_logits.argmax(1) == y).float().mean().detach()}
+        correct = (natural_logits.argmax(1) == y).float().mean().detach()
+        stats = {**stats, "acc_natural": distributed.global_mean(correct, len(y))}
         return loss, stats
 
     @torch.no_grad()
@@ -121,9 +147,13 @@ class EpochGradientProjection(Combiner):
 
 
 class StepGradientProjection(Combiner):
-    """gp-step: every step, gradient = beta*GP(g_clean, g_adv) + (1-beta)*g_adv, per parameter tensor."""
+    """Per-step projection of the clean gradient onto the adversarial one, mixing weight beta.
 
-    description = "gp-step: per-step projection of the clean gradient onto the adversarial one (--beta)"
+    Every step, gradient = beta*GP(g_clean, g_adv) + (1-beta)*g_adv, per parameter tensor.
+    """
+
+    def __init__(self, model, make_optimizer, *, beta: float = 0.5):
+        self.beta = checked_beta(beta)
 
     def train_step(self, model, optimizer, compute_loss, x, y):
         loss, stats = compute_loss()
@@ -132,7 +162,7 @@ class StepGradientProjection(Combiner):
         adversarial = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         optimizer.zero_grad(set_to_none=True)
         model.train()
-        clean_loss = F.cross_entropy(model(x).float(), y)
+        clean_loss = distributed.global_mean(F.cross_entropy(model(x).float(), y), len(y))
         checked_backward(clean_loss)
         with torch.no_grad():
             for p, g_a in zip(params, adversarial):

@@ -1,66 +1,670 @@
-"""Recipes (TOML) merged under explicit CLI flags, turned into a validated ``TrainConfig``."""
+"""Run configuration: ``TrainConfig`` and the one path every source takes into it.
+
+Command-line flags, TOML recipes, the configuration saved in a run's ``state.pt`` and Python code all become a
+TrainConfig through the same typed, range-checked conversion (``convert``), so a bad value anywhere ends in one
+line that names the key and where it came from::
+
+    recipe r.toml: epochs must be a positive integer, got 'two'
+    --beta must be a number in [0, 1], got 2
+
+A knob is declared once, as a TrainConfig field: its CLI option for ``ramptool train`` / ``finetune``
+(``cli_options``), its recipe key and its checks all follow from the declaration (see TrainConfig's docstring).
+``build_train_config`` is the single entry that merges the sources; ``TrainConfig(...)`` from Python runs the same
+checks in ``__post_init__``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from ramptool.errors import RamptoolError
-from ramptool.threat import parse_eps, parse_norms
-from ramptool.trainer import TrainConfig
+from ramptool.schedules import SCHEDULES
 
-# recipe keys that are not TrainConfig fields, or spelled differently
-_ALIASES = {"lambda": "lam", "ckpt": "init"}
-_META_KEYS = {"command", "description"}
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
-
-def load_recipe(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise RamptoolError(f"recipe not found: {path}")
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise RamptoolError(f"recipe {path} is not valid TOML: {error}") from None
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    normalized = {}
-    for key, value in recipe.items():
-        name = _ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        if key in _META_KEYS:
-            continue
-        if name not in fields:
-            raise RamptoolError(f"recipe {path}: unknown key {key!r}")
-        normalized[name] = value
-    return normalized
+# Defaults of the fields whose default depends on the mode (fine-tuning = ``init`` is set) and on the dataset:
+# the paper's CIFAR-10 settings (docs/METHOD.md#training-settings-and-reference-numbers), which a dataset
+# overrides with DatasetSpec.hyperparameters.
+MODE_DEFAULTS = {
+    "train": {"lam": 2.0, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "static"},
+    "finetune": {"lam": 0.5, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "piecewise-ft"},
+}
 
 
-def build_train_config(cli: dict[str, Any], recipe: dict[str, Any]) -> TrainConfig:
-    """CLI values that are not None win over the recipe, which wins over TrainConfig's defaults."""
-    merged: dict[str, Any] = dict(recipe)
-    merged.update({k: v for k, v in cli.items() if v is not None})
-    if "out" not in merged:
-        raise RamptoolError("--out DIR is required (the run folder; it is never wiped)")
+class ConfigError(RamptoolError):
+    """A configuration value that is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where values come from: named in every error message about them."""
+
+    where: str  # "" for the command line, else e.g. "recipe r.toml", "TrainConfig", "runs/x/state.pt"
+    text: bool = False  # command-line text, parsed into the field's type (other sources must be typed already)
+    base: Path | None = None  # relative paths resolve against this folder (a recipe's own folder)
+
+    def label(self, name: str, key: str | None = None) -> str:
+        """How a field is named to the user in this source: its flag on the command line, its key elsewhere."""
+        return flag_of(name) if self.text else (key or name)
+
+    def describe(self, name: str, key: str | None = None) -> str:
+        label = self.label(name, key)
+        return label if not self.where else f"{label} ({self.where})"
+
+    def fail(self, name: str, key: str | None, tail: str) -> ConfigError:
+        """'[WHERE: ]LABEL' followed by ``tail`` (' must be ...' or ': ...')."""
+        message = self.label(name, key) + tail
+        return ConfigError(f"{self.where}: {message}" if self.where else message)
+
+
+COMMAND_LINE = Source("", text=True)
+PYTHON = Source("TrainConfig")
+
+
+class Invalid(Exception):
+    """Raised by a check or a custom parser: ``requirement`` completes 'KEY must be ...'; ``detail`` replaces it."""
+
+    def __init__(self, requirement: str = "", detail: str = ""):
+        super().__init__(detail or requirement)
+        self.requirement, self.detail = requirement, detail
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a TrainConfig field declares besides its type and default (see ``knob``)."""
+
+    help: str
+    flag: str | None = None
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    parse: Callable[[Any, bool], Any] | None = None
+    path: bool = False
+    recipe: bool = True
+    cli: bool = True
+    on_resume: str = "fixed"
+    shown_default: str | None = None
+
+
+def knob(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **spec) -> Any:
+    """A TrainConfig field: ``default`` (or ``default_factory``), ``help``, and the Knob options in ``spec``."""
+    if spec.get("on_resume", "fixed") not in ("fixed", "free", "extend"):
+        raise ValueError(f"on_resume must be fixed, free or extend, not {spec['on_resume']!r}")
+    return field(default=default, default_factory=default_factory, metadata={"knob": Knob(help, **spec)})
+
+
+def registered(kind: str) -> Callable[[], list[str]]:
+    """Choices that are the names registered for a component kind (plugins included), looked up when checked."""
+
+    def names() -> list[str]:
+        from ramptool.plugins import registry
+
+        return registry().names(kind)
+
+    return names
+
+
+def attack_family_names() -> list[str]:
+    """Families ``F`` with a registered ``F-<norm>`` attack (``--attack apgd`` means apgd-linf, apgd-l2, ...)."""
+    from ramptool.attacks import attack_families
+
+    return sorted(attack_families())
+
+
+def norm_list(value: Any, text: bool) -> list[str]:
+    """'linf,l1', ['linf', 'l1'] -> ['linf', 'l1'], each a norm some registered attack works in."""
     from ramptool.attacks import known_norms
+    from ramptool.threat import parse_norms
 
-    norms_known = known_norms()
-    dataset = merged.get("dataset", TrainConfig.dataset)
-    for key in ("norms", "pair"):
-        if isinstance(merged.get(key), str) and merged[key] != "auto":
-            merged[key] = parse_norms(merged[key], norms_known)
-        elif isinstance(merged.get(key), list):
-            merged[key] = parse_norms(",".join(merged[key]), norms_known)
-    if merged.get("pair") is not None and merged["pair"] != "auto" and len(merged["pair"]) != 2:
-        raise RamptoolError(f"--pair takes two norms (q,r), got {','.join(merged['pair'])}")
-    merged["eps"] = parse_eps(merged.get("eps"), dataset, norms_known)
-    for key in ("epochs", "batch_size", "attack_steps"):
-        if key in merged and int(merged[key]) <= 0:
-            raise RamptoolError(f"--{key.replace('_', '-')} must be positive, got {merged[key]}")
-    for key in ("lr", "lam", "beta", "weight_decay"):
-        if key in merged and float(merged[key]) < 0:
-            raise RamptoolError(f"--{key.replace('_', '-').replace('lam', 'lambda')} must be >= 0")
-    return TrainConfig(**merged)
+    if isinstance(value, str):
+        joined = value
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        joined = ",".join(value)
+    else:
+        raise Invalid("a list of norms such as linf,l1")
+    try:
+        return parse_norms(joined, known_norms())
+    except RamptoolError as error:
+        raise Invalid(detail=str(error)) from None
+
+
+def norm_pair(value: Any, text: bool) -> list[str] | str:
+    """Two norms (q, r), or 'auto': found by `ramptool pair` (``pair_from``) when the run starts."""
+    if value == "auto":
+        return "auto"
+    norms = norm_list(value, text)
+    if len(norms) != 2:
+        raise Invalid(detail=f"takes two norms (q,r) or 'auto', got {','.join(norms)}")
+    return norms
+
+
+def eps_table(value: Any, text: bool) -> dict[str, float]:
+    """'linf=8/255,l2=0.5' or {linf = 0.1} -> {'linf': 0.0314, 'l2': 0.5}: positive finite numbers."""
+    from ramptool.attacks import known_norms
+    from ramptool.threat import parse_eps
+
+    if isinstance(value, dict):
+        if not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value.values()):
+            raise Invalid("norm = value entries with numbers, e.g. linf=8/255,l2=0.5")
+    elif not isinstance(value, str):
+        raise Invalid("norm=value entries, e.g. linf=8/255,l2=0.5")
+    try:
+        return parse_eps(value, None, known_norms())
+    except RamptoolError as error:
+        raise Invalid(detail=str(error)) from None
+
+
+def device_name(value: Any, text: bool) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise Invalid("auto, cpu, cuda or cuda:N")
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Build it from Python (``TrainConfig(out=..., method=...)``), or through
+    ``build_train_config`` (CLI flags, recipes, resume); both run the same checks.
+
+    The fields listed in ``MODE_DEFAULTS`` (lam, optimizer, lr, weight_decay, schedule), when left at None, take
+    the defaults of the mode: fine-tuning when ``init`` is set, else training from scratch, as the dataset's
+    ``DatasetSpec.hyperparameters`` set them (``MODE_DEFAULTS`` where it does not). ``eps`` is completed from
+    the dataset's default eps. With ``resume=True`` the rest comes from the run saved in ``out``.
+
+    How to declare a knob (the CLI option, the recipe key and the validation follow from this alone)::
+
+        workers: int = knob(4, "DataLoader worker processes per rank.", minimum=0, on_resume="free")
+
+    - type: the annotation. ``int``, ``float``, ``str``, ``bool``, ``list[str]`` (norms), ``dict`` (options: a
+      TOML table, or a repeatable ``--flag key=value``; layers merge key by key), each optionally ``| None``
+      (None then means "not set"). Command-line text is parsed into it; recipes and Python must give the type
+      itself (an int is accepted for a float). E.g.
+      ``combiner_options: dict = knob(help="Combiner option key=value (repeatable).", default_factory=dict,
+      flag="--combiner-option")``.
+    - default: ``knob(default, help)``, or ``knob(help=..., default_factory=list)`` for mutable ones; a default
+      that depends on the dataset is None here plus an entry in ``MODE_DEFAULTS``.
+    - help: one sentence for ``--help``; the default is appended as ``[default: X]`` (``shown_default="..."``
+      when it depends on context, e.g. the dataset's).
+    - flag: the CLI spelling, default ``--field-name``; a bool gets ``--x/--no-x`` unless ``flag`` gives both
+      spellings (``"--no-decay-bn-bias/--decay-bn-bias"``). A ``dict`` field is a repeatable ``flag key=value``.
+      The recipe key is the field name or the flag's name without ``--`` (``lambda``, ``ckpt``); ``-`` and ``_``
+      are interchangeable. ``cli=False`` / ``recipe=False`` keep a knob out of one of them.
+    - validation: ``positive=True`` (> 0), ``minimum`` / ``maximum`` (inclusive), ``choices`` (a tuple, or
+      ``registered("combiner")`` for the names a component kind has, plugins included), or ``parse=fn`` where
+      ``fn(value, is_text)`` returns the converted value or raises ``Invalid("a list of norms")``.
+    - ``path=True``: a recipe's relative value is resolved against the recipe's folder.
+    - ``on_resume``: "fixed" (default: must equal the saved run's value), "free" (may change on ``--resume``,
+      e.g. device), or "extend" (may only grow, e.g. epochs).
+    """
+
+    out: str = knob(help="Run folder: checkpoints, state.pt and metrics.jsonl go here (never wiped).",
+                    path=True, recipe=False, on_resume="free")
+    dataset: str | None = knob(None, "Registered dataset.", choices=registered("dataset"),
+                               shown_default="the --ckpt's, else fashion-mnist")
+    data_dir: str | None = knob(None, "Dataset root.", path=True, on_resume="free",
+                                shown_default="$RAMPTOOL_DATA or ~/.cache/ramptool/data")
+    subset: int | None = knob(None, "Train on the first N training points.", positive=True,
+                              shown_default="all")
+    arch: str | None = knob(None, "Backbone to train (any registered one, or timm:<name>), or the architecture of a "
+                                  "plain state_dict given to --ckpt.", shown_default="small-cnn")
+    arch_options: dict = knob(help="Backbone option name=value, e.g. width=32 for small-cnn, cifar_stem=true for "
+                                   "timm ResNets, sub_block1=true for TRADES-style WideResNet state_dicts.",
+                              default_factory=dict, flag="--arch-option")
+    init: str | None = knob(None, "Checkpoint to fine-tune: a file, a run folder, or "
+                                  "robustbench:<dataset>/<threat_model>/<name>.", flag="--ckpt", path=True,
+                            shown_default="none: train from scratch")
+    normalize: str | None = knob(None, "Input normalisation inside the model: none, dataset or MEAN/STD.",
+                                 shown_default="dataset for a new model, none for a plain state_dict, what a "
+                                               "ramptool checkpoint records")
+    model_dir: str | None = knob(None, "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for "
+                                       "--ckpt robustbench:<dataset>/<threat_model>/<name>.", path=True,
+                                 on_resume="free", shown_default="./models")
+    method: str = knob("ramp", "Training method (`ramptool plugins` lists them).", choices=registered("method"))
+    norms: list[str] = knob(help="Norms for max, avg, msd, sat and at.",
+                            default_factory=lambda: ["linf", "l2", "l1"], parse=norm_list)
+    pair: list[str] | str | None = knob(help="Key pair q,r for ramp and e-at (q = source norm), or auto.",
+                                        default_factory=lambda: ["linf", "l1"], parse=norm_pair)
+    pair_from: str | None = knob(None, "With --pair auto: the pair.json written by `ramptool pair`.", path=True,
+                                 shown_default="run the pair finder")
+    eps: dict[str, float] = knob(help="Budgets, e.g. linf=8/255,l2=0.5,l1=12; unnamed norms keep the dataset's.",
+                                 default_factory=dict, parse=eps_table, shown_default="the dataset's")
+    attack: str = knob("apgd", "Training attack family (apgd, pgd or a plugin's).", choices=attack_family_names)
+    attack_steps: int = knob(10, "Training attack iterations.", positive=True)
+    attack_options: dict = knob(help="Training-attack option name=value, e.g. l1_sparsity=0.1.",
+                                default_factory=dict, flag="--attack-option")
+    lam: float | None = knob(None, "RAMP pairing weight lambda.", flag="--lambda", minimum=0,
+                             shown_default="0.5 finetune, 2.0 train")
+    pairing: str = knob("kl", "RAMP pairing loss.", choices=registered("pairing-loss"))
+    pairing_options: dict = knob(help="Pairing-loss option name=value.", default_factory=dict,
+                                 flag="--pairing-option")
+    combiner: str = knob("none", "How the loss becomes an update: none, gp (RAMP's per-epoch gradient "
+                                 "projection), gp-step.", choices=registered("combiner"))
+    combiner_options: dict = knob(help="Combiner option name=value, e.g. beta=0.5 for gp and gp-step.",
+                                  default_factory=dict, flag="--combiner-option")
+    method_options: dict = knob(help="Training-method option name=value.", default_factory=dict,
+                                flag="--method-option")
+    epochs: int = knob(1, "Epochs; on --resume it may be raised to extend the run.", positive=True,
+                       on_resume="extend")
+    batch_size: int = knob(128, "Batch size.", positive=True)
+    optimizer: str | None = knob(None, "sgd (with momentum) or adam.", choices=("sgd", "adam"),
+                                 shown_default="the dataset's")
+    lr: float | None = knob(None, "Peak learning rate.", positive=True, shown_default="the dataset's")
+    momentum: float = knob(0.9, "SGD momentum.", minimum=0, maximum=1)
+    weight_decay: float | None = knob(None, "Weight decay.", minimum=0, shown_default="the dataset's")
+    no_decay_bn_bias: bool = knob(False, "Exempt BatchNorm and bias parameters from weight decay.",
+                                  flag="--no-decay-bn-bias/--decay-bn-bias")
+    schedule: str | None = knob(None, "Learning-rate schedule.", choices=SCHEDULES,
+                                shown_default="piecewise-ft finetune, the dataset's train")
+    lr_drop_epoch: float | None = knob(None, "static schedule: the epoch of the /10 drop.", positive=True,
+                                       shown_default="7/8 of the epochs")
+    seed: int = knob(0, "Seed of the initial weights, batch order, augmentation and attacks.", minimum=0)
+    device: str = knob("auto", "auto, cpu, cuda or cuda:N (auto = cuda if available).", parse=device_name,
+                       on_resume="free")
+    eval_n: int = knob(0, "After each epoch, an AutoAttack-grade evaluation (APGD-CE + APGD-T) on N test points "
+                          "(0: none).", minimum=0)
+    eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100).", positive=True)
+    amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
+                           shown_default="none")
+    channels_last: bool = knob(False, "Channels-last memory format (CUDA).")
+    batch_attacks: str = knob("auto", "Run several norms' attacks as one batch (ramp, max, avg); auto = on for "
+                                      "CUDA.", choices=("auto", "on", "off"))
+    image_size: int | None = knob(None, "Image folders (imagenet, imagefolder): the side images are cropped to.",
+                                  positive=True, shown_default="224")
+    workers: int | None = knob(None, "DataLoader worker processes per training process.", minimum=0,
+                               on_resume="free", shown_default="the process's share of the CPUs minus one, at most "
+                                                               "8; 0 for in-memory datasets on a CPU")
+    sync_bn: bool = knob(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).",
+                         flag="--sync-bn")
+    tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds.",
+                                   on_resume="free")
+    resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",
+                        recipe=False, on_resume="free")
+    overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "
+                                  "checkpoint).", flag="--overwrite", recipe=False, on_resume="free")
+    progress: bool = knob(True, "Show a progress bar on a terminal.", recipe=False, on_resume="free")
+
+    def __post_init__(self):
+        for spec in dataclasses.fields(self):
+            setattr(self, spec.name, convert(spec.name, getattr(self, spec.name), PYTHON))
+        if not self.resume:  # a resumed run takes the rest from the run saved in ``out``
+            self._fill_defaults()
+
+    def _fill_defaults(self) -> None:
+        from ramptool.checkpoint import read_metadata
+        from ramptool.data import get_dataset
+        from ramptool.threat import DEFAULT_EPS
+
+        if self.dataset is None:  # a fine-tune continues on the data its checkpoint was trained on
+            known = (read_metadata(self.init) or {}).get("dataset") if self.init else None
+            self.dataset = convert("dataset", known or "fashion-mnist", Source(f"checkpoint {self.init}"))
+        spec = get_dataset(self.dataset)
+        defaults = {**MODE_DEFAULTS[self.mode], **spec.hyperparameters.get(self.mode, {})}
+        source = Source(f"dataset {self.dataset}'s defaults")
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, convert(name, value, source))
+        self.eps = {**DEFAULT_EPS.get(self.dataset, {}), **self.eps}
+
+    @property
+    def mode(self) -> str:
+        """'finetune' (from the checkpoint ``init``) or 'train' (from random weights)."""
+        return "finetune" if self.init else "train"
+
+
+FIELDS = {spec.name: spec for spec in dataclasses.fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
+
+
+def knob_of(name: str) -> Knob:
+    return FIELDS[name].metadata["knob"]
+
+
+def flag_of(name: str) -> str:
+    """The CLI flag of a field (the first spelling of a bool's pair)."""
+    flag = knob_of(name).flag
+    return (flag or "--" + name.replace("_", "-")).split("/")[0]
+
+
+def default_of(name: str) -> Any:
+    spec = FIELDS[name]
+    if spec.default is not MISSING:
+        return spec.default
+    return spec.default_factory() if spec.default_factory is not MISSING else MISSING
+
+
+def base_type(name: str) -> tuple[type, bool]:
+    """(the field's type without None, whether None is allowed)."""
+    hint = TYPES[name]
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    if members:
+        concrete = [m for m in members if m is not type(None)]
+        return typing.get_origin(concrete[0]) or concrete[0], type(None) in members
+    return typing.get_origin(hint) or hint, False
+
+
+def is_option_table(name: str) -> bool:
+    """A ``dict`` field read as options: a TOML table, or a repeatable ``--flag name=value`` on the command line
+    (values stay text there: the trainer types and checks them against what the component declares)."""
+    return base_type(name)[0] is dict and knob_of(name).parse is None
+
+
+def _number_phrase(kind: str, spec: Knob) -> str:
+    noun = "integer" if kind == "int" else "number"
+    article = "an" if noun == "integer" else "a"
+    if spec.positive:
+        return f"a positive {noun}"
+    if spec.minimum is not None and spec.maximum is not None:
+        return f"{article} {noun} in [{spec.minimum:g}, {spec.maximum:g}]"
+    if spec.minimum is not None:
+        return f"{article} {noun} >= {spec.minimum:g}"
+    if spec.maximum is not None:
+        return f"{article} {noun} <= {spec.maximum:g}"
+    return f"{article} {noun}"
+
+
+def _in_range(value: float, spec: Knob) -> bool:
+    return (math.isfinite(value) and (not spec.positive or value > 0)
+            and (spec.minimum is None or value >= spec.minimum) and (spec.maximum is None or value <= spec.maximum))
+
+
+def _choices(spec: Knob) -> list[str] | None:
+    if spec.choices is None:
+        return None
+    return list(spec.choices() if callable(spec.choices) else spec.choices)
+
+
+def _convert(name: str, value: Any, source: Source) -> Any:
+    spec, (kind, optional) = knob_of(name), base_type(name)
+    if value is None:
+        if optional or (default_of(name) is None):
+            return None
+        raise Invalid("set")
+    if spec.path and isinstance(value, Path):
+        value = str(value)
+    if spec.parse is not None:
+        return spec.parse(value, source.text)
+    if is_option_table(name):
+        if source.text and isinstance(value, (list, tuple)):
+            from ramptool.options import parse_assignments
+
+            return parse_assignments(list(value), flag_of(name))
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise Invalid("a table of name = value options")
+        return dict(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if source.text and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise Invalid("true or false")
+    if kind in (int, float):
+        phrase = _number_phrase(kind.__name__, spec)
+        if source.text and isinstance(value, str):
+            from ramptool.threat import parse_number
+
+            try:
+                value = int(value) if kind is int else parse_number(value)
+            except (ValueError, RamptoolError):
+                raise Invalid(phrase) from None
+        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong_type or (kind is int and isinstance(value, float)):
+            raise Invalid(phrase)
+        value = kind(value)
+        if not _in_range(value, spec):
+            raise Invalid(phrase)
+        return value
+    if kind is str:
+        choices = _choices(spec)
+        if not isinstance(value, str) or not value.strip() or (choices is not None and value not in choices):
+            raise Invalid(f"one of: {', '.join(choices)}" if choices is not None else "a non-empty string")
+        if spec.path and source.base is not None and not re.match(r"[a-z][a-z0-9+.-]+:", value):
+            value = str(source.base / Path(value).expanduser())  # absolute paths and robustbench:... stay
+        return value
+    if kind is list:
+        return norm_list(value, source.text)
+    raise TypeError(f"TrainConfig.{name}: unsupported type {TYPES[name]}")
+
+
+def _shown(value: Any, source: Source) -> str:
+    return str(value) if source.text and isinstance(value, str) else repr(value)
+
+
+def convert(name: str, value: Any, source: Source, key: str | None = None) -> Any:
+    """``value`` from ``source`` as field ``name`` needs it, or a one-line ConfigError naming key and source."""
+    try:
+        return _convert(name, value, source)
+    except Invalid as problem:
+        if problem.detail:
+            raise source.fail(name, key, f": {problem.detail}") from None
+        raise source.fail(name, key, f" must be {problem.requirement}, got {_shown(value, source)}") from None
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes that ship inside the package, by name (file stem)."""
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
+def find_recipe(given: str | Path) -> Path:
+    """A recipe file, or the name of a shipped one (``ramptool recipes`` lists them)."""
+    path = Path(given).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(given) in shipped:
+        return shipped[str(given)]
+    names = ", ".join(shipped) or "none"
+    raise RamptoolError(f"recipe not found: {given} (neither a file nor a shipped recipe; shipped: {names})")
+
+
+META_KEYS = ("command", "description")
+
+
+def recipe_keys() -> dict[str, str]:
+    """Recipe key (normalised to underscores) -> field name: the field's own name and its flag's name."""
+    keys = {}
+    for name in FIELDS:
+        spec = knob_of(name)
+        if spec.recipe:
+            keys[name] = name
+            keys[flag_of(name).lstrip("-").replace("-", "_")] = name
+    return keys
+
+
+def read_recipe(given: str | Path) -> tuple[Path, dict[str, tuple[str, Any]]]:
+    """(the recipe's path, {field name: (key as written, value)}), keys checked, values not yet converted."""
+    path = find_recipe(given)
+    try:
+        with open(path, "rb") as handle:
+            recipe = tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RamptoolError(f"recipe {path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise RamptoolError(f"recipe {path} cannot be read: {error.strerror or error}") from None
+    keys, entries = recipe_keys(), {}
+    for key, value in recipe.items():
+        if key in META_KEYS:
+            continue
+        name = keys.get(key.replace("-", "_"))
+        if name is None:
+            raise RamptoolError(f"recipe {path}: unknown key {key!r}")
+        if name in entries:
+            raise RamptoolError(f"recipe {path}: {entries[name][0]!r} and {key!r} set the same thing")
+        entries[name] = (key, value)
+    return path, entries
+
+
+def recipe_description(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return str(tomllib.load(handle).get("description", ""))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return "(unreadable)"
+
+
+# ------------------------------------------------------------------------------------------------ the entry
+
+def build_train_config(flags: dict[str, Any] | None = None, recipe: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The one way from user input to a TrainConfig. Precedence, lowest first: TrainConfig's (and the dataset's)
+    defaults, the recipe (a path or a shipped recipe's name), ``overrides`` (Python values), ``flags``
+    (command-line text; None = not given). With ``resume`` set, the run saved in ``out`` supplies the rest, and
+    any given value that differs from it is an error listing them all (only ``on_resume`` "free" fields may
+    change, and "extend" ones grow)."""
+    layers: list[tuple[str, Any, Source, str]] = []  # (field, value, source, key), lowest precedence first
+    if recipe is not None:
+        path, entries = read_recipe(recipe)
+        source = Source(f"recipe {path}", base=path.resolve().parent)
+        layers += [(name, value, source, key) for name, (key, value) in entries.items()]
+    for name, value in (overrides or {}).items():
+        if name not in FIELDS:
+            raise ConfigError(f"TrainConfig has no field {name!r}")
+        layers.append((name, value, PYTHON, name))
+    layers += [(name, value, COMMAND_LINE, flag_of(name)) for name, value in (flags or {}).items()
+               if value is not None and value != []]
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    for name, value, source, key in layers:
+        converted = convert(name, value, source, key)
+        if is_option_table(name) and name in values:  # option tables merge, key by key
+            converted = {**values[name], **converted}
+        values[name], labels[name] = converted, source.describe(name, key)
+    if "out" not in values:
+        raise ConfigError("--out DIR is required (the run folder; it is never wiped)")
+    if values.get("resume"):
+        return TrainConfig(**resumed_values(values, labels))
+    return TrainConfig(**values)
+
+
+def given_values(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields of a Python-built config that differ from their declared defaults (what its author set)."""
+    return {name: getattr(cfg, name) for name in FIELDS
+            if name in ("out", "resume") or getattr(cfg, name) != default_of(name)}
+
+
+def read_saved_run(out: str | Path) -> dict[str, Any]:
+    """The configuration saved in ``out``'s state.pt, converted and checked."""
+    from ramptool.checkpoint import STATE_FILE, load_state
+
+    path = Path(out) / STATE_FILE
+    if not path.exists():
+        raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
+    state = load_state(path, mmap=True)
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise RamptoolError(f"{path} is not a ramptool training state (no saved configuration)")
+    unknown = sorted(set(saved) - set(FIELDS))
+    if unknown:
+        raise RamptoolError(f"{path}: unknown setting {unknown[0]!r} (written by another ramptool version?)")
+    source = Source(str(path))
+    return {name: convert(name, value, source) for name, value in saved.items()}
+
+
+def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """The saved run's configuration with the changes ``--resume`` allows; anything else given must match it."""
+    if given.get("overwrite"):
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    saved = read_saved_run(given["out"])
+    conflicts, changes = [], {}
+    for name, value in given.items():
+        rule, before = knob_of(name).on_resume, saved.get(name, default_of(name))
+        if rule == "free" or (rule == "extend" and value >= before):
+            changes[name] = value
+        elif _comparable(value) != _comparable(before):
+            conflicts.append(f"{labels[name]} {_plain(value)} (saved: {_plain(before)})")
+    if conflicts:
+        what = "differs" if len(conflicts) == 1 else "differ"
+        grow = ", ".join(flag_of(n) for n in FIELDS if knob_of(n).on_resume == "extend")
+        free = ", ".join(flag_of(n) for n in FIELDS
+                         if knob_of(n).on_resume == "free" and n not in ("out", "resume", "overwrite"))
+        raise ConfigError(f"--resume continues the run saved in {given['out']} as it was configured, but "
+                          f"{'; '.join(conflicts)} {what} from it. Drop {'it' if len(conflicts) == 1 else 'them'} "
+                          f"({grow} may grow, to extend the run; {free} may change), or start a new run with "
+                          f"another --out or --overwrite")
+    return {**saved, **changes, "resume": True}
+
+
+def _comparable(value: Any) -> Any:
+    """Option tables from the command line hold text until the component types them: '0.5' equals a saved 0.5."""
+    if not isinstance(value, dict):
+        return value
+    from ramptool.options import guess_value
+
+    return {key: guess_value(v) if isinstance(v, str) else v for key, v in value.items()}
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+def help_text(name: str) -> str:
+    """A field's help with its default, written as typer writes every other option's: ``[default: 1]``,
+    ``[default: (the dataset's)]`` for a default that depends on context, ``[default: progress]`` for a flag."""
+    spec, default = knob_of(name), default_of(name)
+    if is_option_table(name):
+        return f"{spec.help} Repeatable; `ramptool plugins -v` lists each component's options."
+    if default is MISSING:
+        return f"{spec.help} [required]"
+    if spec.shown_default is not None:
+        shown = f"({spec.shown_default})"
+    elif isinstance(default, bool):
+        if spec.flag and "/" not in spec.flag:  # a lone switch such as --resume: off unless given
+            return spec.help
+        shown = (flag_of(name) if default else _negative_flag(name)).lstrip("-")
+    elif default in (None, {}, []):
+        return spec.help
+    else:
+        shown = _plain(default)
+    return f"{spec.help} [default: {shown}]"
+
+
+def _negative_flag(name: str) -> str:
+    flag = knob_of(name).flag or ""
+    return flag.split("/")[1] if "/" in flag else "--no-" + name.replace("_", "-")
+
+
+def cli_options(exclude: Iterable[str] = ()) -> list[tuple[str, type, Any]]:
+    """(parameter name, annotation, typer.Option) for every CLI knob: values arrive as text (or bool, or a list
+    for a repeatable dict option) and None when not given, so the recipe and the defaults can fill them."""
+    import typer
+    from rich.markup import escape
+
+    options = []
+    for name in FIELDS:
+        spec = knob_of(name)
+        if not spec.cli or name in exclude:
+            continue
+        text = escape(help_text(name))  # typer renders help as rich markup, where [default: 1] would vanish
+        kind, _ = base_type(name)
+        flag = spec.flag or "--" + name.replace("_", "-")
+        if kind is bool:
+            decls = flag if "/" in flag or spec.flag else f"{flag}/--no-{name.replace('_', '-')}"
+            option = typer.Option(None, decls, help=text, show_default=False)
+            options.append((name, bool | None, option))
+        elif is_option_table(name):
+            option = typer.Option(None, flag, help=text, show_default=False, metavar="<name=value>")
+            options.append((name, list[str] | None, option))
+        else:
+            choices = spec.choices if isinstance(spec.choices, tuple) else None
+            metavar = ("<" + "|".join(choices) + ">" if choices else
+                       {int: "<int>", float: "<float>"}.get(kind, "<str>"))
+            option = typer.Option(None, flag, help=text, show_default=False, metavar=metavar)
+            options.append((name, str | None, option))
+    return options

@@ -2,9 +2,9 @@
 clean / l∞ / l2 / l1 / union accuracy before and after (AutoAttack-grade: APGD-CE + APGD-T with AutoAttack's
 settings, on the first N_EVAL test points), as a table and a PNG. About 5 minutes on 2 CPU cores.
 
-The starting checkpoint is recipes/checkpoints/fmnist-linf-at.safetensors, made by
-`ramptool train --config recipes/fmnist-linf-at.toml --out runs/fmnist-linf-at`; the demo retrains it only
-if the file is missing. Finished runs in runs/demo/ are reused.
+The starting checkpoint is the shipped recipes/checkpoints/fmnist-linf-at.safetensors, made by
+`ramptool train --config fmnist-linf-at --out runs/fmnist-linf-at`; the demo retrains it only if the file is
+missing. Finished runs in runs/demo/ are reused.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from pathlib import Path
 from rich.console import Console
 
 from ramptool.checkpoint import load_checkpoint, run_finished
-from ramptool.config import build_train_config, load_recipe
+from ramptool.config import RECIPES_DIR, build_train_config
 from ramptool.data import load_split
 from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
 from ramptool.evaluation.union import evaluate_union
+from ramptool.progress import task_progress
 from ramptool.threat import DEFAULT_EPS
 from ramptool.trainer import train
 
-ROOT = Path(__file__).resolve().parents[1]
-PRETRAINED = ROOT / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
+PRETRAINED = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 OUT = Path("runs/demo")
 N_EVAL = 100  # AutoAttack-grade costs ~5x one APGD-CE run per point: 100 points keep the demo near 5 minutes
 NORMS = ("linf", "l2", "l1")
@@ -34,8 +34,7 @@ def ensure_run(recipe: str, out: Path, console: Console, **overrides) -> Path:
         console.print(f"reusing {out}")
         return out
     console.print(f"[bold]training[/] {recipe} -> {out}")
-    cfg = build_train_config({"out": str(out), "overwrite": True, **overrides},
-                             load_recipe(ROOT / "recipes" / recipe))
+    cfg = build_train_config(recipe=recipe, overrides={"out": str(out), "overwrite": True, **overrides})
     train(cfg)
     return out
 
@@ -47,13 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     pretrained = PRETRAINED
     if not pretrained.exists():
-        console.print(f"{PRETRAINED} is missing: training it with recipes/fmnist-linf-at.toml (~10 min)")
-        pretrained = ensure_run("fmnist-linf-at.toml", OUT / "linf-at", console, eval_n=0) / "model.safetensors"
+        console.print(f"{PRETRAINED} is missing: training it with the fmnist-linf-at recipe (~10 min)")
+        pretrained = ensure_run("fmnist-linf-at", OUT / "linf-at", console, eval_n=0) / "model.safetensors"
     runs = {
         "l∞-AT (start)": pretrained,
-        "E-AT fine-tuned": ensure_run("fmnist-eat-finetune.toml", OUT / "eat-ft", console,
+        "E-AT fine-tuned": ensure_run("fmnist-eat-finetune", OUT / "eat-ft", console,
                                       init=str(pretrained)),
-        "RAMP fine-tuned": ensure_run("fmnist-ramp-finetune.toml", OUT / "ramp-ft", console,
+        "RAMP fine-tuned": ensure_run("fmnist-ramp-finetune", OUT / "ramp-ft", console,
                                       init=str(pretrained)),
     }
     eps = DEFAULT_EPS["fashion-mnist"]
@@ -61,17 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"evaluating on the first {n_eval} test points with APGD-CE + APGD-T at AutoAttack's settings "
                   f"(AutoAttack-grade) at " + ", ".join(f"{p} {eps[p]:g}" for p in NORMS))
     reports = {}
-    with console.status("evaluating") as status:
+    with task_progress(console) as progress:
         for name, path in runs.items():
             model, _ = load_checkpoint(path)
-            reports[name] = evaluate_union(model, x, y, list(NORMS), eps,
-                                           progress=lambda text, name=name: status.update(f"{name}: {text}"))
+            reports[name] = evaluate_union(
+                model, x, y, list(NORMS), eps,
+                on_progress=lambda task, *rest, name=name: progress(f"{name} {task}", *rest))
             reports[name]["provenance"] = provenance(path)
     print_union_table(reports, console)
     written = write_union_reports(reports, OUT, provenance(device="cpu"))
     console.print(f"wrote {written['png']}, {written['markdown']} and {written['json']}; pyautoattack itself on "
                   f"more points: `ramptool eval union --attack autoattack --ckpt {OUT / 'ramp-ft'} "
                   f"--ckpt {OUT / 'eat-ft'}`", highlight=False)
+
 
 if __name__ == "__main__":
     main()

@@ -1,17 +1,18 @@
 """The pluggy hooks through which every component arrives, built-in ones included.
 
-Each hook returns a mapping ``name -> component``. A plugin implements any subset of them::
+Each hook takes no arguments and returns a dict ``name -> component``; a plugin implements any subset of them.
+What each kind of component must look like is documented in ``ramptool.api``, the one module plugins import
+from. Third-party plugins are found through the ``ramptool`` entry-point group.
 
-    from ramptool import hookimpl
-
-    @hookimpl
-    def register_pairing_losses():
-        return {"js": jensen_shannon}
-
-Third-party plugins are found through the ``ramptool`` entry-point group.
+``API_VERSION`` is the version of this contract (the hooks and everything in ``ramptool.api``). It changes
+only when something a plugin relies on changes incompatibly; additions keep it. A plugin may declare the
+version it was written for as ``RAMPTOOL_API_VERSION`` in its module: ramptool skips it, with a warning,
+when that is not its own.
 """
 
 import pluggy
+
+API_VERSION = 1
 
 hookspec = pluggy.HookspecMarker("ramptool")
 hookimpl = pluggy.HookimplMarker("ramptool")
@@ -19,29 +20,29 @@ hookimpl = pluggy.HookimplMarker("ramptool")
 
 @hookspec
 def register_attacks():
-    """Attacks: name -> ``ramptool.attacks.Attack``."""
+    """Attacks: name -> ``ramptool.api.Attack``. Name a family's members ``{family}-{norm}``."""
 
 
 @hookspec
 def register_pairing_losses():
-    """Pairing losses: name -> ``fn(logits_source, logits_target) -> scalar`` over the kept subset."""
+    """Pairing losses: name -> ``ramptool.api.PairingLoss``."""
 
 
 @hookspec
 def register_combiners():
-    """Gradient combiners: name -> class taking ``(model, make_optimizer, **options)``."""
+    """Gradient combiners: name -> a ``ramptool.api.Combiner`` subclass."""
 
 
 @hookspec
 def register_backbones():
-    """Backbones: name -> ``builder(num_classes, in_chans, image_size, **options) -> nn.Module``."""
+    """Backbones: name -> ``ramptool.api.BackboneBuilder``."""
 
 
 @hookspec
 def register_datasets():
-    """Datasets: name -> ``ramptool.data.DatasetSpec``."""
+    """Datasets: name -> ``ramptool.api.DatasetSpec``."""
 
 
 @hookspec
 def register_methods():
-    """Training methods: name -> class built from a ``ramptool.methods.MethodContext``."""
+    """Training methods: name -> a ``ramptool.api.TrainingMethod`` subclass."""

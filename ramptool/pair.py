@@ -1,4 +1,4 @@
-"""Key tradeoff pair (SPEC.md §3): which two norms RAMP should pair.
+"""Key tradeoff pair (docs/METHOD.md#the-key-tradeoff-pair): which two norms RAMP should pair.
 
 Rule: evaluate one single-norm AT model per norm against every norm (R[model][attack]); the two norms whose
 own AT models are least robust against their own attack (lowest R[p][p]) form the pair, and q, the source
@@ -52,19 +52,19 @@ def single_trained_norm(metadata: dict, path: str) -> str:
 
 
 def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
-                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "apgd"):
+                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "apgd",
+                      model_dir=None):
     """(R[trained norm][attack norm], checkpoint per norm, the attack's label) for one single-norm model per
-    norm, under any evaluation attack of ``eval union`` (default: AutoAttack-grade; 'apgd-ce' is a quick upper
-    bound that overestimates l1 robustness markedly)."""
-    from ramptool.checkpoint import load_checkpoint
+    norm, under any evaluation attack of ``eval union`` (default: AutoAttack-grade; 'apgd-ce' or an attack
+    family give upper bounds, and APGD-CE alone overestimates l1 robustness markedly)."""
     from ramptool.data import load_split
     from ramptool.evaluation.report import attack_label
-    from ramptool.evaluation.union import evaluate_union
+    from ramptool.evaluation.union import evaluate_union, load_for_evaluation
 
     x, y = load_split(dataset, "test", data_dir, n_examples).tensors()
     matrix, sources, label = {}, {}, None
     for path in checkpoints:
-        model, metadata = load_checkpoint(path, device=device)
+        model, metadata, _ = load_for_evaluation(path, dataset, device=device, model_dir=model_dir)
         norm = single_trained_norm(metadata, path)
         if norm in matrix:
             raise RamptoolError(f"two checkpoints were trained for {norm}: {sources[norm]} and {path}")
@@ -117,12 +117,12 @@ def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset
 
 
 def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, steps=100, fine_tune_from=None,
-              out: Path | None = None, device="cpu", attack: str = "apgd") -> dict:
+              out: Path | None = None, device="cpu", attack: str = "apgd", model_dir=None) -> dict:
     from ramptool.evaluation.report import eps_line
     from ramptool.evaluation.suite import get_suite
 
     matrix, sources, label = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps,
-                                               device, attack)
+                                               device, attack, model_dir)
     q, r, evidence = choose_pair(matrix, fine_tune_from)
     result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
               "norms": norms, "dataset": dataset, "n_examples": n_examples, "attack": label,
@@ -140,7 +140,8 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
 
 
 def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, epochs, subset, optimizer, lr,
-                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="apgd") -> dict:
+                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="apgd",
+                      model_dir=None) -> dict:
     """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
     from rich.markup import escape
     from rich.table import Table
@@ -167,7 +168,7 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
     if not ckpts:
         raise RamptoolError("pass one --ckpt per norm (single-norm AT models), or --train to train them")
     result = find_pair(ckpts, norm_list, eps_map, dataset, data_dir, n_examples, steps, fine_tune_norm, out_dir,
-                       device_name, attack)
+                       device_name, attack, model_dir)
     table = Table(title=f"robust accuracy (%) of single-norm AT models, {n_examples} {dataset} test points, "
                         f"{result['attack']}")
     table.add_column("model")

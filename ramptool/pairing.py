@@ -1,4 +1,6 @@
-"""Pairing losses between the source-norm (q) and target-norm (r) predictions, on probabilities (SPEC.md §4).
+"""Pairing losses between the source-norm (q) and target-norm (r) predictions, on probabilities.
+
+Formulas: docs/METHOD.md#pairing-losses.
 
 Each takes the logits of the kept subset (points the model classifies correctly under the q attack) and
 returns the mean over that subset; an empty subset gives 0. Gradients flow through both sides.

@@ -17,6 +17,7 @@ import pluggy
 
 from ramptool import hookspecs
 from ramptool.errors import RamptoolError
+from ramptool.options import bind, options_of
 
 DEFAULT_PLUGINS = (
     "ramptool.attacks",
@@ -49,21 +50,69 @@ class Component:
 
     @property
     def description(self) -> str:
-        text = getattr(self.obj, "description", None) or inspect.getdoc(self.obj) or ""
+        # a class's own docstring, not one it inherits from its ramptool.api base class
+        text = getattr(self.obj, "description", None) or inspect.cleandoc(self.obj.__doc__ or "")
         first_paragraph = " ".join(text.strip().split("\n\n")[0].split())
         return first_paragraph.split(". ")[0].rstrip(".")
+
+    @property
+    def options(self) -> list[str]:
+        """The options the component declares, as ``name: type = default``; ``**`` when it takes any other."""
+        declared, open_ended = options_of(self.kind, self.obj)
+        return [option.describe() for option in declared] + (["**"] if open_ended else [])
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A plugin (``hook`` None: all of it) or one hook of a plugin that ramptool left out, and why."""
+
+    plugin: str
+    hook: str | None
+    reason: str
+    source: str | None = None  # the entry point's module, when the plugin did not load
+
+    def warning(self) -> str:
+        where = f" ({self.source})" if self.source else f", hook {self.hook}" if self.hook else ""
+        return f"warning: skipping plugin {self.plugin!r}{where}: {self.reason}"
+
+
+def _problem_with(kind: str, provided) -> str | None:
+    """Why a hook's answer cannot be registered, or None when it can."""
+    from ramptool.attacks.base import Attack
+    from ramptool.data import DatasetSpec
+
+    if not isinstance(provided, dict):
+        return f"returned a {type(provided).__name__}, not a dict name -> {kind}"
+    for name, obj in provided.items():
+        if not isinstance(name, str) or not name:
+            return f"returned the name {name!r}; names are non-empty strings"
+        expected = {"attack": Attack, "dataset": DatasetSpec}.get(kind)
+        if expected is not None and not isinstance(obj, expected):
+            return f"{kind} {name!r} is a {type(obj).__name__}, not a ramptool.api.{expected.__name__}"
+        if expected is None and not callable(obj):
+            return f"{kind} {name!r} is a {type(obj).__name__}, not something callable"
+    return None
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, plus the plugins that could not be registered."""
+
+    def __init__(self):
+        super().__init__("ramptool")
+        self.skipped: list[Skipped] = []
 
 
 class Registry:
     def __init__(self, manager: pluggy.PluginManager):
         self.manager = manager
+        self.skipped: list[Skipped] = list(getattr(manager, "skipped", []))
         self.components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind, hook_name in KINDS.items():
             hook = getattr(manager.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin_name = manager.get_name(impl.plugin) or repr(impl.plugin)
-                provided = impl.function() or {}
-                for name, obj in provided.items():
+                provided = self._call(impl, plugin_name, hook_name, kind)
+                for name, obj in (provided or {}).items():
                     existing = self.components[kind].get(name)
                     if existing is not None:
                         raise RamptoolError(
@@ -71,6 +120,23 @@ class Registry:
                             f"and by plugin {plugin_name!r}"
                         )
                     self.components[kind][name] = Component(kind, name, obj, plugin_name)
+        for skipped_plugin in self.skipped:
+            print(skipped_plugin.warning(), file=sys.stderr)
+
+    def _call(self, impl, plugin_name: str, hook_name: str, kind: str) -> dict | None:
+        """The hook's components, or None (and a Skipped entry) when a third-party hook fails."""
+        if plugin_name in DEFAULT_PLUGINS:  # a failing built-in is a bug in ramptool: let it surface
+            return impl.function()
+        try:
+            provided = impl.function()
+        except (Exception, SystemExit) as error:  # a broken plugin must not take ramptool down
+            self.skipped.append(Skipped(plugin_name, hook_name, _error_text(error)))
+            return None
+        problem = _problem_with(kind, provided)
+        if problem is not None:
+            self.skipped.append(Skipped(plugin_name, hook_name, problem))
+            return None
+        return provided
 
     def get(self, kind: str, name: str) -> Any:
         try:
@@ -86,8 +152,14 @@ class Registry:
         return [c for kind in KINDS for c in sorted(self.components[kind].values(), key=lambda c: c.name)]
 
 
-def build_plugin_manager(entry_points: bool = True) -> pluggy.PluginManager:
-    manager = pluggy.PluginManager("ramptool")
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def build_plugin_manager(entry_points: bool = True) -> PluginManager:
+    """The manager with the built-ins and (``entry_points``) every installed plugin that loads; those that
+    do not are listed in its ``skipped``."""
+    manager = PluginManager()
     manager.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
@@ -95,11 +167,18 @@ def build_plugin_manager(entry_points: bool = True) -> pluggy.PluginManager:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 plugin = entry_point.load()
-            except Exception as error:  # a broken third-party plugin must not take ramptool down
-                print(f"warning: skipping plugin {entry_point.name!r} ({entry_point.value}): "
-                      f"{type(error).__name__}: {error}", file=sys.stderr)
+                declared = getattr(plugin, "RAMPTOOL_API_VERSION", hookspecs.API_VERSION)
+                if declared != hookspecs.API_VERSION:
+                    raise ImportError(f"written for ramptool's plugin API {declared}, this ramptool has "
+                                      f"API {hookspecs.API_VERSION}")
+                manager.register(plugin, name=entry_point.name)
+            except (Exception, SystemExit) as error:  # a broken plugin must not take ramptool down
+                manager.skipped.append(Skipped(entry_point.name, None, _error_text(error), entry_point.value))
                 continue
-            manager.register(plugin, name=entry_point.name)
+            for caller in manager.get_hookcallers(plugin) or []:
+                if not caller.has_spec():  # a misspelt hook would otherwise never be called, silently
+                    manager.skipped.append(Skipped(entry_point.name, caller.name, "no such hook; ramptool's hooks "
+                                                   f"are {', '.join(KINDS.values())}"))
     return manager
 
 
@@ -122,4 +201,10 @@ def reset_registry(manager: pluggy.PluginManager | None = None) -> Registry:
 
 
 def get(kind: str, name: str) -> Any:
+    """The component registered as ``name`` of ``kind`` (one of ``KINDS``); unknown names are an error."""
     return registry().get(kind, name)
+
+
+def bind_options(kind: str, name: str, given: dict | None) -> dict:
+    """``given`` options of the registered ``kind`` ``name``, checked and typed (see ``ramptool.options``)."""
+    return bind(kind, name, get(kind, name), given)

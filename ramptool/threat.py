@@ -16,7 +16,7 @@ NORMS = ("linf", "l2", "l1")
 
 _ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l2": "l2", "l1": "l1"}
 
-# Fashion-MNIST and MNIST eps are ramptool's own calibration (SPEC.md §1, recipes/README.md)
+# Fashion-MNIST and MNIST eps are ramptool's own calibration (docs/METHOD.md#decisions)
 DEFAULT_EPS = {
     "cifar10": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
     "cifar100": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
@@ -50,8 +50,8 @@ def parse_number(text: str) -> float:
     """'8/255', '0.5', '12' -> float."""
     try:
         value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise RamptoolError(f"not a number: {text!r} (use e.g. 0.5 or 8/255)") from None
+    except (ValueError, ZeroDivisionError, OverflowError):  # 1e400 overflows a float
+        raise RamptoolError(f"not a finite number: {text!r} (use e.g. 0.5 or 8/255)") from None
     return value
 
 
@@ -149,7 +149,31 @@ PROJECTIONS = {"linf": project_linf, "l2": project_l2, "l1": project_l1}
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps) -> torch.Tensor:
+    """The point of B_norm(x, eps) ∩ [0,1]^d for ``x_adv`` (per sample; exact for l1, radial then clipped for l2,
+    as APGD does)."""
     try:
         return PROJECTIONS[norm](x, x_adv, eps)
     except KeyError:
         raise RamptoolError(f"no projection for norm {norm!r}") from None
+
+
+def check_inside(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps, attack: str) -> None:
+    """Refuse adversarial points outside B_norm(x, eps) ∩ [0,1]^d beyond the rounding of their dtype: an attack
+    that leaves its threat model would train or evaluate against another one. A norm without a projection here
+    (a plugin's own threat model) is the attack's business."""
+    if norm not in PROJECTIONS:
+        return
+    unit = torch.finfo(x_adv.dtype).eps if x_adv.is_floating_point() else 0.0
+    dims = x[0].numel()
+    slack = {"linf": 2.0, "l2": 2.0 * dims ** 0.5, "l1": 2.0 * dims}[norm] * unit
+    dtype = torch.promote_types(x.dtype, x_adv.dtype)
+    distance = lp_norm(x_adv.detach().to(dtype) - x.detach().to(dtype), norm)
+    outside_ball = distance > float(eps) * (1 + 1e-6) + slack
+    flat = x_adv.detach().flatten(1)
+    outside_box = (flat.amin(dim=1) < -unit) | (flat.amax(dim=1) > 1 + unit)
+    outside = outside_ball | outside_box
+    if bool(outside.any()):
+        raise RamptoolError(f"attack {attack} returned {int(outside.sum())} of {len(outside)} points outside "
+                            f"B_{norm}(x, {float(eps):g}) ∩ [0,1]^d (largest {norm} distance "
+                            f"{float(distance.max()):.6g}, pixels in [{float(flat.min()):.4g}, "
+                            f"{float(flat.max()):.4g}]): it does not keep to its threat model")

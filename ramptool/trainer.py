@@ -3,7 +3,13 @@
 Reproducibility: the batch order depends on (seed, epoch), each batch's augmentation on (seed, epoch, step),
 and the global torch RNG is reseeded from (seed, epoch, step) before every step (random starts, E-AT/SAT norm
 sampling). A run restarted from any checkpoint therefore replays the rest exactly; checkpoints are written at
-every epoch end and on Ctrl-C (mid-epoch), always atomically.
+every epoch end and on Ctrl-C (mid-epoch), always atomically, and hold the epoch's running metric sums, so a
+resumed epoch reports the metrics of the uninterrupted one. The run folder is locked from the Trainer's creation
+to the end of ``run()`` (ramptool.rundir).
+
+Under torchrun the trainer runs data-parallel (``ramptool.distributed``): every process takes its slice of the
+same global batches, the model is wrapped in DistributedDataParallel, and only rank 0 writes. A checkpoint holds
+no trace of the number of processes, so a run resumes with any number of them.
 """
 
 from __future__ import annotations
@@ -11,67 +17,58 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     load_checkpoint,
     load_state,
+    recorded_normalize,
+    remove_orphans,
     run_finished,
     save_checkpoint,
     save_state,
 )
-from ramptool.data import batch_seed, get_dataset, iterate_batches, load_split, num_batches
+from ramptool.config import TrainConfig, given_values, resumed_values
+from ramptool.data import (
+    batch_loader,
+    batch_seed,
+    dataset_spec,
+    default_workers,
+    iterate_batches,
+    load_split,
+    num_batches,
+    to_unit_float,
+)
 from ramptool.errors import RamptoolError
 from ramptool.methods import MethodContext
-from ramptool.plugins import get
+from ramptool.plugins import bind_options, get
+from ramptool.rundir import (
+    FolderLock,
+    discard_set_aside,
+    is_writer,
+    recover_set_aside,
+    restore_set_aside,
+    set_aside,
+)
 from ramptool.schedules import learning_rate
+from ramptool.tensorboard import TensorboardLog
 
+__all__ = ["TrainConfig", "Trainer", "train"]
 
-@dataclass
-class TrainConfig:
-    out: str
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    subset: int | None = None
-    arch: str | None = None  # backbone to build (default small-cnn), or --arch of a foreign state_dict
-    arch_options: dict = field(default_factory=dict)
-    init: str | None = None  # fine-tuning: the checkpoint to start from
-    method: str = "ramp"
-    norms: list[str] = field(default_factory=lambda: ["linf", "l2", "l1"])
-    pair: list[str] | None = None
-    eps: dict[str, float] = field(default_factory=dict)
-    attack: str = "apgd"
-    attack_steps: int = 10
-    lam: float = 0.5
-    pairing: str = "kl"
-    combiner: str = "none"
-    beta: float = 0.5
-    epochs: int = 1
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    no_decay_bn_bias: bool = False
-    schedule: str = "piecewise-ft"
-    lr_drop_epoch: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    eval_n: int = 0
-    eval_steps: int = 100
-    amp: str | None = None
-    channels_last: bool = False
-    batch_attacks: str = "auto"  # on, off, or auto = on for CUDA (see MethodContext.batch_attacks)
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
+METRICS_FILE = "metrics.jsonl"
+RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE)
+STATE_KEYS = ("model", "optimizer", "combiner", "method", "epoch", "step", "rng", "config", "history")
+# a fine-tune checks its clean accuracy on this many test points before it starts and after every epoch
+CLEAN_CHECK_POINTS = 1000
+CLEAN_DROP_WARNING = 0.10
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,11 +96,28 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def trained_norms(cfg: TrainConfig) -> list[str]:
-    if cfg.method == "clean":
+    uses = get("method", cfg.method).uses
+    if uses == "none":
         return []
-    if get("method", cfg.method).uses == "pair":
+    if uses == "pair":
         return list(cfg.pair or [])
     return list(cfg.norms)
+
+
+def bind_component_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
+    with) and backbone checked against what each declares, and typed; a mistake is one error line."""
+    from ramptool.attacks import bind_family_options
+    from ramptool.models import bind_arch_options
+
+    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
+    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
+    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
+                                                                                        cfg.arch_options)
+    return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
+                               method_options=bind_options("method", cfg.method, cfg.method_options),
+                               combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
+                               pairing_options=bind_options("pairing-loss", cfg.pairing, cfg.pairing_options))
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -112,7 +126,7 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         if not (out / STATE_FILE).exists():
             raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
         return
-    if (out / MODEL_FILE).exists() and not overwrite:
+    if ((out / MODEL_FILE).exists() or (out / STATE_FILE).exists()) and not overwrite:
         what = "a finished run" if run_finished(out) else "an unfinished run (continue it with --resume)"
         raise RamptoolError(f"{out} already holds {what}; pass --overwrite or choose another --out")
 
@@ -146,92 +160,170 @@ class TrainingInterrupted(RamptoolError):
 
 
 class Trainer:
+    """Owns the run folder from construction to the end of ``run()``: it is checked and locked before any work
+    (by the first process, the one that writes), and an old run being replaced (``overwrite``) is kept aside until
+    the new run's first checkpoint."""
+
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
         self.out = Path(cfg.out)
+        if not cfg.resume:  # a new run's configuration is checked before its folder is created
+            cfg = bind_component_options(cfg)
+        self.lock = FolderLock(self.out).acquire() if is_writer() else None
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _setup(self, cfg: TrainConfig) -> None:
+        if self.lock is not None:
+            recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
+            remove_orphans(self.out)
+        resumed_state = None
+        if cfg.resume:  # after the recovery above: the run to continue may be one an --overwrite had set aside
+            given = given_values(cfg)  # what the caller set; the rest comes from the saved run
+            cfg = bind_component_options(TrainConfig(**resumed_values(given, {name: name for name in given})))
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
-        resumed_state = load_state(self.out / STATE_FILE) if cfg.resume else None
-        if resumed_state is not None:
-            saved = resumed_state["config"]
-            cfg = self.cfg = dataclasses.replace(TrainConfig(**{**saved, "resume": True, "out": cfg.out}),
-                                                 progress=self.cfg.progress, device=self.cfg.device)
-        self.device = resolve_device(cfg.device)
-        self.spec = get_dataset(cfg.dataset)
-        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset)
+        if cfg.resume:
+            resumed_state = load_state(self.out / STATE_FILE)
+            if not isinstance(resumed_state, dict):
+                raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
+        self.cfg = cfg
+        self.dist = distributed.setup(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.spec = dataset_spec(cfg.dataset, cfg.image_size)
+        self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
+        _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
+        if cfg.pair == "auto":
+            from ramptool.pair import resolve_auto_pair
+
+            cfg.pair = resolve_auto_pair(cfg, cfg.pair_from)
+            if self.dist.is_main:
+                print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(
+            self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
         if cfg.init:
-            self.model, self.init_metadata = load_checkpoint(cfg.init, arch=cfg.arch, dataset=cfg.dataset)
+            self.model, self.init_metadata = load_checkpoint(
+                cfg.init, arch=cfg.arch, dataset=cfg.dataset, normalize=cfg.normalize,
+                arch_options=cfg.arch_options, model_dir=cfg.model_dir)
             if self.init_metadata["num_classes"] != self.train_data.num_classes:
                 raise RamptoolError(f"checkpoint {cfg.init} has {self.init_metadata['num_classes']} classes, "
                                     f"dataset {cfg.dataset} has {self.train_data.num_classes}")
+            if tuple(self.init_metadata["input_shape"]) != tuple(self.spec.input_shape):
+                raise RamptoolError(f"checkpoint {cfg.init} takes inputs {tuple(self.init_metadata['input_shape'])}, "
+                                    f"dataset {cfg.dataset} has {tuple(self.spec.input_shape)}: pass the --dataset "
+                                    f"it was trained on")
             self.arch, self.arch_options = self.init_metadata["arch"], self.init_metadata.get("arch_options", {})
+            self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
+            self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model
+            from ramptool.models import build_model, resolve_normalize
 
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
+            label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
+            self.normalization = {"normalize": label, "mean": mean, "std": std}
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
-            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape,
-                                     self.spec.mean, self.spec.std, **cfg.arch_options)
+            self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
+                                     **cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn:
+            self.model = distributed.sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg), cfg.beta)
-        autocast = None
-        if cfg.amp == "bf16":
-            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
-        elif cfg.amp not in (None, "none"):
-            raise RamptoolError(f"unknown --amp {cfg.amp!r}; use bf16")
-        if cfg.batch_attacks not in ("auto", "on", "off"):
-            raise RamptoolError(f"unknown --batch-attacks {cfg.batch_attacks!r}; use auto, on or off")
+        self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
+                                                      **cfg.combiner_options)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else None
         # a CPU's cost grows linearly (or worse) with the batch, so concatenating only pays on a GPU
         batch_attacks = cfg.batch_attacks == "on" or (cfg.batch_attacks == "auto" and self.device.type == "cuda")
         self.context = MethodContext(norms=list(cfg.norms), eps=dict(cfg.eps),
                                      pair=tuple(cfg.pair) if cfg.pair else None, attack=cfg.attack,
-                                     attack_steps=cfg.attack_steps, lam=cfg.lam, pairing=cfg.pairing,
-                                     autocast=autocast, batch_attacks=batch_attacks)
-        self.method = get("method", cfg.method)(self.context)
+                                     attack_steps=cfg.attack_steps, attack_options=cfg.attack_options, lam=cfg.lam,
+                                     pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
+                                     batch_attacks=batch_attacks)
+        self.method = get("method", cfg.method)(self.context, **cfg.method_options)
+        self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
         self.n_batches = num_batches(self.train_data, cfg.batch_size)
         self.epoch, self.step = 0, 0
         self.history: list[dict] = []
+        self.running = _fresh_running()
+        self.replacing = False
+        # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
+        self.check_data = self._clean_check_points() if cfg.init else None
+        self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
         if resumed_state is not None:
-            self._load_state(resumed_state)
+            self._load_state(resumed_state, self.out / STATE_FILE)
 
     # ------------------------------------------------------------------ state
 
-    def _state(self) -> dict:
+    def _state(self, running: dict) -> dict:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "combiner": self.combiner.state_dict(),
                 "method": self.method.state_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": torch.get_rng_state(), "config": dataclasses.asdict(self.cfg) | {"resume": False},
-                "history": self.history}
+                "history": self.history, "running": running, "start_clean": self.start_clean}
 
-    def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.combiner.load_state_dict(state["combiner"])
-        self.method.load_state_dict(state["method"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        torch.set_rng_state(state["rng"])
+    def _load_state(self, state: dict, path: Path) -> None:
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise RamptoolError(f"{path} is not a complete training state (no {missing[0]!r}); it was damaged or "
+                                f"edited")
+        try:
+            if not (isinstance(state["epoch"], int) and isinstance(state["step"], int) and state["epoch"] >= 0
+                    and 0 <= state["step"] < self.n_batches):
+                raise ValueError(f"epoch {state['epoch']!r}, step {state['step']!r} of {self.n_batches}")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.combiner.load_state_dict(state["combiner"])
+            self.method.load_state_dict(state["method"])
+            self.history = list(state["history"])
+            saved = dict(state.get("running") or _fresh_running())
+            # the saved sums are over every rank: one rank carries them on, the others start from zero
+            self.running = saved if self.dist.is_main else {**_fresh_running(), "seconds": saved["seconds"]}
+            self.start_clean = state.get("start_clean")
+            torch.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            raise RamptoolError(f"{path} cannot be restored ({type(error).__name__}: {first}); it was damaged or "
+                                f"edited") from None
+        self.epoch, self.step = state["epoch"], state["step"]
 
     def metadata(self, finished: bool) -> dict:
         cfg = self.cfg
         return {"arch": self.arch, "arch_options": self.arch_options,
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
-                "mean": list(self.spec.mean), "std": list(self.spec.std), "dataset": cfg.dataset,
+                **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
                 "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
-                "lambda": cfg.lam, "beta": cfg.beta, "pairing": cfg.pairing, "combiner": cfg.combiner,
+                "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
+                "lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options,
+                "combiner": cfg.combiner, "combiner_options": cfg.combiner_options,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
+                "source": self.init_metadata.get("source"), "start_clean": self.start_clean,
                 "config": dataclasses.asdict(cfg)}
 
     def save(self, finished: bool = False) -> None:
-        save_state(self.out / STATE_FILE, self._state())
-        save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+        running = _sum_over_ranks(self.running)  # every rank saves at the same points, so this collective matches
+        if not self.dist.is_main:
+            return
+        try:
+            save_state(self.out / STATE_FILE, self._state(running))
+            save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+        except OSError as error:  # disk full, folder removed, ...: the previous checkpoint is still whole
+            raise RamptoolError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}; the previous "
+                                f"checkpoint is intact") from None
+        if self.replacing:  # the new run has its checkpoint: the old one may go
+            discard_set_aside(self.out)
+            self.replacing = False
 
     # ------------------------------------------------------------------ loop
 
@@ -252,67 +344,137 @@ class Trainer:
             report = evaluate_union(self.model, x, y, norms, self.cfg.eps, steps=self.cfg.eval_steps)
         return report["accuracy"]
 
-    def run(self) -> dict:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.eval_n:
-            self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n)
-        if not cfg.resume:
-            (self.out / "metrics.jsonl").write_text("")
-        progress = _progress(cfg.progress)
-        with interrupt_flag() as interrupted, progress:
-            while self.epoch < cfg.epochs:
-                self._run_epoch(progress, interrupted)
-        self.save(finished=True)
-        return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
+    def _clean_check_points(self):
+        try:
+            return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS,
+                              image_size=self.cfg.image_size)
+        except RamptoolError as error:  # e.g. an ImageFolder without val/: train anyway, unwatched
+            print(f"note: no clean-accuracy check against the checkpoint ({error})", file=sys.stderr)
+            return None
 
-    def _run_epoch(self, progress, interrupted) -> None:
+    @torch.no_grad()
+    def clean_accuracy(self) -> float:
+        """Clean accuracy on the fine-tune's check points (the first CLEAN_CHECK_POINTS test points)."""
+        from ramptool.methods import eval_mode
+
+        correct = 0
+        with eval_mode(self.model):
+            for x, y in iterate_batches(self.check_data, 500, shuffle=False):
+                correct += int((self.model(x.to(self.device)).argmax(1).cpu() == y).sum())
+        return correct / len(self.check_data)
+
+    def run(self) -> dict:
+        try:
+            cfg = self.cfg
+            main = self.dist.is_main
+            if cfg.eval_n:
+                self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n, image_size=cfg.image_size)
+            if not cfg.resume and main:
+                self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
+                (self.out / METRICS_FILE).write_text("")
+            progress = _progress(cfg.progress and main)
+            board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
+            lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
+            with distributed.guard(lost), interrupt_flag() as interrupted, progress, board:
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(progress, interrupted, board)
+            self.save(finished=True)
+            return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
+        finally:
+            if self.replacing:  # failed before its first checkpoint: the old run comes back
+                restore_set_aside(self.out)
+            self._release()
+
+    def _run_epoch(self, progress, interrupted, board) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
+            self.running = _fresh_running()
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=self.n_batches, completed=self.step,
                                  stats="") if not isinstance(progress, nullcontext) else None
-        sums: dict[str, float] = {}
-        seen, started = 0, time.perf_counter()
-        batches = iterate_batches(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                  augment=self.spec.augment, start=self.step)
+        # sums, counts and time so far this epoch survive a mid-epoch checkpoint, so a resumed epoch reports what
+        # the uninterrupted one would; each stat is averaged over the samples of the batches that produced it
+        sums, counts = self.running["sums"], self.running["counts"]
+        started = time.perf_counter() - self.running["seconds"]
+        batches = batch_loader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                               augment=self.spec.augment, start=self.step, rank=self.dist.rank,
+                               world_size=self.dist.world_size, workers=self.workers,
+                               pin_memory=self.device.type == "cuda")
+        model = self.parallel_model
         for x, y in batches:
             lr = self.set_lr(epoch + (self.step + 1) / self.n_batches)
-            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919)
-            x, y = x.to(self.device), y.to(self.device)
+            # per-sample randomness differs between ranks; choices that must agree go through distributed.agree
+            torch.manual_seed(batch_seed(cfg.seed, epoch, self.step) + 7919 + self.dist.rank)
+            global_batch = min(cfg.batch_size, len(self.train_data) - self.step * cfg.batch_size)
+            x = to_unit_float(x.to(self.device, non_blocking=True))
+            y = y.to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.model.train()
-            loss, stats = self.combiner.train_step(self.model, self.optimizer,
-                                                   lambda: self.method.loss(self.model, x, y), x, y)
+            model.train()
+            loss, stats = self.combiner.train_step(model, self.optimizer, lambda: self.method.loss(model, x, y), x, y)
             self.step += 1
-            seen += len(y)
+            # every stat is a rank's term of a global mean (distributed.global_mean): weighting by the global
+            # batch over the number of ranks makes the sums over ranks exact
+            share = global_batch / self.dist.world_size
+            self.running["images"] += share
             for key, value in {"loss": loss, **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(y)
+                sums[key] = sums.get(key, 0.0) + float(value) * share
+                counts[key] = counts.get(key, 0.0) + share
+            self.running["seconds"] = time.perf_counter() - started
             if task is not None:
-                shown = "  ".join(f"{k} {v / seen:.3f}" for k, v in sums.items())
-                rate = seen / max(time.perf_counter() - started, 1e-9)
+                shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
+                rate = self.running["images"] / max(self.running["seconds"], 1e-9)
                 progress.update(task, advance=1, stats=f"{shown}  {rate:.0f} img/s  lr {lr:.4g}")
             if interrupted["hit"]:
                 self.save()
                 raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {self.step}; checkpoint "
                                           f"saved in {self.out}, continue with --resume")
         self.combiner.end_epoch(self.model)
+        total = _sum_over_ranks(self.running)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
-                  "img_per_s": round(seen / max(seconds, 1e-9), 1),
-                  **{k: round(v / max(seen, 1), 5) for k, v in sums.items()}}
+                  "img_per_s": round(total["images"] / max(seconds, 1e-9), 1),
+                  **{k: round(v / total["counts"][k], 5) for k, v in total["sums"].items()}}
         self.epoch, self.step = epoch + 1, 0
         if cfg.eval_n:
             record["eval"] = self.evaluate()
+        if self.check_data is not None:
+            record["test_clean"] = round(self.clean_accuracy(), 5)
         self.history.append(record)
+        self.running = _fresh_running()
         self.save(finished=False)
-        with open(self.out / "metrics.jsonl", "a") as handle:
+        if not self.dist.is_main:
+            return
+        with open(self.out / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        _report_epoch(record)
+        if cfg.tensorboard:
+            board.write(record)
+        _report_epoch(record, self.start_clean)
 
 
-def _report_epoch(record: dict) -> None:
+def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:
+    smallest = min(batch_size, n % batch_size or batch_size)
+    if smallest < world_size:
+        raise RamptoolError(f"{world_size} processes need at least {world_size} points in every global batch, but "
+                            f"one has {smallest} ({n} points, --batch-size {batch_size}): change --batch-size or "
+                            f"--subset")
+
+
+def _fresh_running() -> dict:
+    return {"sums": {}, "counts": {}, "images": 0.0, "seconds": 0.0}
+
+
+def _sum_over_ranks(running: dict) -> dict:
+    """The epoch's running metric sums and counts over every rank (every rank holds the same keys: methods agree
+    on their norms); the time is this process's."""
+    keys = sorted(running["sums"])
+    local = [running["sums"][k] for k in keys] + [running["counts"][k] for k in keys] + [running["images"]]
+    totals = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+    return {"sums": dict(zip(keys, totals[:len(keys)])), "counts": dict(zip(keys, totals[len(keys):-1])),
+            "images": totals[-1], "seconds": running["seconds"]}
+
+
+def _report_epoch(record: dict, start_clean: float | None) -> None:
     """One line per epoch, readable in a log file where the live progress bar does not render."""
     from rich.console import Console
 
@@ -320,6 +482,12 @@ def _report_epoch(record: dict) -> None:
              *(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "acc")))]
     if "eval" in record:
         parts.append("eval " + " ".join(f"{k} {100 * v:.1f}" for k, v in record["eval"].items()))
+    if "test_clean" in record and start_clean is not None:
+        parts.append(f"test clean {100 * record['test_clean']:.1f} (checkpoint {100 * start_clean:.1f})")
+        drop = start_clean - record["test_clean"]
+        if drop > CLEAN_DROP_WARNING:
+            parts.append(f"[bold red]WARNING: clean accuracy fell {100 * drop:.1f} points below the checkpoint's; "
+                         f"lower --lr?[/]")
     Console().print("  ".join(parts), highlight=False)
 
 

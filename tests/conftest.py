@@ -44,8 +44,8 @@ def clean_model_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("clean_model")
     train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=6000, method="clean", optimizer="adam",
-                      lr=1e-3, schedule="constant", epochs=1, eps=dict(FMNIST_EPS), progress=False,
-                      overwrite=True, device="cpu"))
+                      lr=1e-3, weight_decay=5e-4, schedule="constant", epochs=1, eps=dict(FMNIST_EPS),
+                      progress=False, overwrite=True, device="cpu"))
     return out
 
 
@@ -54,3 +54,17 @@ def clean_model(clean_model_dir):
     from ramptool.checkpoint import load_model
 
     return load_model(clean_model_dir)
+
+
+@pytest.fixture
+def ramptool_cli(capsys):
+    """Run the ramptool command line in this process: ``ramptool_cli(args) -> (exit code, stdout, stderr)``."""
+    from ramptool.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

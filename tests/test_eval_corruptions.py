@@ -243,3 +243,36 @@ def test_cli_eval_corruptions_reads_an_imagenet_c_tree(rgb_model_and_points, tmp
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "corruptions.json").read_text())
     assert report["corruptions"] == ["fog"] and report["n"] == 5 and report["source"] == str(tmp_path / "tree")
+
+
+def _truncate(path, keep=200):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: _truncate(folder / "fog.npy"), "fog.npy is not a readable .npy array"),
+    (lambda folder: (folder / "labels.npy").write_bytes(b"not numpy"), "labels.npy is not a readable .npy array"),
+    (lambda folder: np.save(folder / "labels.npy", np.array([0.5, 1.5])), "non-empty list of integer labels"),
+    (lambda folder: np.save(folder / "labels.npy", np.zeros(0, np.int64)), "non-empty list of integer labels"),
+    (lambda folder: np.save(folder / "fog.npy", np.zeros((0, 28, 28), np.uint8)), "expected 5*N uint8 images"),
+    (lambda folder: np.save(folder / "labels.npy", np.array([{"x": 1}]), allow_pickle=True), "not a readable"),
+])
+def test_a_damaged_or_empty_corrupted_set_is_one_line_and_exit_code_2(clean_model_dir, tmp_path, capsys, damage,
+                                                                       message):
+    folder = tmp_path / "c10c"
+    folder.mkdir()
+    np.save(folder / "fog.npy", np.zeros((5 * 4, 28, 28), np.uint8))
+    np.save(folder / "labels.npy", np.zeros(4, np.int64))
+    damage(folder)
+    code, _, err = run_cli(["eval", "corruptions", "--ckpt", str(clean_model_dir), "--from-dir", str(folder),
+                            "--out", str(tmp_path / "out"), "--device", "cpu"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_damaged_image_in_an_imagenet_c_tree_is_named(rgb_model_and_points, tmp_path):
+    model, x, y = rgb_model_and_points
+    write_imagenet_c_tree(tmp_path, to_uint8_images(x), y.tolist(), ["fog"], [1])
+    damaged = sorted((tmp_path / "fog" / "1").rglob("*.png"))[3]
+    _truncate(damaged, 60)
+    with pytest.raises(RamptoolError, match=f"{damaged} is not a readable image"):
+        evaluate_corruption_tree(model, tmp_path, ["fog"], [1])

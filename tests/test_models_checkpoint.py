@@ -10,22 +10,30 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ramptool.checkpoint import atomic_write, load_checkpoint, read_weights, save_checkpoint
+from ramptool.checkpoint import (
+    atomic_write,
+    file_sha256,
+    load_checkpoint,
+    read_metadata,
+    read_weights,
+    save_checkpoint,
+    sidecar_path,
+)
 from ramptool.cli import app
 from ramptool.data import CIFAR10_MEAN, CIFAR10_STD
 from ramptool.errors import RamptoolError
-from ramptool.models import Normalized, build_model
+from ramptool.models import Normalized, bind_arch_options, build_model
 from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.small_cnn import SmallCNN
+from ramptool.options import parse_assignments
 
 FMNIST_METADATA = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [1, 28, 28],
                    "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist", "method": "ramp", "epochs": 3,
                    "eps": {"linf": 0.1, "l2": 1.5, "l1": 10.0}}
 
 
-def randomized_preact_resnet18(num_classes=10) -> PreActResNet18:
-    """A PreAct ResNet-18 whose BatchNorm statistics are not the defaults, so a lost buffer is noticed."""
-    model = PreActResNet18(num_classes)
+def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm statistics that are not the defaults, so a lost buffer is noticed; returns the model in eval mode."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -33,6 +41,10 @@ def randomized_preact_resnet18(num_classes=10) -> PreActResNet18:
                 module.running_var.uniform_(0.5, 1.5)
                 module.num_batches_tracked.fill_(17)
     return model.eval()
+
+
+def randomized_preact_resnet18(num_classes=10) -> PreActResNet18:
+    return randomize_batchnorm(PreActResNet18(num_classes))
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +112,40 @@ def test_timm_cifar_stem_keeps_full_resolution_in_the_stem():
     assert isinstance(cifar.maxpool, torch.nn.Identity)
 
 
+def test_timm_fixed_size_models_are_built_for_the_dataset_image_size():
+    model = build_model("timm:vit_tiny_patch16_224", 10, (1, 28, 28), None, None, patch_size=4, depth=1).eval()
+
+    assert model.backbone.patch_embed.img_size == (28, 28)
+    assert model.backbone.patch_embed.grid_size == (7, 7)
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_arch_options_parse_to_typed_values():
+    given = parse_assignments(["cifar_stem=true", "drop-rate=0.1", "depth=2", "global_pool=avg", "act=None"],
+                              "--arch-option")
+    parsed = bind_arch_options("timm:resnet18", given)
+
+    assert parsed == {"cifar_stem": True, "drop_rate": 0.1, "depth": 2, "global_pool": "avg", "act": None}
+    with pytest.raises(RamptoolError, match="must look like name=value"):
+        parse_assignments(["cifar_stem"], "--arch-option")
+
+
+def test_arch_options_reach_the_backbone_from_the_cli_and_are_recorded(tmp_path, capsys):
+    from ramptool.cli import main
+
+    options = {"patch_size": 7, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--arch", "timm:vit_tiny_patch16_224", *[f"--arch-option={k}={v}" for k, v in options.items()],
+              "--method", "clean", "--subset", "16", "--batch-size", "16", "--optimizer", "adam", "--lr", "1e-3",
+              "--schedule", "constant", "--out", str(tmp_path / "vit"), "--no-progress", "--device", "cpu"])
+    assert exit_info.value.code == 0, capsys.readouterr()
+
+    model, metadata = load_checkpoint(tmp_path / "vit")
+    assert metadata["arch_options"] == options and metadata["normalize"] == "dataset"
+    assert len(model.backbone.blocks) == 1 and model.backbone.patch_embed.grid_size == (4, 4)
+
+
 def test_unknown_timm_model_is_a_clear_error():
     with pytest.raises(RamptoolError, match="timm cannot build 'no_such_net'"):
         build_model("timm:no_such_net", 10, (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
@@ -134,7 +180,8 @@ def test_checkpoint_round_trip_keeps_batchnorm_buffers(tmp_path, preact_source):
 
 
 @pytest.mark.parametrize("layout", ["plain", "module-prefix", "nested-state-dict"])
-def test_plain_preact_state_dict_imports_with_arch(tmp_path, layout, preact_source):
+def test_an_eat_style_preact_state_dict_imports_with_the_original_logits(tmp_path, layout, preact_source):
+    """E-AT and RAMP save PreAct ResNet-18 state_dicts of networks fed [0,1] pixels: the import adds nothing."""
     source = preact_source
     weights = source.state_dict()
     if layout == "module-prefix":  # what nn.DataParallel checkpoints look like
@@ -146,13 +193,97 @@ def test_plain_preact_state_dict_imports_with_arch(tmp_path, layout, preact_sour
     model, metadata = load_checkpoint(path, arch="preact-resnet18", dataset="cifar10")
 
     assert_same_tensors(model.backbone.state_dict(), source.state_dict())
+    assert {"mean", "std"}.isdisjoint(model.state_dict())
     assert metadata["arch"] == "preact-resnet18" and metadata["num_classes"] == 10
-    assert metadata["mean"] == list(CIFAR10_MEAN) and metadata["std"] == list(CIFAR10_STD)
-    x = torch.rand(2, 3, 32, 32)
-    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-    normalised = (x - mean) / std
+    assert (metadata["normalize"], metadata["mean"], metadata["std"]) == ("none", None, None)
+    assert metadata["source"] == {"state_dict": str(path.resolve()), "sha256": file_sha256(path)}
+    x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), source(normalised))
+        assert torch.equal(model(x), source(x))
+
+
+@pytest.mark.parametrize("normalize, mean, std", [
+    ("dataset", CIFAR10_MEAN, CIFAR10_STD),
+    ("0.5,0.4,0.3/0.2,0.25,0.3", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)),
+    ("0.5/0.25", (0.5,), (0.25,)),
+])
+def test_normalize_puts_exactly_that_normalisation_in_front_of_the_network(tmp_path, preact_source, normalize,
+                                                                           mean, std):
+    torch.save(preact_source.state_dict(), tmp_path / "preact.pt")
+
+    model, metadata = load_checkpoint(tmp_path / "preact.pt", arch="preact-resnet18", dataset="cifar10",
+                                      normalize=normalize)
+
+    assert metadata["normalize"] == normalize
+    assert (metadata["mean"], metadata["std"]) == (list(mean), list(std))
+    x = torch.rand(2, 3, 32, 32)
+    by_hand = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(model(x), preact_source(by_hand))
+
+
+@pytest.mark.parametrize("normalize, message", [
+    ("imagenet", "takes none, dataset or MEAN/STD"),
+    ("0.5,0.5/0.2,0.2", "give 1 or 3 values"),
+    ("0.5,0.5,0.5/0.2,0,0.2", "STD values must be positive"),
+    ("a,b,c/1,1,1", "MEAN must be comma-separated numbers"),
+])
+def test_a_bad_normalize_is_a_clear_error(tmp_path, normalize, message):
+    torch.save(SmallCNN(10, 3, 32).state_dict(), tmp_path / "small.pt")
+
+    with pytest.raises(RamptoolError, match=message):
+        load_checkpoint(tmp_path / "small.pt", arch="small-cnn", dataset="cifar10", normalize=normalize)
+
+
+def test_a_ramptool_checkpoint_refuses_import_options_that_contradict_it(tmp_path):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    save_checkpoint(tmp_path / "model.safetensors", model, FMNIST_METADATA)
+
+    load_checkpoint(tmp_path, normalize="dataset", arch="small-cnn")  # what it records: fine
+    # checkpoints written before --normalize existed record only mean and std
+    with pytest.raises(RamptoolError, match=r"describes itself; --normalize none \(it records 0.286/0.353\)"):
+        load_checkpoint(tmp_path, normalize="none")
+    with pytest.raises(RamptoolError, match=r"--arch preact-resnet18 \(it records small-cnn\)"):
+        load_checkpoint(tmp_path, arch="preact-resnet18")
+
+
+# ---------------------------------------------------------------- export
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_export_writes_the_bare_network_and_imports_back_exactly(tmp_path, preact_source, suffix, capsys):
+    from ramptool.cli import main
+
+    wrapped = Normalized(preact_source, CIFAR10_MEAN, CIFAR10_STD)
+    metadata = {"arch": "preact-resnet18", "arch_options": {}, "num_classes": 10, "input_shape": [3, 32, 32],
+                "normalize": "dataset", "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD), "dataset": "cifar10"}
+    save_checkpoint(tmp_path / "run" / "model.safetensors", wrapped, metadata)
+    out = tmp_path / f"exported{suffix}"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tmp_path / "run"), str(out)])
+    assert exit_info.value.code == 0, capsys.readouterr()
+
+    assert read_metadata(out) is None  # no ramptool keys: a plain state_dict
+    assert_same_tensors(read_weights(out), preact_source.state_dict())
+    plain = PreActResNet18()
+    plain.load_state_dict(read_weights(out))  # plain PyTorch takes it as it is
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["normalize"] == "dataset" and sidecar["mean"] == list(CIFAR10_MEAN)
+    assert sidecar["import"] == f"--ckpt {out.name} --arch preact-resnet18 --dataset cifar10 --normalize dataset"
+
+    with pytest.raises(SystemExit):
+        main(["info", str(out)])
+    assert f"import again with --ckpt {out.name} --arch preact-resnet18" in " ".join(capsys.readouterr().out.split())
+
+    reimported, _ = load_checkpoint(out, arch=sidecar["arch"], dataset=sidecar["dataset"],
+                                    normalize=sidecar["normalize"])
+    assert_same_tensors(reimported.state_dict(), wrapped.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reimported(x), wrapped.eval()(x))
+    with pytest.raises(SystemExit) as exit_info:  # never replaces a file silently
+        main(["export", str(tmp_path / "run"), str(out)])
+    assert exit_info.value.code == 2 and "exists; pass --overwrite" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- refusals and clear errors
@@ -289,16 +420,46 @@ def test_a_successful_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "its ramptool metadata is not valid JSON"),
+    ('["small-cnn"]', "its ramptool metadata is not a JSON object"),
+    (json.dumps({k: v for k, v in FMNIST_METADATA.items() if k != "arch"}), "metadata lacks 'arch'"),
+    (json.dumps({**FMNIST_METADATA, "input_shape": "1x28x28"}), "metadata 'input_shape' should be a list"),
+    (json.dumps({**FMNIST_METADATA, "num_classes": -3}), "do not describe a model"),
+    (json.dumps({**FMNIST_METADATA, "arch_options": {"depth": 3}}), "backbone 'small-cnn' has no option 'depth'"),
+])
+def test_damaged_checkpoint_metadata_is_one_clear_error(tmp_path, capsys, metadata, message):
+    from safetensors.torch import save_file
+
+    from ramptool.cli import main
+
+    tensors = build_model("small-cnn", 10, (1, 28, 28), (0.286,), (0.353,)).state_dict()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "model.safetensors",
+              metadata={"ramptool": metadata})
+    with pytest.raises(RamptoolError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_checkpoint(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "union", "--ckpt", str(tmp_path), "--dataset", "fashion-mnist", "--n-examples", "4",
+              "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
 # ---------------------------------------------------------------- ramptool info
 
-def test_info_prints_the_metadata(tmp_path):
+def test_info_says_what_input_the_checkpoint_expects_and_prints_the_metadata(tmp_path):
     model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
     save_checkpoint(tmp_path / "model.safetensors", model, FMNIST_METADATA)
 
     result = CliRunner().invoke(app, ["info", str(tmp_path)])
+    as_json = CliRunner().invoke(app, ["info", "--json", str(tmp_path)])
 
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output)
+    first_line = " ".join(result.output.split("{")[0].split())
+    assert first_line == ("input: [0,1] pixels (1x28x28), normalised inside as (x - mean) / std with mean [0.286] "
+                          "and std [0.353] (normalize: 0.286/0.353)")
+    assert as_json.exit_code == 0, as_json.output
+    printed = json.loads(as_json.output)
     assert {k: v for k, v in printed.items() if k != "ramptool_version"} == FMNIST_METADATA
 
 
@@ -311,4 +472,4 @@ def test_info_on_a_plain_state_dict_says_how_to_import_it(tmp_path):
     tensor_count = len(SmallCNN(10, 1, 28).state_dict())
     output = " ".join(result.output.split())  # rich wraps long lines
     assert f"plain state_dict, {tensor_count} tensors, no ramptool metadata" in output
-    assert "--arch" in result.output
+    assert "--arch ARCH --dataset NAME --normalize none|dataset|MEAN/STD (default none" in output

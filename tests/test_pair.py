@@ -1,4 +1,5 @@
-"""The key-tradeoff-pair rule (SPEC.md §3) on synthetic matrices, and `ramptool pair` end to end (issue 7)."""
+"""The key-tradeoff-pair rule (docs/METHOD.md#the-key-tradeoff-pair) on synthetic matrices, and `ramptool pair`
+end to end (issue 7)."""
 
 import json
 import subprocess

@@ -4,7 +4,10 @@ from ramptool.attacks.apgd import apgd, apgd_joint
 from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
 from ramptool.attacks.msd import msd
 from ramptool.attacks.pgd import fgsm_rs, pgd
+from ramptool.attacks.unseen import unseen_attacks
+from ramptool.errors import RamptoolError
 from ramptool.hookspecs import hookimpl
+from ramptool.options import bind
 
 
 @hookimpl
@@ -18,14 +21,41 @@ def register_attacks():
                                         + (", SLIDE-style sparse steps" if norm == "l1" else ""))
     attacks["fgsm-rs"] = Attack(fgsm_rs, "linf", "FGSM with uniform random start, step 1.25*eps (linf)")
     attacks["msd"] = Attack(msd, None, "MSD: per step, the best of the linf/l2/l1 steepest-descent steps")
-    return attacks
+    return {**attacks, **unseen_attacks()}
+
+
+def attack_families() -> dict[str, list[str]]:
+    """Every attack family (registered attacks named ``{family}-{norm}``) and the norms it covers."""
+    from ramptool.plugins import registry
+
+    families: dict[str, list[str]] = {}
+    for name, component in registry().components["attack"].items():
+        norm = component.obj.norm
+        if norm and name.endswith(f"-{norm}"):
+            families.setdefault(name[:-len(norm) - 1], []).append(norm)
+    return families
 
 
 def attack_for(family: str, norm: str) -> Attack:
     """The registered ``{family}-{norm}`` attack, e.g. ``attack_for('apgd', 'l1')``."""
-    from ramptool.plugins import get
+    from ramptool.plugins import registry
 
-    return get("attack", f"{family}-{norm}")
+    found = registry().components["attack"].get(f"{family}-{norm}")
+    if found is None:
+        families = attack_families()
+        if family in families:
+            raise RamptoolError(f"attack family {family!r} has no {norm} attack (no attack '{family}-{norm}' is "
+                                f"registered); it covers {', '.join(families[family])}")
+        raise RamptoolError(f"unknown attack family {family!r}; known: {', '.join(sorted(families))}")
+    return found.obj
+
+
+def bind_family_options(family: str, norms: list[str], given: dict | None) -> dict:
+    """``given`` options checked against, and typed for, the family's attack in each of ``norms``."""
+    bound = dict(given or {})
+    for norm in norms:
+        bound = bind("attack", f"{family}-{norm}", attack_for(family, norm), given)
+    return bound
 
 
 def known_norms() -> list[str]:
@@ -36,4 +66,4 @@ def known_norms() -> list[str]:
 
 
 __all__ = ["Attack", "AttackResult", "apgd", "apgd_joint", "pgd", "fgsm_rs", "msd", "input_gradients_only",
-           "attack_for", "known_norms"]
+           "attack_for", "attack_families", "bind_family_options", "known_norms"]

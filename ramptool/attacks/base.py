@@ -9,22 +9,36 @@ from dataclasses import dataclass, field
 import torch
 
 from ramptool.errors import RamptoolError
+from ramptool.threat import check_inside, lp_norm, project
 
 
 @dataclass
 class AttackResult:
-    x_adv: torch.Tensor  # the kept adversarial point, same shape/dtype/device as x
-    loss: torch.Tensor  # per-sample attack loss at x_adv
-    fooled: torch.Tensor  # per-sample: some visited point was misclassified
+    """What an attack returns, per sample of the batch it was given."""
+
+    x_adv: torch.Tensor  # the kept adversarial point: same shape, dtype and device as x, inside ball and box
+    loss: torch.Tensor  # (N,) the attack loss at x_adv (RAMP and MAX pick the higher-loss norm per sample)
+    fooled: torch.Tensor  # (N,) bool: some visited point was misclassified
 
 
 @dataclass(frozen=True)
 class Attack:
-    """A registered attack. ``attack(model, x, y, eps, steps, **options) -> AttackResult``.
+    """A registered attack: ``attack(model, x, y, eps, steps=10, **options) -> AttackResult``.
 
-    ``norm`` is the threat model it stays inside (``None`` for multi-norm attacks, whose eps is a dict).
+    ``run(model, x, y, *, norm, eps, steps, **options)`` is the attack itself, a plain function over tensors:
+    ``model`` maps [0,1] inputs to logits and is in eval mode (leave its mode and parameter gradients alone:
+    ``input_gradients_only`` does both), ``x`` is a batch in [0,1], ``y`` its labels, ``eps`` the radius.
+    It returns an ``AttackResult`` whose points lie in B_norm(x, eps) ∩ [0,1]^d; ramptool checks that
+    after every call for the norms it knows (linf, l2, l1) and stops with an error naming the attack if not.
+    Its parameters after ``steps`` are its options (``--attack-option name=value``): declare them keyword-only
+    with defaults.
+
+    ``norm`` is the threat model it stays inside (``None`` for multi-norm attacks, whose eps is a dict of
+    norms). ``description`` is the line ``ramptool plugins`` shows. ``defaults`` presets options of ``run``.
     ``joint``, when set, runs several norms of the same family on one batch and shares model calls between them:
     ``joint(model, x, y, [(norm, eps), ...], steps, batched=..., **options) -> [AttackResult, ...]``.
+    A family is a set of attacks named ``{family}-{norm}``: ``--attack family`` trains against them and
+    ``eval union --attack family`` evaluates with them.
     """
 
     run: Callable[..., AttackResult]
@@ -33,11 +47,19 @@ class Attack:
     defaults: dict = field(default_factory=dict)
     joint: Callable[..., list[AttackResult]] | None = None
 
+    @property
+    def label(self) -> str:
+        """The attack function's name and module, for error messages."""
+        return f"{getattr(self.run, '__qualname__', self.run)} ({getattr(self.run, '__module__', '?')}) in {self.norm}"
+
     def __call__(self, model, x, y, eps, steps=10, **options) -> AttackResult:
         kwargs = {**self.defaults, **options}
         if self.norm is not None:
             kwargs["norm"] = self.norm
-        return self.run(model, x, y, eps=eps, steps=steps, **kwargs)
+        result = self.run(model, x, y, eps=eps, steps=steps, **kwargs)
+        if self.norm is not None:
+            check_inside(x, result.x_adv, self.norm, eps, self.label)
+        return result
 
 
 @contextlib.contextmanager
@@ -70,8 +92,6 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def random_start(x: torch.Tensor, norm: str, eps, generator=None) -> torch.Tensor:
     """A random point of B_p(x, eps) ∩ [0,1]^d."""
-    from ramptool.threat import lp_norm, project
-
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if norm == "linf":
         start = x + eps * (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1)
@@ -131,8 +151,6 @@ def autoattack_start(x: torch.Tensor, norm: str, eps, noise: torch.Tensor) -> to
     sphere, x + eps * t / ||t|| (t uniform in [-1,1]^d for l∞, Gaussian for l2); l1 projects x + t (t Gaussian,
     whose l1 norm is far beyond any eps) onto B_1(x, eps) ∩ [0,1]^d, which lands on the boundary of the ball with
     most coordinates thresholded to zero: a sparse start. Clipped to the box."""
-    from ramptool.threat import lp_norm, project
-
     if norm == "l1":
         return project(x, x + noise, "l1", eps)
     if norm not in ("linf", "l2"):

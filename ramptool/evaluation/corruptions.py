@@ -1,11 +1,13 @@
-"""Common corruptions (SPEC.md §8): the 15 ImageNet-C / CIFAR-10-C corruptions x 5 severities.
+"""Common corruptions: the 15 ImageNet-C / CIFAR-10-C corruptions x 5 severities (docs/METHOD.md#evaluation-protocol).
 
 Corrupted images come from ``imagecorruptions`` (the maintained ``imagecorruptions-imaug`` distribution), which
 wants HxWx3 uint8 images of at least 32x32. Smaller images are edge-padded to 32 and cropped back (lossless
 for the untouched pixels, unlike a resize round trip); grayscale images are replicated to three channels and
 the first channel is taken back, so per-channel noise keeps the strength its severity defines (averaging the
-three channels would weaken it by sqrt(3)). Corrupted sets are seeded per (corruption, severity) and cached
-on disk as uint8 ``.npy`` files.
+three channels would weaken it by sqrt(3)). Every image is corrupted under its own seed (run seed, corruption,
+severity, index of the image in the test set), so an image's corruption does not depend on the others: under
+torchrun each process corrupts and evaluates only its share of the points, and the counts are summed. Corrupted
+sets are cached on disk as uint8 ``.npy`` files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
 
@@ -75,13 +78,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _corruption_seed(seed: int, corruption: str, severity: int) -> int:
+def _corruption_seed(seed: int, corruption: str, severity: int, index: int) -> int:
     names = CORRUPTIONS + EXTRA_CORRUPTIONS
-    return int(np.random.SeedSequence([seed, names.index(corruption), severity]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, names.index(corruption), severity, index]).generate_state(1)[0])
 
 
-def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -> np.ndarray:
-    """NHWC uint8 images (1 or 3 channels, any size) -> the same shape, corrupted. Deterministic in ``seed``."""
+def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int = 0, first_index: int = 0
+                   ) -> np.ndarray:
+    """NHWC uint8 images (1 or 3 channels, any size) -> the same shape, corrupted. Image k is corrupted under a
+    seed of (``seed``, corruption, severity, ``first_index`` + k): deterministic, and the same whether it is
+    corrupted alone or with others."""
     from imagecorruptions import corrupt
 
     if images.ndim != 4 or images.shape[3] not in (1, 3) or images.dtype != np.uint8:
@@ -92,9 +98,9 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
     padding = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
     result = np.empty_like(images)
     saved_state = np.random.get_state()
-    np.random.seed(_corruption_seed(seed, corruption, severity))
     try:
         for index, image in enumerate(images):
+            np.random.seed(_corruption_seed(seed, corruption, severity, first_index + index))
             padded = np.pad(image, padding, mode="edge")
             if channels == 1:
                 padded = np.repeat(padded, 3, axis=2)
@@ -116,16 +122,16 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def corrupted_set(images: np.ndarray, corruption: str, severity: int, seed: int = 0, dataset: str | None = None,
-                  cache_dir=None) -> np.ndarray:
-    """``corrupt_images``, read from the cache when this (dataset, corruption, severity, n, seed) was made before.
+                  cache_dir=None, first_index: int = 0) -> np.ndarray:
+    """``corrupt_images``, read from the cache when these images at these indices were corrupted before.
 
     The file name also carries a hash of the clean images, so another sample or data folder never hits a
     stale entry."""
     if cache_dir is None:
-        return corrupt_images(images, corruption, severity, seed)
+        return corrupt_images(images, corruption, severity, seed, first_index)
     content = hashlib.sha256(images.tobytes()).hexdigest()[:8]
-    path = (Path(cache_dir) / f"{dataset or 'images'}-{corruption}-s{severity}-n{len(images)}-seed{seed}-"
-                              f"{content}.npy")
+    path = (Path(cache_dir) / f"{dataset or 'images'}-{corruption}-s{severity}-i{first_index}-n{len(images)}-"
+                              f"seed{seed}-{content}.npy")
     if path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
@@ -133,7 +139,7 @@ def corrupted_set(images: np.ndarray, corruption: str, severity: int, seed: int 
             cached = None
         if cached is not None and cached.shape == images.shape and cached.dtype == np.uint8:
             return cached
-    corrupted = corrupt_images(images, corruption, severity, seed)
+    corrupted = corrupt_images(images, corruption, severity, seed, first_index)
     _save_npy(path, corrupted)
     return corrupted
 
@@ -150,7 +156,16 @@ def count_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
 
 
 def accuracy_on(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    return count_correct(model, x, y, batch_size) / max(len(y), 1)
+    """Accuracy on (x, y); under torchrun each process classifies its share of the points."""
+    if len(y) == 0:  # an accuracy of nothing would read as 0.0%
+        raise RamptoolError("no images to evaluate: the set is empty")
+    part = distributed.rank_slice(len(y))
+    return _share_of_correct(count_correct(model, x[part], y[part], batch_size), len(y))
+
+
+def _share_of_correct(correct: int, total: int) -> float:
+    """The accuracy over every process's points, from this process's count of correct points."""
+    return float(distributed.all_reduce_sum(torch.tensor(float(correct), dtype=torch.float64))) / total
 
 
 def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: int, clean: float | None,
@@ -180,14 +195,16 @@ def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=No
     for name in corruptions:
         if name not in CORRUPTIONS + EXTRA_CORRUPTIONS:
             raise RamptoolError(f"unknown corruption {name!r}; use some of: {', '.join(CORRUPTIONS)}")
-    images = to_uint8_images(x)
+    part = distributed.rank_slice(len(y))  # corrupting is the expensive part: each process corrupts its share
+    images, labels = to_uint8_images(x[part]), y[part]
     started = time.perf_counter()
     accuracy: dict[str, dict[str, float]] = {}
     for corruption in corruptions:
         accuracy[corruption] = {}
         for severity in severities:
-            corrupted = corrupted_set(images, corruption, severity, seed, dataset, cache_dir)
-            accuracy[corruption][str(severity)] = accuracy_on(model, to_tensor(corrupted), y, batch_size)
+            corrupted = corrupted_set(images, corruption, severity, seed, dataset, cache_dir, part.start)
+            correct = count_correct(model, to_tensor(corrupted), labels, batch_size)
+            accuracy[corruption][str(severity)] = _share_of_correct(correct, len(y))
             if on_step is not None:
                 on_step(corruption, severity)
     return _summary(accuracy, severities, len(y), accuracy_on(model, x, y, batch_size), seed=seed,
@@ -196,6 +213,15 @@ def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=No
 
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def _load_npy(path: Path, mmap_mode=None) -> np.ndarray:
+    """A .npy file of plain numbers, or one line saying it is not one (truncated, damaged, pickled objects)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise RamptoolError(f"{path} is not a readable .npy array ({first})") from None
 
 
 def _is_tree(folder: Path, corruption: str) -> bool:
@@ -236,7 +262,11 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
     if missing:
         raise RamptoolError(f"{folder} has no {missing[0]}.npy")
     severities = list(severities or SEVERITIES)
-    labels = np.load(labels_path, allow_pickle=False).astype(np.int64)
+    labels = _load_npy(labels_path)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) == 0:
+        raise RamptoolError(f"{labels_path}: expected a non-empty list of integer labels, got {labels.dtype} "
+                            f"{labels.shape}")
+    labels = labels.astype(np.int64)
     if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise RamptoolError(f"{labels_path} has labels up to {labels.max()} but the model predicts "
                             f"{num_classes} classes: a folder of another dataset?")
@@ -244,8 +274,9 @@ def evaluate_corruption_folder(model, folder, corruptions=None, severities=None,
     accuracy: dict[str, dict[str, float]] = {}
     per_severity = None
     for corruption in corruptions:
-        stacked = np.load(folder / f"{corruption}.npy", mmap_mode="r", allow_pickle=False)
-        if stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or len(stacked) % len(SEVERITIES):
+        stacked = _load_npy(folder / f"{corruption}.npy", mmap_mode="r")
+        if (stacked.dtype != np.uint8 or stacked.ndim not in (3, 4) or not len(stacked)
+                or len(stacked) % len(SEVERITIES)):
             raise RamptoolError(f"{folder / (corruption + '.npy')}: expected 5*N uint8 images, got "
                                 f"{stacked.dtype} {stacked.shape}")
         channels = stacked.shape[3] if stacked.ndim == 4 else 1
@@ -283,8 +314,15 @@ def _read_images(root: Path, files: list[str], channels: int) -> torch.Tensor:
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for name in files:
-        with Image.open(root / name) as image:
-            arrays.append(np.asarray(image.convert(mode)))
+        try:
+            with Image.open(root / name) as image:
+                arrays.append(np.asarray(image.convert(mode)))
+        except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise RamptoolError(f"{root / name} is not a readable image ({error})") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise RamptoolError(f"{root / name} is {arrays[-1].shape[1]}x{arrays[-1].shape[0]} but "
+                                f"{root / files[0]} is {arrays[0].shape[1]}x{arrays[0].shape[0]}: the images of a "
+                                f"corrupted set must share one size")
     return to_tensor(np.stack(arrays))
 
 
@@ -313,6 +351,9 @@ def evaluate_corruption_tree(model, folder, corruptions=None, severities=None, n
         keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(sample_seed))[:n]
         files = [files[i] for i in sorted(keep.tolist())]
     labels = torch.tensor([classes.index(name.split("/", 1)[0]) for name in files])
+    total = len(files)
+    part = distributed.rank_slice(total)  # each process reads and classifies its share of the files
+    files, labels = files[part], labels[part]
     started = time.perf_counter()
     accuracy: dict[str, dict[str, float]] = {}
     for corruption in corruptions:
@@ -331,8 +372,8 @@ def evaluate_corruption_tree(model, folder, corruptions=None, severities=None, n
                 if start == 0:
                     _check_input_shape(input_shape, tuple(x.shape[1:]), str(root))
                 correct += count_correct(model, x, labels[start:start + batch_size], batch_size)
-            accuracy[corruption][str(severity)] = correct / len(files)
+            accuracy[corruption][str(severity)] = _share_of_correct(correct, total)
             if on_step is not None:
                 on_step(corruption, severity)
-    return _summary(accuracy, severities, len(files), None, source=str(folder), sample_seed=sample_seed,
+    return _summary(accuracy, severities, total, None, source=str(folder), sample_seed=sample_seed,
                     seconds=round(time.perf_counter() - started, 3))

@@ -1,7 +1,7 @@
 """Per-sample robustness flags, the accuracies derived from them, and the check every counted success passes.
 
 A flag is True when the point is classified correctly clean and under the attack; union accuracy is the mean
-of the pointwise AND over every norm (and clean), SPEC.md §1.
+of the pointwise AND over every norm (and clean), docs/METHOD.md#threat-model-and-union-accuracy.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def logits_of(model, x, batch_size=500) -> torch.Tensor:
     """The model's logits on x, batch by batch on its device, back on the CPU."""
     device = model_device(model)
     return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def clean_flags(model, x, y, batch_size=500) -> torch.Tensor:
+    """Per point: classified correctly without any attack."""
+    return logits_of(model, x, batch_size).argmax(1) == y.cpu()
 
 
 @torch.no_grad()

@@ -133,9 +133,9 @@ def table_title(reports: dict[str, dict], what: str = "robust accuracy (%)") -> 
     return f"{what}, {UPPER_BOUND}" if bound else what
 
 
-def union_table(reports: dict[str, dict]) -> Table:
-    columns = accuracy_columns(reports)
-    table = Table(title=table_title(reports))
+def union_table(reports: dict[str, dict], title: str | None = None, columns=None) -> Table:
+    columns = columns or accuracy_columns(reports)
+    table = Table(title=title or table_title(reports))
     table.add_column("model")
     for column in columns:
         table.add_column(column, justify="right", style="bold" if column == "union" else None)
@@ -153,15 +153,16 @@ def print_union_table(reports: dict[str, dict], console: Console | None = None) 
         console.print(f"{name}: {settings_line(report)}", highlight=False)
 
 
-def markdown_table(reports: dict[str, dict]) -> str:
-    columns = accuracy_columns(reports)
-    lines = [f"{table_title(reports)}, ± one standard error", "",
-             "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+def markdown_table(reports: dict[str, dict], columns=None, settings=settings_line, title: str | None = None) -> str:
+    """The table ready to paste, each accuracy ± its standard error, under ``title`` if given."""
+    columns = columns or accuracy_columns(reports)
+    lines = [f"{title}, ± one standard error", ""] if title else []
+    lines += ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, report in reports.items():
         lines.append(f"| {name} | " + " | ".join(percent_cell(report, column, with_error=True)
                                                  for column in columns) + " |")
     lines.append("")
-    lines.extend(f"- {name}: {settings_line(report)}" for name, report in reports.items())
+    lines.extend(f"- {name}: {settings(report)}" for name, report in reports.items())
     return "\n".join(lines) + "\n"
 
 
@@ -173,8 +174,8 @@ def union_plot_title(reports: dict[str, dict]) -> str:
             f"n={'/'.join(map(str, sizes))}")
 
 
-def plot_union_bars(reports: dict[str, dict], path: Path) -> Path:
-    columns = accuracy_columns(reports)
+def plot_union_bars(reports: dict[str, dict], path: Path, columns=None, title: str | None = None) -> Path:
+    columns = columns or accuracy_columns(reports)
     figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4.4))
     width = 0.8 / len(reports)
     for offset, (name, report) in enumerate(reports.items()):
@@ -190,7 +191,7 @@ def plot_union_bars(reports: dict[str, dict], path: Path) -> Path:
     axes.set_xticks(range(len(columns)), columns)
     axes.set_ylabel("accuracy (%), bars: ± one standard error")
     axes.set_ylim(0, 105)
-    axes.set_title(union_plot_title(reports), fontsize=9)
+    axes.set_title(title or union_plot_title(reports), fontsize=9)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
 
@@ -199,7 +200,7 @@ def write_union_reports(reports: dict[str, dict], out_dir, provenance_record: di
     out_dir = Path(out_dir)
     document = {"provenance": provenance_record or provenance(), "models": reports}
     return {"json": write_json(out_dir / "report.json", document),
-            "markdown": write_text(out_dir / "report.md", markdown_table(reports)),
+            "markdown": write_text(out_dir / "report.md", markdown_table(reports, title=table_title(reports))),
             "png": plot_union_bars(reports, out_dir / "report.png")}
 
 
@@ -334,3 +335,45 @@ def write_corruption_comparison(reports: dict[str, dict], out_dir) -> dict[str, 
                for name, r in reports.items()}
     return {"json": write_json(out_dir / "corruptions-comparison.json", summary),
             "md": write_text(out_dir / "corruptions-comparison.md", "\n".join(lines) + "\n")}
+
+
+# ------------------------------------------------------------------------------------------ unseen adversaries
+
+def unseen_columns(reports: dict[str, dict]) -> list[str]:
+    """clean, the adversaries (in the paper's order), their mean, their union, and the corruption mean if any."""
+    from ramptool.evaluation.unseen import ADVERSARIES
+
+    present = {name for report in reports.values() for name in report["adversaries"]}
+    columns = ["clean", *[name for name in ADVERSARIES if name in present], "mean", "union"]
+    if any("corruptions" in report["accuracy"] for report in reports.values()):
+        columns.append("corruptions")
+    return columns
+
+
+def unseen_settings_line(report: dict) -> str:
+    budgets = ", ".join(f"{name}={value:g}" for name, value in report["budgets"].items())
+    attacks = f"{report['steps']} steps" + (f", Sparse-RS {report['queries']} queries" if "l0" in report["budgets"]
+                                           else "")
+    corruptions = report.get("corruptions")
+    extra = (f"; corruptions: mean of {len(corruptions['corruptions'])} corruptions x {len(corruptions['severities'])}"
+             f" severities on {corruptions['n']} points ({corruptions['source']})" if corruptions else "")
+    return f"{report['n']} points, budgets {budgets}, {attacks}, seed {report['seed']}; {report['bound']}{extra}"
+
+
+def print_unseen_table(reports: dict[str, dict], console: Console | None = None) -> None:
+    from ramptool.evaluation.unseen import UPPER_BOUND
+
+    console = console or Console()
+    console.print(union_table(reports, title=f"accuracy (%) under unseen adversaries: {UPPER_BOUND}",
+                              columns=unseen_columns(reports)))
+    for name, report in reports.items():
+        console.print(f"{name}: {unseen_settings_line(report)}", highlight=False)
+
+
+def write_unseen_reports(reports: dict[str, dict], out_dir) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    columns = unseen_columns(reports)
+    return {"json": write_json(out_dir / "report.json", {"models": reports}),
+            "markdown": write_text(out_dir / "report.md", markdown_table(reports, columns, unseen_settings_line)),
+            "png": plot_union_bars(reports, out_dir / "report.png", columns,
+                                   title="accuracy under unseen adversaries (upper bounds)")}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -77,6 +77,7 @@ class RunContext:
     batch_size: int
     num_classes: int
     batched: bool | None  # joint runs send their iterates through the model as one batch; None: auto
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class Suite:
     attack: Callable[..., list[torch.Tensor]]
     joint: bool
     description: str
+    options: dict = field(default_factory=dict)  # an attack family's options, checked and typed
+
+    @property
+    def bound(self) -> bool:
+        return self.grade == UPPER_BOUND
 
 
 def targets(norm: str, num_classes: int) -> int:
@@ -186,6 +192,20 @@ def attack_with_single_apgd_ce(context: RunContext, runs: list[Run], x, y, index
     return outs
 
 
+def attack_with_family(context: RunContext, runs: list[Run], x, y, index, clean_logits) -> list[torch.Tensor]:
+    """A registered family's attack, one run per norm, its random draws from the seed (one stream per run)."""
+    from ramptool.evaluation.family import family_adversarial
+
+    outs = []
+    for run in runs:
+        device = model_device(context.model)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(context.seed)
+            outs.append(family_adversarial(context.model, x, y, run.attack, run.norm, context.eps[run.norm],
+                                           context.steps, context.batch_size, context.options))
+    return outs
+
+
 SUITES = {
     "apgd": Suite("apgd", GRADE_AUTOATTACK_LEVEL, autoattack_runs, attack_with_apgd, joint=True,
                   description="APGD-CE + APGD-T with AutoAttack's settings on ramptool's APGD"),
@@ -196,11 +216,27 @@ SUITES = {
 }
 
 
-def get_suite(name: str) -> Suite:
-    try:
+def get_suite(name: str, norms: list[str] | None = None, options: dict | None = None) -> Suite:
+    """A built-in evaluation, or the registered attack family ``name`` with its ``options`` checked and typed for
+    its attack in each of ``norms``."""
+    from ramptool.attacks import attack_families, bind_family_options
+
+    if name in SUITES:
+        if options:
+            raise RamptoolError(f"--attack-option applies to a registered attack family, not to --attack {name}")
         return SUITES[name]
-    except KeyError:
-        raise RamptoolError(f"unknown evaluation attack {name!r}; use one of: {', '.join(SUITES)}") from None
+    families = attack_families()
+    if name not in families:
+        raise RamptoolError(f"unknown evaluation attack {name!r}; use one of: {', '.join(SUITES)}, or a registered "
+                            f"attack family: {', '.join(sorted(families))}")
+    return Suite(name, UPPER_BOUND, lambda norm, version, num_classes: [Run(norm, name)], attack_with_family,
+                 joint=False, description=f"the {name} attack family, not AutoAttack",
+                 options=bind_family_options(name, norms or [], options))
+
+
+def run_label(run: Run) -> str:
+    """'linf apgd-t 3' (the run's place among its kind when there are several)."""
+    return f"{run.norm} {run.attack}" + (f" {run.round + 1}" if run.round else "")
 
 
 def plan(suite: Suite, norms: list[str], version: str, num_classes: int, union_only: bool) -> list[list[Run]]:
@@ -238,7 +274,9 @@ def settings_summary(suite: Suite, norms: list[str], version: str, num_classes: 
                 summary[norm]["square"] = {"queries": 5000, "source": "pyautoattack"}
         elif suite.name == "autoattack":
             summary[norm] = {"autoattack": version, "source": "pyautoattack (its standard settings per norm)"}
-        else:
+        elif suite.name == "apgd-ce":
             summary[norm] = {"apgd-ce": {"restarts": 1, "steps": steps, "random_start": None,
                                          "l1_sparsity": 0.2}}
+        else:
+            summary[norm] = {f"{suite.name}-{norm}": {"steps": steps, "options": suite.options}}
     return summary

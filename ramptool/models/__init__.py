@@ -1,6 +1,8 @@
-"""Backbones and the wrapper that lets every model take [0,1] inputs and normalise inside."""
+"""Backbones and the wrapper that lets every model take [0,1] inputs (and normalise inside, where it should)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -10,55 +12,109 @@ from ramptool.hookspecs import hookimpl
 from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.models.wide_resnet import WideResNet
+from ramptool.robustbench import PREFIX as ROBUSTBENCH_PREFIX
 
 TIMM_PREFIX = "timm:"
+# backbones named by a prefix and a free part: the registry holds one builder per prefix
+PREFIXED_BACKBONES = {TIMM_PREFIX: "timm:<name>", ROBUSTBENCH_PREFIX: "robustbench:<dataset>/<threat_model>/<name>"}
 
 
 class Normalized(nn.Module):
-    """``backbone((x - mean) / std)`` for x in [0,1]: attacks and data never see normalised pixels."""
+    """``backbone((x - mean) / std)`` for x in [0,1], or ``backbone(x)`` when the backbone takes [0,1] pixels
+    itself (mean and std None): attacks and data never see normalised pixels."""
 
-    def __init__(self, backbone: nn.Module, mean, std):
+    def __init__(self, backbone: nn.Module, mean=None, std=None):
         super().__init__()
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
         self.backbone = backbone
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        # a None buffer is left out of the state_dict: a checkpoint without normalisation has no mean/std keys
+        self.register_buffer("mean", None if mean is None else _channel_tensor(mean))
+        self.register_buffer("std", None if std is None else _channel_tensor(std))
 
     def forward(self, x):
+        if self.mean is None:
+            return self.backbone(x)
         return self.backbone((x - self.mean) / self.std)
 
 
-def small_cnn(num_classes, in_chans, image_size, **options):
-    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU."""
-    return SmallCNN(num_classes, in_chans, image_size, **options)
+def _channel_tensor(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def preact_resnet18(num_classes, in_chans, image_size, activation="relu", **options):
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise RamptoolError(f"--normalize {what} must be comma-separated numbers, got {text!r}") from None
+    return values
+
+
+def resolve_normalize(normalize: str | None, default: str, spec) -> tuple[str, list[float] | None,
+                                                                        list[float] | None]:
+    """``(normalize, mean, std)`` for ``--normalize none|dataset|MEAN/STD`` (``default`` when not given) on a
+    dataset ``spec``; mean and std are None for none."""
+    normalize = (normalize or default).strip()
+    if normalize == "none":
+        return "none", None, None
+    if normalize == "dataset":
+        return "dataset", list(spec.mean), list(spec.std)
+    if normalize.count("/") != 1:
+        raise RamptoolError(f"--normalize takes none, dataset or MEAN/STD (e.g. 0.4914,0.4822,0.4465/"
+                            f"0.2471,0.2435,0.2616), got {normalize!r}")
+    mean_text, std_text = normalize.split("/")
+    mean, std = _numbers(mean_text, "MEAN"), _numbers(std_text, "STD")
+    channels = spec.input_shape[0]
+    if len(mean) != len(std) or len(mean) not in (1, channels):
+        raise RamptoolError(f"--normalize {normalize!r}: give 1 or {channels} values for MEAN and for STD "
+                            f"(the dataset has {channels} channels)")
+    if not all(s > 0 for s in std):
+        raise RamptoolError(f"--normalize {normalize!r}: STD values must be positive")
+    return normalize, mean, std
+
+
+def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU; width scales the convs."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width)
+
+
+def small_cnn_bn(num_classes, in_chans, image_size, *, width: int = 16):
+    """Small CNN with BatchNorm after each convolution (BatchNorm and --sync-bn on a CPU)."""
+    return SmallCNN(num_classes, in_chans, image_size, width=width, batchnorm=True)
+
+
+def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
     """PreAct ResNet-18 (ReLU), E-AT/RAMP parameter names."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation, **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name=activation)
 
 
-def preact_resnet18_softplus(num_classes, in_chans, image_size, **options):
+def preact_resnet18_softplus(num_classes, in_chans, image_size):
     """PreAct ResNet-18 with softplus activations (RAMP/E-AT from-scratch setting)."""
-    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus", **options)
+    return PreActResNet18(num_classes, in_chans, image_size, activation_name="softplus")
 
 
 def _wide_resnet(depth, width):
-    def build(num_classes, in_chans, image_size, **options):
-        return WideResNet(depth, width, num_classes, in_chans, image_size, **options)
+    def build(num_classes, in_chans, image_size, *, sub_block1: bool = False):
+        return WideResNet(depth, width, num_classes, in_chans, image_size, sub_block1=sub_block1)
 
-    build.__doc__ = f"WideResNet-{depth}-{width} (RobustBench parameter names)"
+    build.__doc__ = f"WideResNet-{depth}-{width} (RobustBench parameter names; sub_block1=true for its TRADES layout)"
     return build
 
 
-def timm_model(num_classes, in_chans, image_size, timm_name=None, cifar_stem=False, **options):
-    """timm:<name>: any timm architecture (random init; cifar_stem=True swaps the stem for a 3x3 conv)."""
+def timm_model(num_classes, in_chans, image_size, timm_name, cifar_stem=False, **options):
+    """timm:<name>: any timm architecture (random init; fixed-size models get img_size; cifar_stem=True swaps the
+    stem for a 3x3 conv)."""
     import timm
+    from timm.models import get_pretrained_cfg_value
 
     try:
+        if get_pretrained_cfg_value(timm_name, "fixed_input_size"):
+            options.setdefault("img_size", image_size)  # what timm does with its own default size
         model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                   **options)
-    except RuntimeError as error:
-        raise RamptoolError(f"timm cannot build {timm_name!r}: {error}") from None
+    except (RuntimeError, TypeError, AssertionError, ValueError) as error:
+        given = f" with options {options}" if options else ""
+        raise RamptoolError(f"timm cannot build {timm_name!r}{given}: {error}") from None
     if cifar_stem:
         stem = getattr(model, "conv1", None)
         if not isinstance(stem, nn.Conv2d):
@@ -69,28 +125,58 @@ def timm_model(num_classes, in_chans, image_size, timm_name=None, cifar_stem=Fal
     return model
 
 
+def robustbench_model(num_classes, in_chans, image_size, zoo_name, **options):
+    """robustbench:<dataset>/<threat_model>/<name>: a RobustBench zoo architecture, RobustBench's input convention."""
+    from ramptool.robustbench import build_network
+
+    return build_network(ROBUSTBENCH_PREFIX + zoo_name, num_classes, (in_chans, image_size, image_size), options)
+
+
 @hookimpl
 def register_backbones():
     return {
         "small-cnn": small_cnn,
+        "small-cnn-bn": small_cnn_bn,
         "preact-resnet18": preact_resnet18,
         "preact-resnet18-softplus": preact_resnet18_softplus,
         "wrn-28-10": _wide_resnet(28, 10),
         "wrn-34-20": _wide_resnet(34, 20),
         "wrn-70-16": _wide_resnet(70, 16),
-        "timm:<name>": timm_model,
+        PREFIXED_BACKBONES[TIMM_PREFIX]: timm_model,
+        PREFIXED_BACKBONES[ROBUSTBENCH_PREFIX]: robustbench_model,
     }
+
+
+def backbone_name(arch: str) -> str:
+    """The registered backbone behind an ``--arch`` value (all of ``timm:<name>`` is one entry, and so on)."""
+    return next((registered for prefix, registered in PREFIXED_BACKBONES.items() if arch.startswith(prefix)), arch)
+
+
+def bind_arch_options(arch: str, given: dict | None) -> dict:
+    """``given`` options (``--arch-option``, a recipe, a checkpoint) of the backbone ``arch``, checked against its
+    builder and typed."""
+    from ramptool.plugins import bind_options
+
+    return bind_options("backbone", backbone_name(arch), given)
 
 
 def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, **options) -> nn.Module:
     from ramptool.plugins import get
 
-    if arch.startswith(TIMM_PREFIX):
-        return get("backbone", "timm:<name>")(num_classes, in_chans, image_size,
-                                                timm_name=arch[len(TIMM_PREFIX):], **options)
-    return get("backbone", arch)(num_classes, in_chans, image_size, **options)
+    options = bind_arch_options(arch, options)
+    builder = get("backbone", backbone_name(arch))
+    for prefix in PREFIXED_BACKBONES:
+        if arch.startswith(prefix):
+            return builder(num_classes, in_chans, image_size, arch[len(prefix):], **options)
+    try:
+        return builder(num_classes, in_chans, image_size, **options)
+    except TypeError as error:
+        if not options:
+            raise
+        raise RamptoolError(f"backbone {arch!r} does not take the options {options}: {error}") from None
 
 
-def build_model(arch: str, num_classes: int, input_shape, mean, std, **options) -> Normalized:
+def build_model(arch: str, num_classes: int, input_shape, mean=None, std=None, **options) -> Normalized:
+    """The backbone behind the [0,1]-input wrapper; mean/std None when the backbone takes [0,1] pixels itself."""
     in_chans, image_size = input_shape[0], input_shape[-1]
     return Normalized(build_backbone(arch, num_classes, in_chans, image_size, **options), mean, std)

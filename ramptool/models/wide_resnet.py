@@ -1,4 +1,9 @@
-"""WideResNet (Zagoruyko & Komodakis) with RobustBench's parameter names: WRN-28-10, WRN-34-20, WRN-70-16."""
+"""WideResNet (Zagoruyko & Komodakis) with RobustBench's parameter names: WRN-28-10, WRN-34-20, WRN-70-16.
+
+``sub_block1=True`` adds the unused first-stage block that the TRADES-derived checkpoints (RobustBench's
+``WideResNet(sub_block1=True)``, e.g. Carmon2019Unlabeled) carry, so their state_dicts load strictly and export
+back to the same keys; it takes no part in the forward pass.
+"""
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,7 +42,7 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth=28, widen_factor=10, num_classes=10, in_chans=3, image_size=32):
+    def __init__(self, depth=28, widen_factor=10, num_classes=10, in_chans=3, image_size=32, sub_block1=False):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError("WideResNet depth must be 6n+4")
@@ -45,6 +50,8 @@ class WideResNet(nn.Module):
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, widths[0], widths[1], 1)
+        if sub_block1:
+            self.sub_block1 = NetworkBlock(n, widths[0], widths[1], 1)
         self.block2 = NetworkBlock(n, widths[1], widths[2], 2)
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
@@ -53,5 +60,7 @@ class WideResNet(nn.Module):
 
     def forward(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = F.adaptive_avg_pool2d(self.relu(self.bn1(out)), 1).flatten(1)
+        out = self.relu(self.bn1(out))
+        # global average pooling written as RobustBench's WideResNet writes it, so imported logits match bit for bit
+        out = F.avg_pool2d(out, out.shape[-2:]).flatten(1)
         return self.fc(out)

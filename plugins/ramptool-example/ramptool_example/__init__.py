@@ -1,49 +1,45 @@
-"""Example ramptool plugin: a Jensen-Shannon pairing loss (``js``) and a tiny MLP backbone (``tiny-mlp``).
+"""ramptool-example: one component of every kind ramptool has, written against ``ramptool.api`` only.
 
-ramptool imports this module through its ``ramptool`` entry point and calls the ``@hookimpl`` functions
-below; each returns a mapping ``name -> component``.
+ramptool imports this module through its ``ramptool`` entry point (see pyproject.toml) and calls the
+``@hookimpl`` functions below; each returns a dict ``name -> component``.
 """
 
-import math
+from ramptool.api import attack_family, hookimpl
+from ramptool_example.attacks import margin_pgd
+from ramptool_example.backbones import tiny_mlp
+from ramptool_example.combiners import ClipGradNorm
+from ramptool_example.datasets import FASHION_MNIST_14
+from ramptool_example.methods import TRADES
+from ramptool_example.pairing import jensen_shannon
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from ramptool import hookimpl
-from ramptool.errors import RamptoolError
-
-
-def jensen_shannon_pairing(logits_q: torch.Tensor, logits_r: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence between p_q and p_r (symmetric, at most log 2), mean over kept points."""
-    if logits_q.shape[0] == 0:
-        return logits_q.sum() * 0.0  # an empty kept subset contributes nothing but keeps the graph
-    log_p_q = F.log_softmax(logits_q, dim=1)
-    log_p_r = F.log_softmax(logits_r, dim=1)
-    # log of the mixture m = (p_q + p_r) / 2, computed in log space so tiny probabilities do not underflow
-    log_m = torch.logsumexp(torch.stack([log_p_q, log_p_r]), dim=0) - math.log(2.0)
-    kl_q_m = (log_p_q.exp() * (log_p_q - log_m)).sum(dim=1)
-    kl_r_m = (log_p_r.exp() * (log_p_r - log_m)).sum(dim=1)
-    return (0.5 * (kl_q_m + kl_r_m)).mean()
+RAMPTOOL_API_VERSION = 1  # the ramptool.api version this plugin is written for
 
 
-def tiny_mlp(num_classes: int, in_chans: int, image_size: int, hidden: int = 64, **options) -> nn.Module:
-    """Tiny MLP (flatten, one hidden ReLU layer of ``hidden`` units): a fast backbone for smoke tests."""
-    if options:
-        raise RamptoolError(f"tiny-mlp takes only the option 'hidden', not {', '.join(sorted(options))}")
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_chans * image_size * image_size, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
+@hookimpl
+def register_attacks():
+    return attack_family("margin", margin_pgd, "PGD on the Carlini-Wagner margin loss")
 
 
 @hookimpl
 def register_pairing_losses():
-    return {"js": jensen_shannon_pairing}
+    return {"js": jensen_shannon}
+
+
+@hookimpl
+def register_combiners():
+    return {"clip-grad": ClipGradNorm}
 
 
 @hookimpl
 def register_backbones():
     return {"tiny-mlp": tiny_mlp}
+
+
+@hookimpl
+def register_datasets():
+    return {"fashion-mnist-14": FASHION_MNIST_14}
+
+
+@hookimpl
+def register_methods():
+    return {"trades": TRADES}
