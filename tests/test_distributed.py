@@ -183,7 +183,7 @@ def test_tensorboard_logs_every_metrics_scalar(tmp_path, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train(TrainConfig(out=str(tmp_path / "run"), subset=128, batch_size=64, method="clean", optimizer="adam",
-                      lr=1e-3, epochs=2, eval_n=16, eval_steps=2, eps={"linf": 0.1, "l2": 1.5, "l1": 10.0},
+                      lr=1e-3, epochs=2, eval_n=16, eval_steps=3, eps={"linf": 0.1, "l2": 1.5, "l1": 10.0},
                       progress=False, device="cpu", tensorboard=str(tmp_path / "tb")))
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()

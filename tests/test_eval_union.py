@@ -351,11 +351,11 @@ def test_cli_quick_upper_bound_says_so_in_every_table_file_and_title(clean_model
 
 
 def test_n_examples_all_is_the_whole_test_split(fmnist_test):
-    x, y = _test_points("fashion-mnist", None, "all", None)
+    x, y = _test_points("fashion-mnist", None, "all", None, {})
     assert len(y) == 10000 and torch.equal(x[:256], fmnist_test[0])
     assert parse_n_examples("all") is None and parse_n_examples("12") == 12
     with pytest.raises(RamptoolError, match="--sample-seed draws a random subset"):
-        _test_points("fashion-mnist", None, "all", 3)
+        _test_points("fashion-mnist", None, "all", 3, {})
 
 
 def test_cli_eval_curve_writes_json_and_png(clean_model_dir, tmp_path, capsys):
