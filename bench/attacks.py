@@ -24,6 +24,7 @@ from pyautoattack.autopgd_base import APGDAttack
 
 from ramptool.checkpoint import load_model
 from ramptool.data import load_split
+from ramptool.evaluation.passes import PassCounter
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.plugins import get, registry
 from ramptool.threat import DEFAULT_EPS
@@ -33,27 +34,6 @@ EPS = DEFAULT_EPS["fashion-mnist"]
 # the module, not the function of the same name that ramptool.attacks re-exports in its place
 apgd_module = importlib.import_module("ramptool.attacks.apgd")
 AUTOATTACK_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-
-
-class PassCounter(nn.Module):
-    """Counts the images that go forward and backward through the wrapped model."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.forward_images = 0
-        self.backward_images = 0
-        self.register_full_backward_hook(self._count_backward)
-
-    def _count_backward(self, module, grad_input, grad_output):
-        self.backward_images += grad_output[0].shape[0]
-
-    def forward(self, x):
-        self.forward_images += x.shape[0]
-        return self.model(x)
-
-    def reset(self):
-        self.forward_images = self.backward_images = 0
 
 
 def synchronize(device):

@@ -222,9 +222,10 @@ def pair(
     optimizer: str = typer.Option("adam", help="--train: sgd or adam."),
     lr: float = typer.Option(1e-3, help="--train: learning rate."),
     n_examples: int = typer.Option(500, help="Test points for the robustness matrix."),
-    attack: str = typer.Option("autoattack", help="autoattack (AutoAttack fast), apgd (APGD-CE, quick look) or a "
+    attack: str = typer.Option("apgd", help="apgd (AutoAttack-grade: APGD-CE + APGD-T with AutoAttack's "
+                               "settings), autoattack (pyautoattack), apgd-ce (one run: quick, an upper bound) or a "
                                "registered attack family (upper bounds)."),
-    steps: int = typer.Option(100, help="--attack apgd: iterations."),
+    steps: int = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100)."),
     fine_tune_from: str | None = typer.Option(None, help="Norm of the model you will fine-tune (q override)."),
     out: str = typer.Option("runs/pair", help="Folder for pair.json, the heatmap and trained models."),
     device: str = typer.Option("auto"),

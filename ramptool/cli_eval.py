@@ -1,4 +1,5 @@
-"""``ramptool eval``: union accuracy (AutoAttack), common corruptions, robust accuracy vs eps, unseen adversaries.
+"""``ramptool eval``: union accuracy (AutoAttack-grade), common corruptions, robust accuracy vs eps, unseen
+adversaries.
 
 A thin layer: the work happens in ``ramptool.evaluation``. User mistakes raise RamptoolError (one line, exit 2).
 Under torchrun every process evaluates its share of the test points and rank 0 prints and writes the reports,
@@ -107,13 +108,75 @@ def _locks_out(command):
     return locked
 
 
-def _test_points(dataset: str, data_dir, n_examples: int, sample_seed, metadata: dict):
-    """The test points at the checkpoint's resolution (image folders can be read at any)."""
+def parse_n_examples(text: str) -> int | None:
+    """'1000' -> 1000; 'all' -> None (the whole test split)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise RamptoolError(f"--n-examples must be a positive number or 'all', got {text!r}") from None
+    return _positive(value, "--n-examples")
+
+
+def _test_points(dataset: str, data_dir, n_examples: str | int, sample_seed, metadata: dict):
+    """The test points at the checkpoint's resolution (image folders can be read at any): the first N, a seeded
+    random N, or all of them."""
     from ramptool.data import get_dataset, load_split
 
+    subset = parse_n_examples(str(n_examples))
+    if subset is None and sample_seed is not None:
+        raise RamptoolError("--sample-seed draws a random subset: give --n-examples N with it, not 'all'")
     size = metadata["input_shape"][-1] if get_dataset(dataset).resizable else None
-    return load_split(dataset, "test", data_dir, _positive(n_examples, "--n-examples"),
-                      sample_seed=sample_seed, image_size=size).tensors()
+    return load_split(dataset, "test", data_dir, subset, sample_seed=sample_seed, image_size=size).tensors()
+
+
+def eps_as_given(text: str | None, eps: dict[str, float]) -> dict[str, str]:
+    """Each norm's eps as the user wrote it ('8/255'), or as ramptool writes a default one."""
+    from ramptool.evaluation.report import eps_text
+    from ramptool.threat import parse_norm
+
+    given = {norm: eps_text(value) for norm, value in eps.items()}
+    for part in (text or "").split(","):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            given[parse_norm(key, list(eps))] = value.strip()
+    return given
+
+
+def check_report_folder(out: Path, names, resume: bool, overwrite: bool) -> None:
+    """Never replace a finished report, nor the flags of an interrupted evaluation, without being told to."""
+    from ramptool.evaluation.union import FLAGS_FILE
+
+    if overwrite or resume:
+        return
+    if (out / "report.json").exists():
+        raise RamptoolError(f"{out} already holds a report; pass --overwrite or choose another --out")
+    for name in names:
+        if (out / name / FLAGS_FILE).exists():
+            raise RamptoolError(f"{out / name} holds an unfinished evaluation; pass --resume to continue it, "
+                                f"--overwrite to start over, or choose another --out")
+
+
+def save_adversarial(folder: Path, name: str, report: dict, x, y, provenance_record: dict) -> Path:
+    """The adversarial examples that counted, per norm, next to the clean points and labels they came from:
+    ``<norm>/x_adv``, ``<norm>/x``, ``<norm>/label``, ``<norm>/index`` (position among the evaluated points)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ramptool.checkpoint import atomic_write
+
+    tensors = {}
+    for norm, found in report.pop("adversarial").items():
+        index = found["index"]
+        tensors.update({f"{norm}/x_adv": found["x_adv"].contiguous(), f"{norm}/x": x[index].contiguous(),
+                        f"{norm}/label": y[index].contiguous(), f"{norm}/index": index.contiguous()})
+    metadata = {"eps": json.dumps(report["eps"]), "attack": report["attack"], "version": report["version"],
+                "seed": str(report["seed"]), "provenance": json.dumps(provenance_record)}
+    path = Path(folder) / f"{name}.safetensors"
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
 
 
 @eval_app.command()
@@ -126,25 +189,31 @@ def union(
     normalize: str | None = NORMALIZE_OPTION,
     arch_option: list[str] = ARCH_OPTIONS_OPTION,
     model_dir: str | None = MODEL_DIR_OPTION,
-    n_examples: int = typer.Option(1000, help="Test points (the first N)."),
+    n_examples: str = typer.Option("1000", help="Test points: the first N, or 'all'."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12.", show_default="the dataset's"),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
-    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (full AutoAttack)."),
-    attack: str = typer.Option("autoattack", help="autoattack (reported numbers), apgd (quick check), or a "
-                               "registered attack family such as pgd (upper bounds)."),
+    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (adds FAB-T and Square)."),
+    attack: str = typer.Option("apgd", help="apgd: APGD-CE + APGD-T with AutoAttack's settings on ramptool's APGD "
+                               "(AutoAttack-grade); autoattack: pyautoattack itself; apgd-ce: one APGD-CE run "
+                               "(quick, an upper bound); or a registered attack family such as pgd (upper bounds)."),
     attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
-    steps: int = typer.Option(100, help="--attack apgd or a family: iterations."),
-    union_only: bool = typer.Option(False, "--union-only", help="Cascade: each norm attacks only points still "
-                                    "robust (same union, less time; per-norm numbers become upper bounds)."),
-    resume: bool = typer.Option(False, "--resume", help="Skip norms already finished in --out."),
+    steps: int = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100)."),
+    union_only: bool = typer.Option(False, "--union-only", help="Cascade: each run attacks only points still "
+                                    "robust in every norm (same union, less time; per-norm numbers become upper "
+                                    "bounds)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip runs already finished in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report or unfinished evaluation in --out."),
+    save_adv: Path | None = typer.Option(None, "--save-adv", help="Folder for the adversarial examples that "
+                                         "counted (<model>.safetensors)."),
     out: str = typer.Option("runs/eval", help="Folder for report.json, report.md, report.png and flags."),
     batch_size: int = typer.Option(500, help="Attack batch size."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="AutoAttack seed."),
+    seed: int = typer.Option(0, help="Attack seed (random starts)."),
 ):
-    """Clean, per-norm and union accuracy under AutoAttack, for one or more checkpoints side by side."""
-    from ramptool.evaluation.report import print_union_table, write_union_reports
+    """Clean, per-norm and union accuracy (AutoAttack-grade by default), for one or more checkpoints side by side."""
+    from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
+    from ramptool.evaluation.suite import get_suite
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
     from ramptool.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms
@@ -152,8 +221,12 @@ def union(
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
+    attack_options = parse_assignments(attack_option, "--attack-option")
+    get_suite(attack, norm_list, attack_options)
+    parse_n_examples(n_examples)
     _positive(batch_size, "--batch-size")
     _positive(steps, "--steps")
+    check_report_folder(Path(out), checkpoints, resume, overwrite)
     target = _device(device)
     reports = {}
     for name, path in checkpoints.items():
@@ -166,13 +239,23 @@ def union(
                                     out_dir=Path(out) / name, resume=resume, union_only=union_only,
                                     batch_size=batch_size, seed=seed, attack=attack, steps=steps,
                                     recorded_clean=recorded_clean_accuracy(metadata), console=console,
-                                    attack_options=parse_assignments(attack_option, "--attack-option"),
-                                    on_progress=progress)
-        reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
+                                    attack_options=attack_options, on_progress=progress,
+                                    keep_adversarial=save_adv is not None)
+        record = provenance(path if isinstance(path, Path) else None, target)
+        if not isinstance(path, Path):
+            record["checkpoint"] = path  # a model zoo name: the zoo's own file, not hashed here
+        report["eps_given"] = {norm: text for norm, text in eps_as_given(eps, eps_values).items() if norm in norm_list}
+        if save_adv is not None and _is_main():
+            console.print(f"adversarial examples: {save_adversarial(save_adv, name, report, x, y, record)}",
+                          highlight=False)
+        report.pop("adversarial", None)
+        reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "split": "test",
+                         "points": "first N" if sample_seed is None else f"a random N, sample seed {sample_seed}",
+                         "sample_seed": sample_seed, "provenance": record, **report}
     print_union_table(reports, console)
     if not _is_main():
         return
-    written = write_union_reports(reports, out)
+    written = write_union_reports(reports, out, provenance(device=target))
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
 
 
@@ -294,18 +377,21 @@ def curve(
                                          "linf=2/255,4/255,8/255; repeat per norm."),
     multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "
                                                           "reference eps."),
-    n_examples: int = typer.Option(500, help="Test points (the first N)."),
+    n_examples: str = typer.Option("500", help="Test points: the first N, or 'all'."),
     sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
-    attack: str = typer.Option("apgd", help="apgd (APGD-CE) or a registered attack family (upper bounds)."),
+    attack: str = typer.Option("apgd", help="apgd (AutoAttack-grade), autoattack (pyautoattack), apgd-ce (one "
+                               "APGD-CE run: quick, an upper bound) or a registered attack family (upper bounds)."),
     attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
-    steps: int = typer.Option(100, help="Attack iterations."),
+    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (adds FAB-T and Square)."),
+    steps: int = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100)."),
     out: str = typer.Option("runs/eval", help="Folder for curve.json and curve.png."),
     batch_size: int = typer.Option(500),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Attack seed (random starts)."),
 ):
-    """Robust accuracy vs eps under APGD-CE (or an attack family); warns where it does not fall as eps grows."""
+    """Robust accuracy vs eps (AutoAttack-grade by default); warns where it does not fall as eps grows."""
     from ramptool.evaluation.report import curve_table, write_curve_report
+    from ramptool.evaluation.suite import get_suite
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
     from ramptool.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms, parse_number
@@ -313,6 +399,9 @@ def curve(
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
+    attack_options = parse_assignments(attack_option, "--attack-option")
+    suite = get_suite(attack, norm_list, attack_options)
+    parse_n_examples(n_examples)
     explicit = parse_eps_values(eps_values, norm_list)
     factors = [parse_number(part) for part in multiples.split(",") if part.strip()]
     if not factors or any(not factor > 0 for factor in factors):
@@ -329,14 +418,13 @@ def curve(
                                 f"--eps-values")
         sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
         x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
-        console.print(f"{name}: {attack} on {len(y)} points at {sum(len(v) for v in sweep.values())} eps values",
-                      highlight=False)
+        console.print(f"{name}: {suite.description} on {len(y)} points at {sum(len(v) for v in sweep.values())} "
+                      f"eps values", highlight=False)
         with task_progress(console) as progress:
-            result = robustness_curve(model, x, y, sweep, steps=steps, batch_size=batch_size, seed=seed,
+            result = robustness_curve(model, x, y, sweep, attack=attack, version=version, steps=steps,
+                                      batch_size=batch_size, seed=seed,
                                       reference_eps={n: reference[n] for n in norm_list if n in reference},
-                                      console=console, attack=attack,
-                                      attack_options=parse_assignments(attack_option, "--attack-option"),
-                                      on_progress=progress)
+                                      console=console, attack_options=attack_options, on_progress=progress)
         curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
     console.print(curve_table(curves))
     if not _is_main():

@@ -270,8 +270,10 @@ class TrainConfig:
     seed: int = knob(0, "Seed of the initial weights, batch order, augmentation and attacks.", minimum=0)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N (auto = cuda if available).", parse=device_name,
                        on_resume="free")
-    eval_n: int = knob(0, "After each epoch, an APGD evaluation on N test points (0: none).", minimum=0)
-    eval_steps: int = knob(100, "APGD iterations of that evaluation.", positive=True)
+    eval_n: int = knob(0, "After each epoch, an AutoAttack-grade evaluation (APGD-CE + APGD-T) on N test points "
+                          "(0: none).", minimum=0)
+    eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100; at least 3, which "
+                                  "l1's large-eps schedule needs).", minimum=3)
     amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
                            shown_default="none")
     channels_last: bool = knob(False, "Channels-last memory format (CUDA).")

@@ -52,28 +52,30 @@ def single_trained_norm(metadata: dict, path: str) -> str:
 
 
 def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
-                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "autoattack",
+                      n_examples: int = 500, steps: int = 100, device="cpu", attack: str = "apgd",
                       model_dir=None):
-    """R[trained norm][attack norm] for one single-norm model per norm, under AutoAttack (fast) or, for a quick
-    look, ramptool's APGD-CE with ``steps`` iterations (which overestimates l1 robustness markedly)."""
+    """(R[trained norm][attack norm], checkpoint per norm, the attack's label) for one single-norm model per
+    norm, under any evaluation attack of ``eval union`` (default: AutoAttack-grade; 'apgd-ce' or an attack
+    family give upper bounds, and APGD-CE alone overestimates l1 robustness markedly)."""
     from ramptool.data import load_split
+    from ramptool.evaluation.report import attack_label
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation
 
     x, y = load_split(dataset, "test", data_dir, n_examples).tensors()
-    matrix, sources = {}, {}
+    matrix, sources, label = {}, {}, None
     for path in checkpoints:
         model, metadata, _ = load_for_evaluation(path, dataset, device=device, model_dir=model_dir)
         norm = single_trained_norm(metadata, path)
         if norm in matrix:
             raise RamptoolError(f"two checkpoints were trained for {norm}: {sources[norm]} and {path}")
-        acc = evaluate_union(model, x, y, norms, eps, attack=attack, steps=steps)["accuracy"]
-        matrix[norm] = {p: acc[p] for p in norms} | {"clean": acc["clean"]}
-        sources[norm] = str(path)
+        report = evaluate_union(model, x, y, norms, eps, attack=attack, steps=steps)
+        matrix[norm] = {p: report["accuracy"][p] for p in norms} | {"clean": report["accuracy"]["clean"]}
+        sources[norm], label = str(path), attack_label(report)
     ordered = {p: matrix[p] for p in norms if p in matrix}
-    return ordered, sources
+    return ordered, sources, label
 
 
-def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path) -> None:
+def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +91,7 @@ def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Pa
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
     fig.colorbar(image, ax=ax, label="robust accuracy (%)")
-    ax.set_title("single-norm AT models vs each attack")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,36 +117,42 @@ def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset
 
 
 def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, steps=100, fine_tune_from=None,
-              out: Path | None = None, device="cpu", attack: str = "autoattack", model_dir=None) -> dict:
-    matrix, sources = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps, device,
-                                        attack, model_dir)
+              out: Path | None = None, device="cpu", attack: str = "apgd", model_dir=None) -> dict:
+    from ramptool.evaluation.report import eps_line
+    from ramptool.evaluation.suite import get_suite
+
+    matrix, sources, label = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps,
+                                               device, attack, model_dir)
     q, r, evidence = choose_pair(matrix, fine_tune_from)
     result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
-              "norms": norms, "dataset": dataset, "n_examples": n_examples,
-              "attack": "autoattack fast" if attack == "autoattack" else f"apgd-ce x{steps}" if attack == "apgd"
-              else f"{attack} x{steps} (attack family: upper bounds)",
-              "checkpoints": sources, "fine_tune_from": fine_tune_from}
+              "norms": norms, "dataset": dataset, "n_examples": n_examples, "attack": label,
+              "grade": get_suite(attack).grade, "steps": steps, "checkpoints": sources,
+              "fine_tune_from": fine_tune_from}
     if out is not None:
         from ramptool.checkpoint import atomic_write
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "pair.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-        save_heatmap(matrix, norms, out / "pair_matrix.png")
+        title = (f"single-norm AT models vs each attack, {dataset}, n={n_examples}\n{label}\n"
+                 f"eps {eps_line({p: eps[p] for p in norms})}")
+        save_heatmap(matrix, norms, out / "pair_matrix.png", title)
     return result
 
 
 def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, epochs, subset, optimizer, lr,
-                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="autoattack",
+                      n_examples, steps, fine_tune_from, out, device, seed, console, attack="apgd",
                       model_dir=None) -> dict:
     """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
     from rich.markup import escape
     from rich.table import Table
 
     from ramptool.attacks import known_norms
+    from ramptool.evaluation.suite import get_suite
     from ramptool.threat import parse_eps, parse_norm, parse_norms
     from ramptool.trainer import resolve_device
 
     known = known_norms()
+    get_suite(attack)
     norm_list = parse_norms(norms, known)
     eps_map = parse_eps(eps, dataset, known)
     missing = [p for p in norm_list if p not in eps_map]

@@ -341,7 +341,7 @@ class Trainer:
         x, y = self.eval_data.tensors()
         norms = [n for n in ("linf", "l2", "l1") if n in self.cfg.eps] or list(self.cfg.eps)
         with eval_mode(self.model):
-            report = evaluate_union(self.model, x, y, norms, self.cfg.eps, attack="apgd", steps=self.cfg.eval_steps)
+            report = evaluate_union(self.model, x, y, norms, self.cfg.eps, steps=self.cfg.eval_steps)
         return report["accuracy"]
 
     def _clean_check_points(self):

@@ -3,25 +3,31 @@ strong as it should be (against PGD, across eps, against pyautoattack's APGD) an
 schedule."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import FMNIST_EPS
-from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack import AutoAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted, L1_projection
 
 from ramptool.attacks import apgd, pgd
-from ramptool.attacks.apgd import apgd_joint, checkpoint_schedule
+from ramptool.attacks.apgd import apgd_joint, checkpoint_schedule, large_eps_stages
+from ramptool.attacks.base import autoattack_start, point_noise
 from ramptool.attacks.losses import dlr, dlr_targeted
 from ramptool.attacks.unseen import changed_pixels
+from ramptool.checkpoint import load_model
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.suite import AUTOATTACK_SETTINGS, AUTOATTACK_STEPS, FAB_TARGETS
 from ramptool.evaluation.unseen import DEFAULT_BUDGETS
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.plugins import get, registry
 from ramptool.threat import lp_norm
 
 ATTACK_NAMES = registry().names("attack")
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
 AUTOATTACK_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
@@ -210,23 +216,118 @@ def test_apgd_robust_accuracy_does_not_increase_with_eps(norm, apgd_robust_accur
     assert sweep[0] > sweep[2]
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def robust_model_and_points(fmnist_test):
+    """The shipped l∞-AT model and 48 test points it classifies correctly: many survive the attacks, so their
+    trajectories run to the end."""
+    model = load_model(SHIPPED)
+    x, y = fmnist_test[0][:64], fmnist_test[1][:64]
+    with torch.no_grad():
+        logits = model(x)
+    correct = (logits.argmax(1) == y).nonzero().squeeze(1)[:48]
+    return model, x[correct], y[correct], logits[correct]
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-def test_apgd_agrees_with_pyautoattack(norm, clean_model, fmnist_test):
-    """APGD-CE, 100 steps, one restart, at AutoAttack's evaluation settings (keep the misclassified iterate,
-    initial l1 top-k 0.2): robust accuracy within 2 points of pyautoattack's APGDAttack. 256 points, since
-    its random start alone moves robust accuracy by up to ~2 points on 128."""
-    x, y = fmnist_test
+@pytest.mark.parametrize("targeted", [False, True])
+def test_apgd_follows_pyautoattack_from_the_same_start(norm, targeted, robust_model_and_points):
+    """Given AutoAttack's starting point, ramptool's APGD takes AutoAttack's steps: l∞ bit for bit, l2 up to the
+    rounding of its projection formula; every norm fools exactly the points pyautoattack's own run fools (l1's
+    exact box-l1 projection differs from AutoAttack's float32 one in the last bits, which can change which
+    coordinates a sparse step picks, not which points fall)."""
+    model, x, y, logits = robust_model_and_points
     eps = FMNIST_EPS[norm]
-    ours = robust(clean_model, y, apgd(clean_model, x, y, norm, eps, steps=100, keep="misclassified",
-                                          l1_sparsity=0.2))
-    reference = APGDAttack(clean_model, norm=AUTOATTACK_NORM[norm], eps=eps, n_iter=100, n_restarts=1,
-                           loss="ce", seed=0, device="cpu")
-    x_reference = reference.perturb(x, y)
-    assert (lp_norm(x_reference - x, norm) <= eps * (1 + 1e-4)).all()
-    theirs = accuracy(clean_model, x_reference, y)
-    assert abs(ours.float().mean().item() - theirs) <= 0.02
-    assert theirs < 0.6 * accuracy(clean_model, x, y)
+    start = autoattack_start(x, norm, eps, point_noise(x, torch.arange(len(y)), 0, 1,
+                                                       "uniform" if norm == "linf" else "normal"))
+    if targeted:
+        reference = APGDAttack_targeted(model, norm=AUTOATTACK_NORM[norm], eps=eps, n_iter=20, device="cpu")
+        reference.y_target = logits.sort(dim=1)[1][:, -2]
+        options = {"loss": "dlr-targeted", "y_target": reference.y_target}
+    else:
+        reference = APGDAttack(model, norm=AUTOATTACK_NORM[norm], eps=eps, n_iter=20, loss="ce", device="cpu")
+        options = {}
+    reference.init_hyperparam(x)
+    best, still_correct, loss_best, _ = reference.attack_single_run(x, y, x_init=start)
+    ours = apgd(model, x, y, norm, eps, steps=20, x_init=start, **options)
+
+    assert torch.equal(ours.fooled, ~still_correct) and 0 < int(ours.fooled.sum()) < len(y)
+    if norm == "linf":
+        assert torch.equal(ours.x_adv, best) and torch.equal(ours.loss, loss_best)
+    elif norm == "l2":
+        assert torch.allclose(ours.loss, loss_best, atol=2e-3)
+
+
+def test_large_eps_schedule_is_autoattacks_and_breaks_as_many_points(robust_model_and_points):
+    """AutoAttack's l1 schedule: 3x, 2x then 1x eps for ceil(30%), ceil(30%) and the rest of the steps; from
+    the same start it fools as many points as pyautoattack's ``decr_eps_pgd``, and what it returns lies in the
+    1x ball."""
+    assert large_eps_stages(10.0, 100) == [(30.0, 30), (20.0, 30), (10.0, 40)]
+    assert large_eps_stages(10.0, 10) == [(30.0, 3), (20.0, 3), (10.0, 4)]
+    model, x, y, _ = robust_model_and_points
+    reference = APGDAttack(model, norm="L1", eps=10.0, n_iter=30, loss="ce", device="cpu", use_largereps=True)
+    reference.init_hyperparam(x)
+    torch.manual_seed(5)
+    noise = torch.randn_like(x)
+    torch.manual_seed(5)  # decr_eps_pgd draws the same noise: x + noise, projected into the 3x ball
+    stages = large_eps_stages(10.0, 30)
+    _, still_correct, _, _ = reference.decr_eps_pgd(x, y, [eps for eps, _ in stages], [n for _, n in stages])
+    start = autoattack_start(x, "l1", 30.0, noise)
+    ours = apgd(model, x, y, "l1", 10.0, steps=30, x_init=start, keep="misclassified", large_eps=True)
+    assert abs(int(ours.fooled.sum()) - int((~still_correct).sum())) <= 1 and 0 < int(ours.fooled.sum()) < len(y)
+    assert (lp_norm(ours.x_adv - x, "l1") <= 10.0 * (1 + 1e-5)).all()
+    with torch.no_grad():
+        wrong = model(ours.x_adv).argmax(1) != y
+    assert torch.equal(wrong, ours.fooled)
+
+
+def test_point_noise_depends_on_seed_stream_and_index_only():
+    like = torch.zeros(6, 1, 8, 8)
+    index = torch.tensor([3, 9, 4, 100, 7, 2**31 + 5])
+    noise = point_noise(like, index, seed=0, stream=7)
+    # the same point in another batch, alone or in another order, gets the same row
+    assert torch.equal(point_noise(like[:1], index[3:4], 0, 7), noise[3:4])
+    assert torch.equal(point_noise(like[:3], index.flip(0)[:3], 0, 7), noise.flip(0)[:3])
+    assert not torch.equal(point_noise(like, index, 1, 7), noise)
+    assert not torch.equal(point_noise(like, index, 0, 8), noise)
+    big = point_noise(torch.zeros(64, 3, 32, 32), torch.arange(64), 0, 1).flatten()
+    assert abs(big.mean().item()) < 0.01 and abs(big.std().item() - 1) < 0.01
+    uniform = point_noise(torch.zeros(64, 3, 32, 32), torch.arange(64), 0, 1, "uniform")
+    assert uniform.min() >= -1 and uniform.max() <= 1 and abs(uniform.mean().item()) < 0.01
+    assert point_noise(torch.zeros(2, 4, dtype=torch.float64), index[:2], 0, 1).dtype == torch.float64
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_autoattack_start_is_autoattacks(norm, fmnist_test):
+    """linf and l2 start on the sphere of radius eps, l1 on the boundary of the l1 ball with most coordinates
+    untouched (the projection of a Gaussian step far outside it), all in the box: pyautoattack's formulas."""
+    x = fmnist_test[0][:16]
+    eps = FMNIST_EPS[norm]
+    noise = point_noise(x, torch.arange(16), 0, 1, "uniform" if norm == "linf" else "normal")
+    start = autoattack_start(x, norm, eps, noise)
+    reference = APGDAttack(nn.Identity(), norm=AUTOATTACK_NORM[norm], eps=eps)
+    reference.init_hyperparam(x)
+    if norm == "l1":
+        expected = x + noise + L1_projection(x, noise, eps)
+        assert (lp_norm(start - x, "l1") > 0.999 * eps).all()
+        assert ((start - x).flatten(1).ne(0).float().mean(dim=1) < 0.5).all()
+    else:
+        expected = (x + eps * reference.normalize(noise)).clamp(0, 1)
+    assert torch.allclose(start, expected, atol=1e-5)
+    assert ((start >= 0) & (start <= 1)).all()
+    assert (lp_norm(start - x, norm) <= eps * (1 + 1e-5)).all()
+
+
+def test_apgd_settings_are_autoattacks_standard_version():
+    """The per-norm settings the default evaluation runs, read back from pyautoattack's standard version."""
+    for norm, name in AUTOATTACK_NORM.items():
+        standard = AutoAttack(nn.Identity(), norm=name, eps=0.1, version="standard")
+        settings = AUTOATTACK_SETTINGS[norm]
+        assert settings["restarts"] == standard.apgd.n_restarts
+        assert settings["targets"] == standard.apgd_targeted.n_target_classes
+        assert standard.apgd_targeted.n_restarts == 1 and standard.fab.n_target_classes == FAB_TARGETS
+        assert settings["large_eps"] == standard.apgd.use_largereps == standard.apgd_targeted.use_largereps
+        assert standard.apgd.n_iter == standard.apgd_targeted.n_iter == AUTOATTACK_STEPS
+        assert standard.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
 def autoattack_checkpoints(steps):
@@ -324,11 +425,11 @@ class ForwardCounter(nn.Module):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
-def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, clean_model, fmnist_test):
+def test_drop_fooled_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, clean_model, fmnist_test):
     x, y = fmnist_test[0][:64], fmnist_test[1][:64]
     eps = FMNIST_EPS[norm]
     full = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified")
-    early = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified", early_stop=True)
+    early = apgd(clean_model, x, y, norm, eps, steps=20, keep="misclassified", drop_fooled=True)
     assert_in_threat_model(early.x_adv, x, get("attack", f"apgd-{norm}"), eps)
     with torch.no_grad():
         logits = clean_model(early.x_adv)
@@ -339,7 +440,7 @@ def test_early_stop_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, c
 
     broken = full.fooled
     counted = ForwardCounter(clean_model)
-    stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", early_stop=True)
+    stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", drop_fooled=True)
     assert stopped.fooled.all()
     assert counted.calls < 20
     with torch.no_grad():
@@ -385,16 +486,16 @@ def test_batched_joint_apgd_sends_one_batch_per_step_and_finds_the_same_points(f
         assert torch.equal(a.fooled, b.fooled)
 
 
-def test_joint_apgd_with_random_starts_and_early_stop_drops_finished_instances(clean_model, fmnist_test):
+def test_joint_apgd_with_random_starts_and_drop_fooled_ends_finished_instances(clean_model, fmnist_test):
     x, y = fmnist_test[0][:48], fmnist_test[1][:48]
     model = counting(copy.deepcopy(clean_model))
     # a small linf ball leaves robust points, a huge l2 ball fools everybody: only linf runs to the end
     threats = [("linf", 0.005), ("l2", 20.0)]
-    lone = [apgd(model, x, y, norm, eps, steps=20, random_init=True, keep="misclassified", early_stop=True,
+    lone = [apgd(model, x, y, norm, eps, steps=20, random_init=True, keep="misclassified", drop_fooled=True,
                  generator=torch.Generator().manual_seed(index)) for index, (norm, eps) in enumerate(threats)]
     generator = torch.Generator().manual_seed(0)
     model.samples = 0
-    joint = apgd_joint(model, x, y, threats, steps=20, random_init=True, keep="misclassified", early_stop=True,
+    joint = apgd_joint(model, x, y, threats, steps=20, random_init=True, keep="misclassified", drop_fooled=True,
                        generator=generator, batched=True)
     assert not joint[0].fooled.all() and joint[1].fooled.all()
     # the l2 instance left the shared batches early (the last 2 * 48: each instance's final evaluation)

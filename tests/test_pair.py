@@ -84,7 +84,7 @@ def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
     out = tmp_path / "pair"
     process = subprocess.run(
         [sys.executable, "-m", "ramptool.cli", "pair", "--train", "--subset", "8000", "--epochs", "1", "--lr", "0.002",
-         "--n-examples", "100", "--attack", "apgd", "--steps", "20", "--out", str(out), "--device", "cpu"],
+         "--n-examples", "100", "--attack", "apgd-ce", "--steps", "20", "--out", str(out), "--device", "cpu"],
         capture_output=True, text=True)
     assert process.returncode == 0, process.stderr
     result = json.loads((out / "pair.json").read_text())
@@ -93,6 +93,9 @@ def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
     expected = sorted(own, key=lambda p: (own[p], ["linf", "l2", "l1"].index(p)))[:2]
     assert [result["q"], result["r"]] == expected
     assert (out / "pair_matrix.png").stat().st_size > 0
+    # the quick attack is an upper bound, and says so wherever its numbers appear
+    assert result["grade"] == "upper bound (not AutoAttack)" and result["attack"].startswith(result["grade"])
+    assert "upper bound (not AutoAttack)" in " ".join(process.stdout.split())
     assert "key pair" in process.stdout and f"R[{result['q']}][{result['q']}]=" in process.stdout
     # the tradeoff the pair is about: the l∞ and l1 models each win on their own norm
     matrix = result["matrix"]

@@ -153,7 +153,7 @@ def test_every_example_component_works_from_the_cli_in_train_finetune_and_eval(e
                          "random_start=false", "--steps", "10", "--n-examples", "100", *eps,
                          "--out", str(tmp_path / "union"), "--device", "cpu", pythonpath=[example_plugin_site])
     assert union.returncode == 0, union.stderr
-    assert "not AutoAttack: upper bounds" in union.stdout
+    assert "upper bound (not AutoAttack)" in " ".join(union.stdout.split())
     report = json.loads((tmp_path / "union" / "report.json").read_text())["models"]["ramp-js"]
     accuracy = report["accuracy"]
     assert report["attack_options"] == {"random_start": False} and "union" in report["upper_bounds"]

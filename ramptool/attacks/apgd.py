@@ -1,16 +1,25 @@
 """APGD (Croce & Hein 2020) for linf and l2, and APGD-l1 with sparse steps ("Mind the box", Croce & Hein 2021).
 
-Written as plain functions over tensors, in the shape of E-AT's ``apgd_train``. Per-sample bookkeeping is done
-with masks (``torch.where``), so the iteration loop has no per-sample Python loop and no host-device sync (the
-only exception: ``early_stop`` checks once per checkpoint whether every point is already fooled).
+Plain functions over tensors that follow AutoAttack's ``autopgd_base.py`` step for step: the same step sizes,
+momentum, step-size checkpoints (its loss record starts at zero, so the first oscillation check compares the
+first step's loss with 0), l1 sparsity adaptation, and, for a given starting point, the l1 sparsity taken from
+that start. ``large_eps`` is AutoAttack's l1 schedule (``decr_eps_pgd``): 3x, 2x then 1x eps for 30%, 30% and
+40% of the steps, each stage starting from the previous stage's highest-loss point projected into its ball.
+Random starts for evaluation are drawn per point by ``base.autoattack_start`` and passed as ``x_init``.
+
+Per-sample bookkeeping uses masks (``torch.where``), so the loop has no per-sample Python loop. ``drop_fooled``
+takes a point out of the batch at the first iterate that fools it (a host sync per step): its outcome is settled,
+the other points' iterates are unchanged, and an evaluation spends nothing more on it.
 
 ``apgd_joint`` runs several APGD instances (one per threat model) on the same batch, as RAMP and MAX need: every
-iterate of every instance is still evaluated exactly as a lone ``apgd`` would, but the instances share the first
-evaluation at x (no random start: it is the same forward/backward for all) and can send their iterates through
-the model as one concatenated batch, which keeps a GPU busier than two half-size calls.
+instance follows exactly the iterates a lone ``apgd`` would, but without a given start they share the first
+evaluation at x, and ``batched`` sends their iterates through the model as one concatenated batch, which keeps a
+GPU busier than several small calls.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,6 +33,8 @@ from ramptool.attacks.base import (
 from ramptool.attacks.losses import attack_criterion
 from ramptool.errors import RamptoolError
 from ramptool.threat import project, project_l1
+
+KEEP = ("loss", "misclassified")
 
 
 def checkpoint_schedule(steps: int) -> list[int]:
@@ -41,6 +52,14 @@ def checkpoint_schedule(steps: int) -> list[int]:
     return marks
 
 
+def large_eps_stages(eps: float, steps: int) -> list[tuple[float, int]]:
+    """AutoAttack's l1 large-eps schedule: (3 eps, ceil(0.3 steps)), (2 eps, ceil(0.3 steps)), (eps, the rest)."""
+    if steps < 3:
+        raise RamptoolError(f"the l1 large-eps schedule needs at least 3 steps, got {steps}")
+    first = math.ceil(0.3 * steps)
+    return [(3.0 * eps, first), (2.0 * eps, first), (float(eps), steps - 2 * first)]
+
+
 def _sparse_sign_step(grad: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
     """sign(grad) on the top-``topk`` fraction of coordinates by |grad|, scaled to unit l1 norm."""
     n_features = grad[0].numel()
@@ -52,39 +71,107 @@ def _sparse_sign_step(grad: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
     return direction / per_sample(count + 1e-10, grad)
 
 
-class _APGDRun:
-    """One APGD instance between model evaluations: ``propose`` the next iterate, ``observe`` the model on it."""
+def _l0(delta: torch.Tensor) -> torch.Tensor:
+    return delta.flatten(1).ne(0).sum(dim=1).float()
 
-    def __init__(self, x, y, norm, eps, steps, l1_sparsity, x_start):
+
+class _APGDRun:
+    """One APGD instance on its own points, as a sequence of model evaluations: ``request`` gives the next point
+    to evaluate, ``answer`` takes the model's logits, loss and input gradient there. Each stage (one, or the three
+    of the large-eps schedule) starts with an evaluation at its starting point."""
+
+    # state with one entry per point still in the batch; ``_select`` keeps the rows of the points that stay
+    PER_POINT = ("positions", "x", "y", "y_target", "x_adv", "x_adv_old", "grad", "x_best", "loss_best",
+                 "grad_best", "fooled", "x_fooled", "loss_fooled", "step", "loss_best_last_check",
+                 "reduced_last_check", "topk", "sparsity_old")
+
+    def __init__(self, x, y, norm, stages, x_start, loss, y_target, l1_sparsity, keep, drop_fooled):
         if norm not in ("linf", "l2", "l1"):
             raise RamptoolError(f"APGD supports linf, l2 and l1, not {norm!r}")
-        self.x, self.y, self.norm, self.eps, self.steps = x, y, norm, eps, steps
-        self.x_adv = x_start
-        n, self.n_features = x.shape[0], x[0].numel()
-        if norm == "l1":
-            window = max(int(0.04 * steps), 1)
-            self.checkpoints = set(range(window - 1, steps, window))
-            self.topk = torch.full((n,), float(l1_sparsity), device=x.device)
-            self.sparsity_old = torch.full((n,), float(self.n_features), device=x.device)
-            self.step = torch.full((n,), float(eps), device=x.device, dtype=x.dtype)
+        if keep not in KEEP:
+            raise RamptoolError(f"keep must be 'loss' or 'misclassified', not {keep!r}")
+        attack_criterion(loss, y_target)  # an unknown loss, or a targeted one without targets, fails here
+        for name in self.PER_POINT:
+            setattr(self, name, None)
+        self.norm, self.stages, self.loss, self.keep, self.drop_fooled = norm, stages, loss, keep, drop_fooled
+        self.l1_sparsity, self.n_features = l1_sparsity, x[0].numel()
+        self.x, self.y, self.y_target = x, y, y_target
+        self.positions = torch.arange(x.shape[0], device=x.device)
+        self.out_x = x.clone()
+        self.out_loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        self.out_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.stage, self.finished = 0, x.shape[0] == 0
+        self._begin_stage(x_start)
+
+    def _begin_stage(self, x_start):
+        x, n, device = self.x, self.x.shape[0], self.x.device
+        self.eps, self.steps = self.stages[self.stage]
+        self.i = None  # the starting point is still to be evaluated
+        if self.stage > 0:
+            self.x_adv = project(x, x_start, self.norm, self.eps)
+            # until the new start is evaluated, a point that leaves takes its start and is not fooled
+            self.x_best, self.fooled = self.x_adv, torch.zeros_like(self.fooled)
         else:
-            marks = checkpoint_schedule(steps)
+            self.x_adv = x_start
+        if self.norm == "l1":
+            window = max(int(0.04 * self.steps), 1)
+            self.checkpoints = set(range(window - 1, self.steps, window))
+            if self.l1_sparsity is None or self.stage > 0:  # AutoAttack's rule for a given start: its sparsity
+                self.sparsity_old = _l0(self.x_adv - x)
+                self.topk = self.sparsity_old / self.n_features / 1.5
+            else:
+                self.topk = torch.full((n,), float(self.l1_sparsity), device=device)
+                self.sparsity_old = torch.full((n,), float(self.n_features), device=device)
+            self.step = torch.full((n,), float(self.eps), device=device, dtype=x.dtype)
+        else:
+            marks = checkpoint_schedule(self.steps)
             self.checkpoints = set(marks)
-            self.windows = dict(zip(marks, [marks[0] + 1] + [b - a for a, b in zip(marks, marks[1:])]))
-            self.step = torch.full((n,), 2.0 * float(eps), device=x.device, dtype=x.dtype)
-            self.reduced_last_check = torch.ones(n, dtype=torch.bool, device=x.device)
+            self.windows = dict(zip(marks, [marks[0] + 1] + [b - a for a, b in zip(marks, marks[1:])])) if marks else {}
+            self.step = torch.full((n,), 2.0 * float(self.eps), device=device, dtype=x.dtype)
+            self.reduced_last_check = torch.ones(n, dtype=torch.bool, device=device)
 
-    def start(self, logits, loss, grad):
+    @property
+    def last_stage(self) -> bool:
+        return self.stage == len(self.stages) - 1
+
+    def criterion(self):
+        return attack_criterion(self.loss, self.y_target)
+
+    def request(self) -> tuple[torch.Tensor, bool]:
+        """(point, whether its input gradient is needed): the next evaluation this instance wants."""
+        if self.i is None:
+            return self.x_adv, self.steps > 0
+        # the last iterate of a stage needs no gradient: no step follows it
+        return self._propose(self.i), self.i < self.steps - 1
+
+    def answer(self, logits, loss, grad) -> None:
+        if self.i is None:
+            self._start(logits, loss, grad)
+            self.i = 0
+        else:
+            self._observe(self.i, logits, loss, grad)
+            self.i += 1
+        if self.drop_fooled and self.last_stage:
+            self._drop_fooled()
+        if not self.finished and self.i == self.steps:
+            if self.last_stage:
+                self._flush(torch.ones_like(self.fooled))
+                self.finished = True
+            else:
+                self.stage += 1
+                self._begin_stage(self.x_best)
+
+    def _start(self, logits, loss, grad):
         self.grad = grad
-        self.x_best, self.loss_best, self.grad_best = self.x_adv.clone(), loss.clone(), grad.clone()
+        self.x_best, self.loss_best, self.grad_best = self.x_adv.clone(), loss.clone(), grad
         self.fooled = logits.argmax(1) != self.y
-        self.x_fooled = self.x_adv.clone()
+        self.x_fooled, self.loss_fooled = self.x_adv.clone(), loss.clone()
         self.x_adv_old = self.x_adv.clone()
+        self.loss_best_last_check = self.loss_best.clone()
         if self.norm != "l1":
-            self.loss_history = [loss]
-            self.loss_best_last_check = self.loss_best.clone()
+            self.loss_history = [torch.zeros_like(loss)]
 
-    def propose(self, i) -> torch.Tensor:
+    def _propose(self, i) -> torch.Tensor:
         x, x_adv = self.x, self.x_adv
         momentum_delta = x_adv - self.x_adv_old
         self.x_adv_old = x_adv
@@ -101,12 +188,12 @@ class _APGDRun:
             self.x_adv = project(x, x_adv + (z - x_adv) * a + momentum_delta * (1 - a), self.norm, self.eps)
         return self.x_adv
 
-    def observe(self, i, logits, loss_now, new_grad) -> bool:
-        """Take in the model's answer at the proposed iterate; True when a step-size checkpoint was passed."""
+    def _observe(self, i, logits, loss_now, new_grad):
         x, x_adv = self.x, self.x_adv
         grad = new_grad if new_grad is not None else self.grad
         wrong = logits.argmax(1) != self.y
         self.x_fooled = torch.where(per_sample(wrong, x), x_adv, self.x_fooled)
+        self.loss_fooled = torch.where(wrong, loss_now, self.loss_fooled)
         self.fooled = self.fooled | wrong
 
         improved = loss_now > self.loss_best
@@ -118,9 +205,9 @@ class _APGDRun:
             self.loss_history.append(loss_now)
         if i not in self.checkpoints or i == self.steps - 1:
             self.grad = grad
-            return False
+            return
         if self.norm == "l1":
-            sparsity = (self.x_best - x).flatten(1).ne(0).sum(dim=1).to(self.topk.dtype)
+            sparsity = _l0(self.x_best - x)
             restart = sparsity / self.sparsity_old < 0.95
             self.topk = sparsity / self.n_features / 1.5
             step = torch.where(restart, torch.full_like(self.step, float(self.eps)), self.step / 1.5)
@@ -129,6 +216,7 @@ class _APGDRun:
         else:
             k = self.windows[i]
             recent = torch.stack(self.loss_history[-(k + 1):])
+            self.loss_history = self.loss_history[-1:]
             increases = (recent[1:] > recent[:-1]).sum(dim=0)
             oscillating = increases <= 0.75 * k
             no_progress = ~self.reduced_last_check & (self.loss_best_last_check >= self.loss_best)
@@ -138,74 +226,130 @@ class _APGDRun:
             self.step = torch.where(restart, self.step / 2.0, self.step)
         self.x_adv = torch.where(per_sample(restart, x), self.x_best, x_adv)
         self.grad = torch.where(per_sample(restart, x), self.grad_best, grad)
-        return True
 
-    def result(self, keep, model, criterion) -> AttackResult:
-        if keep == "misclassified":
-            x_out = torch.where(per_sample(self.fooled, self.x), self.x_fooled, self.x_best)
-            with torch.no_grad():
-                out_loss = criterion(model(x_out), self.y)
-            return AttackResult(x_out, out_loss, self.fooled)
-        return AttackResult(self.x_best, self.loss_best, self.fooled)
+    def _drop_fooled(self):
+        if not self.finished and bool(self.fooled.any()):
+            self._remove(self.fooled)
+
+    def leave(self, gone: torch.Tensor) -> None:
+        """Take out the points whose positions (in the whole batch) are marked in ``gone``."""
+        if not self.finished:
+            mask = gone[self.positions]
+            if bool(mask.any()):
+                self._remove(mask)
+
+    def _remove(self, mask):
+        self._flush(mask)
+        self._select(~mask)
+        self.finished = self.x.shape[0] == 0
+
+    def _flush(self, mask):
+        """Write the outcome of the points in ``mask`` into the whole batch's result."""
+        positions, x_best, loss_best = self.positions[mask], self.x_best[mask], self.loss_best[mask]
+        # a misclassified point counts only in the last stage's ball: earlier large-eps stages are outside it
+        fooled = self.fooled[mask] if self.last_stage else torch.zeros_like(self.fooled[mask])
+        if self.keep == "misclassified":
+            x_best = torch.where(per_sample(fooled, x_best), self.x_fooled[mask], x_best)
+            loss_best = torch.where(fooled, self.loss_fooled[mask], loss_best)
+        self.out_x[positions], self.out_loss[positions], self.out_fooled[positions] = x_best, loss_best, fooled
+
+    def _select(self, keep):
+        for name in self.PER_POINT:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[keep])
+        if self.norm != "l1":
+            self.loss_history = [loss[keep] for loss in self.loss_history]
+
+    def result(self) -> AttackResult:
+        return AttackResult(self.out_x, self.out_loss, self.out_fooled)
 
 
-def _evaluate(model, points, y, loss, y_target, need_grad, batched):
-    """Logits, per-sample loss and input gradient at each of ``points`` (each a batch shaped like x)."""
-    if not batched or len(points) == 1:
-        criterion = attack_criterion(loss, y_target)
-        return [loss_and_input_grad(model, p, y, criterion, need_grad) for p in points]
-    k = len(points)
-    criterion = attack_criterion(loss, None if y_target is None else y_target.repeat(k))
-    logits, losses, grad = loss_and_input_grad(model, torch.cat(points), y.repeat(k), criterion, need_grad)
-    grads = grad.chunk(k) if grad is not None else [None] * k
-    return list(zip(logits.chunk(k), losses.chunk(k), grads))
+def _evaluate(model, runs, batched):
+    """Answer every run's request: one model call per run, or one over their concatenation (``batched``; exact
+    in eval mode, where a sample's output does not depend on its batch)."""
+    requests = [run.request() for run in runs]
+    if not batched or len(runs) == 1:
+        answers = [loss_and_input_grad(model, point, run.y, run.criterion(), need_grad)
+                   for run, (point, need_grad) in zip(runs, requests)]
+    else:
+        sizes = [point.shape[0] for point, _ in requests]
+        need_grad = any(need for _, need in requests)
+        points = torch.cat([point for point, _ in requests]).detach().requires_grad_(need_grad)
+        logits = model(points)
+        losses = [run.criterion()(chunk, run.y) for run, chunk in zip(runs, logits.split(sizes))]
+        grads = (torch.autograd.grad(torch.cat(losses).sum(), points)[0].detach().split(sizes) if need_grad
+                 else [None] * len(runs))
+        answers = [(chunk.detach(), loss.detach(), grad if need else None)
+                   for chunk, loss, grad, (_, need) in zip(logits.split(sizes), losses, grads, requests)]
+    for run, answer in zip(runs, answers):
+        run.answer(*answer)
+
+
+def run_lockstep(model, runs, batched=False, drop_together=False) -> None:
+    """Step APGD instances together until each has finished (instances may differ in length). With
+    ``drop_together`` (instances on the same points, each dropping its fooled points) a point fooled by one
+    instance leaves them all: for union accuracy one success is enough."""
+    with input_gradients_only(model):
+        active = [run for run in runs if not run.finished]
+        while active:
+            _evaluate(model, active, batched)
+            if drop_together and len(runs) > 1:
+                broken = torch.stack([run.out_fooled for run in runs]).any(dim=0)
+                for run in active:
+                    run.leave(broken)
+            active = [run for run in active if not run.finished]
 
 
 def apgd_joint(model, x, y, threats, steps=10, loss="ce", y_target=None, random_init=False, l1_sparsity=0.05,
-               keep="loss", early_stop=False, generator=None, batched=False) -> list[AttackResult]:
+               keep="loss", drop_fooled=False, generator=None, batched=False, x_init=None, large_eps=False,
+               drop_together=False) -> list[AttackResult]:
     """One APGD instance per ``(norm, eps)`` in ``threats`` on the same batch; one result per threat.
 
     Each instance follows exactly the iterates a lone ``apgd`` call would. ``batched=True`` evaluates the
-    instances' iterates in one forward/backward over their concatenation (exact in eval mode, where a sample's
-    output does not depend on its batch). Without a random start the first evaluation, at x, is shared.
+    instances' iterates in one forward/backward over their concatenation. Starting from x (no ``random_init``,
+    no ``x_init``), the first evaluation is shared. ``x_init`` is one start per threat; ``loss`` and ``y_target``
+    are one for all or a list with one per threat; ``large_eps`` puts the l1 instances on AutoAttack's large-eps
+    schedule. ``drop_together`` (with ``drop_fooled``): a point fooled by one instance leaves every instance,
+    whose result then says nothing about it (union evaluation).
     """
-    if keep not in ("loss", "misclassified"):
-        raise RamptoolError(f"keep must be 'loss' or 'misclassified', not {keep!r}")
-    criterion = attack_criterion(loss, y_target)
+    if drop_together and not drop_fooled:
+        raise RamptoolError("drop_together needs drop_fooled")
     x = x.detach()
-    runs = [_APGDRun(x, y, norm, eps, steps, l1_sparsity,
-                     random_start(x, norm, eps, generator) if random_init else x.clone())
-            for norm, eps in threats]
-
-    with input_gradients_only(model):
-        if random_init:
-            answers = _evaluate(model, [run.x_adv for run in runs], y, loss, y_target, True, batched)
-        else:
-            answers = _evaluate(model, [x], y, loss, y_target, True, batched) * len(runs)
-        for run, answer in zip(runs, answers):
-            run.start(*answer)
-
-        active = runs
-        for i in range(steps):
-            points = [run.propose(i) for run in active]
-            answers = _evaluate(model, points, y, loss, y_target, i < steps - 1, batched)
-            checked = [run.observe(i, *answer) for run, answer in zip(active, answers)]
-            if early_stop:
-                active = [run for run, check in zip(active, checked) if not (check and bool(run.fooled.all()))]
-                if not active:
-                    break
-
-    return [run.result(keep, model, criterion) for run in runs]
+    if x_init is not None:
+        starts, sparsity = [start.detach().clamp(0.0, 1.0) for start in x_init], None
+    elif random_init:
+        starts, sparsity = [random_start(x, norm, eps, generator) for norm, eps in threats], l1_sparsity
+    else:
+        starts, sparsity = [x] * len(threats), l1_sparsity
+    losses = loss if isinstance(loss, list) else [loss] * len(threats)
+    targets = y_target if isinstance(y_target, list) else [y_target] * len(threats)
+    runs = []
+    for (norm, eps), start, run_loss, run_target in zip(threats, starts, losses, targets):
+        stages = large_eps_stages(eps, steps) if large_eps and norm == "l1" else [(eps, steps)]
+        runs.append(_APGDRun(x, y, norm, stages, start, run_loss, run_target, sparsity, keep, drop_fooled))
+    shared_start = x_init is None and not random_init and isinstance(loss, str) and not isinstance(y_target, list)
+    if shared_start and len(runs) > 1 and not runs[0].finished:
+        with input_gradients_only(model):  # every instance starts at x: one evaluation serves them all
+            answer = loss_and_input_grad(model, x, y, runs[0].criterion(), True)
+            for run in runs:
+                run.answer(*answer)
+    run_lockstep(model, runs, batched, drop_together)
+    return [run.result() for run in runs]
 
 
 def apgd(model, x, y, norm, eps, steps=10, loss="ce", y_target=None, random_init=False, l1_sparsity=0.05,
-         keep="loss", early_stop=False, generator=None) -> AttackResult:
+         keep="loss", drop_fooled=False, generator=None, x_init=None, large_eps=False) -> AttackResult:
     """APGD in B_norm(x, eps) ∩ [0,1]^d.
 
     ``keep="loss"`` returns the highest-loss point (training); ``keep="misclassified"`` returns, for points that
     were fooled at some iterate, that misclassified iterate (evaluation, like AutoAttack). ``l1_sparsity`` is
-    APGD-l1's initial top-k fraction: 0.05 for training, 0.2 for evaluation.
+    APGD-l1's initial top-k fraction starting from x or a uniform random start (0.05 for training, AutoAttack's
+    0.2 for evaluation); from a given ``x_init`` it is that start's sparsity, as in AutoAttack. ``large_eps``
+    (l1 only) is AutoAttack's 3x/2x/1x eps schedule.
     """
+    if large_eps and norm != "l1":
+        raise RamptoolError(f"the large-eps schedule is AutoAttack's for l1, not for {norm}")
     return apgd_joint(model, x, y, [(norm, eps)], steps=steps, loss=loss, y_target=y_target,
-                      random_init=random_init, l1_sparsity=l1_sparsity, keep=keep, early_stop=early_stop,
-                      generator=generator)[0]
+                      random_init=random_init, l1_sparsity=l1_sparsity, keep=keep, drop_fooled=drop_fooled,
+                      generator=generator, x_init=None if x_init is None else [x_init], large_eps=large_eps)[0]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ramptool.threat import check_inside
+from ramptool.errors import RamptoolError
+from ramptool.threat import check_inside, lp_norm, project
 
 
 @dataclass
@@ -91,8 +92,6 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def random_start(x: torch.Tensor, norm: str, eps, generator=None) -> torch.Tensor:
     """A random point of B_p(x, eps) ∩ [0,1]^d."""
-    from ramptool.threat import lp_norm, project
-
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if norm == "linf":
         start = x + eps * (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1)
@@ -100,3 +99,60 @@ def random_start(x: torch.Tensor, norm: str, eps, generator=None) -> torch.Tenso
         radius = eps * torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
         start = x + noise * per_sample(radius / (lp_norm(noise, norm) + 1e-12), x)
     return project(x, start, norm, eps)
+
+
+# ---------------------------------------------------------------------------------------- per-point random draws
+# Evaluation attacks draw their random starts per point, from (seed, stream, point index) alone, so a point's
+# attack does not depend on which other points share its batch: a point attacked in a shard, in a cascade that
+# skips broken points, or in a batch of another size starts from the same place. A counter-based integer hash
+# (exact on every device) replaces a generator's sequential stream.
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit mixer (xorshift-multiply). Values stay below 2^32 and the odd constants below 2^31,
+    so every product fits in int64 without overflow."""
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _MASK32
+    h = h ^ (h >> 15)
+    h = (h * 0x5BD1E995) & _MASK32
+    return h ^ (h >> 16)
+
+
+def point_keys(index: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """One 32-bit key per point from (seed, stream, index)."""
+    key = _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64))
+    key = _mix32(key ^ (stream & _MASK32))
+    return _mix32(key ^ (index.to(torch.int64) & _MASK32))
+
+
+def point_noise(like: torch.Tensor, index: torch.Tensor, seed: int, stream: int,
+                distribution: str = "normal") -> torch.Tensor:
+    """Noise shaped like ``like``; row i depends only on (seed, stream, index[i]). ``distribution`` is
+    'normal' (Box-Muller) or 'uniform' (in [-1, 1])."""
+    n, d = like.shape[0], like[0].numel()
+    draws = 2 * d if distribution == "normal" else d
+    keys = point_keys(index.to(like.device), seed, stream)[:, None]
+    counters = _mix32(torch.arange(draws, device=like.device, dtype=torch.int64))
+    bits = _mix32(_mix32(keys ^ counters) ^ keys)
+    uniform = (bits.double() + 0.5) / 2.0**32  # in (0, 1), never 0: the logarithm below stays finite
+    if distribution == "normal":
+        noise = (-2.0 * uniform[:, :d].log()).sqrt() * torch.cos(2.0 * torch.pi * uniform[:, d:])
+    elif distribution == "uniform":
+        noise = 2.0 * uniform - 1.0
+    else:
+        raise RamptoolError(f"unknown noise distribution {distribution!r}")
+    return noise.view(n, *like.shape[1:]).to(like.dtype)
+
+
+def autoattack_start(x: torch.Tensor, norm: str, eps, noise: torch.Tensor) -> torch.Tensor:
+    """AutoAttack's random start (``autopgd_base.attack_single_run``) from the given noise: l∞ and l2 go to the
+    sphere, x + eps * t / ||t|| (t uniform in [-1,1]^d for l∞, Gaussian for l2); l1 projects x + t (t Gaussian,
+    whose l1 norm is far beyond any eps) onto B_1(x, eps) ∩ [0,1]^d, which lands on the boundary of the ball with
+    most coordinates thresholded to zero: a sparse start. Clipped to the box."""
+    if norm == "l1":
+        return project(x, x + noise, "l1", eps)
+    if norm not in ("linf", "l2"):
+        raise RamptoolError(f"no AutoAttack start for norm {norm!r}")
+    return (x + eps * noise / per_sample(lp_norm(noise, norm) + 1e-12, x)).clamp(0.0, 1.0)

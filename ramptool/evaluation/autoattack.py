@@ -16,20 +16,16 @@ import warnings
 import torch
 
 from ramptool.errors import RamptoolError
-from ramptool.evaluation.flags import clean_flags
+from ramptool.evaluation.flags import clean_flags, logits_of, model_device
 
 AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 VERSIONS = ("fast", "standard")
 FAST_ATTACKS = ["apgd-ce", "apgd-t"]
 
 
-def _model_device(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _build_adversary(model, norm: str, eps: float, seed: int, device):
-    """(adversary, run(x, y, batch_size) -> per-point predictions after the attack)."""
+    """(adversary, run(x, y, batch_size) -> (adversarial points, their predicted labels)) with AutoAttack's
+    standard settings."""
     try:
         import pyautoattack
     except ImportError:
@@ -39,7 +35,7 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
                                             seed=seed, device=device)
 
         def run(x, y, batch_size):
-            return adversary.run_standard_evaluation(x, y, batch_size=batch_size)[1]
+            return adversary.run_standard_evaluation(x, y, batch_size=batch_size)
 
         return adversary, run
     try:
@@ -50,9 +46,21 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
                                       seed=seed, device=device, verbose=False)
 
     def run(x, y, batch_size):
-        return adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)[1]
+        return adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
 
     return adversary, run
+
+
+def installed_version() -> str | None:
+    """The installed AutoAttack distribution and version, for report provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("pyautoattack", "autoattack"):
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 @contextlib.contextmanager
@@ -69,31 +77,30 @@ def _quiet():
         logger.setLevel(level)
 
 
-def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str = "fast",
-                     batch_size: int = 500, seed: int = 0, device=None, on_progress=None) -> torch.Tensor:
-    """Per-point flags on CPU: True where the point is classified correctly clean and after AutoAttack.
+def _adversarial(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, attacks, seed: int,
+                 batch_size: int, device, on_progress) -> torch.Tensor:
+    """Adversarial points (x itself where none was found) from AutoAttack's ``attacks``, or its version's list
+    when ``attacks`` is None.
 
-    AutoAttack's own loop (each attack on the points still robust, in batches of ``batch_size``, every batch
-    from the same seed) is driven one attack and one batch at a time: the same batches give the same result,
-    and ``on_progress(attack, points, total)`` can report after each."""
+    AutoAttack's own loop (each attack on the points still robust, in batches of ``batch_size``, every batch from
+    the same seed) is driven one attack and one batch at a time: the same batches give the same result, and
+    ``on_progress(attack, points, total)`` can report after each. AutoAttack runs in eval mode, quiet, on a
+    forked RNG (it reseeds the global RNG for every batch: the caller's random stream stays untouched), with its
+    targeted attacks capped at the model's classes."""
     if norm not in AUTOATTACK_NORMS:
         raise RamptoolError(f"AutoAttack has no {norm!r} threat model; use one of: {', '.join(AUTOATTACK_NORMS)}")
-    if version not in VERSIONS:
-        raise RamptoolError(f"unknown AutoAttack version {version!r}; use one of: {', '.join(VERSIONS)}")
+    x_adv = x.clone()
     if len(y) == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    device = torch.device(device) if device is not None else _model_device(model)
+        return x_adv
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     try:
-        # AutoAttack reseeds the global RNG for every batch: keep the caller's random stream untouched
         with _quiet(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             adversary, run = _build_adversary(model, norm, float(eps), seed, str(device))
-            attacks = list(FAST_ATTACKS) if version == "fast" else list(adversary.attacks_to_run)
+            attacks = list(attacks or adversary.attacks_to_run)
             adversary.verbose = False
-            with torch.no_grad():
-                num_classes = model(x[:1].to(device)).shape[1]
-            # targeted attacks need that many other classes; AutoAttack's 9 assume at least 10 classes
+            num_classes = logits_of(model, x[:1]).shape[1]
             adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes,
                                                            num_classes - 1)
             adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
@@ -105,9 +112,28 @@ def autoattack_flags(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: fl
                     on_progress(attack, len(y) - len(index), len(y) * len(attacks))
                 for start in range(0, len(index), batch_size):
                     batch = index[start:start + batch_size]
-                    robust[batch] = run(x[batch], y[batch], batch_size).cpu() == y[batch].cpu()
+                    found, labels = run(x[batch], y[batch], batch_size)
+                    broken = (labels.cpu() != y[batch].cpu())
+                    robust[batch[broken]] = False
+                    x_adv[batch[broken]] = found[broken].to(x_adv.device)
                     if on_progress is not None:
                         on_progress(attack, len(batch), len(y) * len(attacks))
     finally:
         model.train(was_training)
-    return robust
+    return x_adv
+
+
+def autoattack_adversarial(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str = "fast",
+                           batch_size: int = 500, seed: int = 0, device=None, on_progress=None) -> torch.Tensor:
+    """AutoAttack's adversarial points for (x, y) (x itself where it found none), on x's device."""
+    if version not in VERSIONS:
+        raise RamptoolError(f"unknown AutoAttack version {version!r}; use one of: {', '.join(VERSIONS)}")
+    return _adversarial(model, x, y, norm, eps, FAST_ATTACKS if version == "fast" else None, seed, batch_size,
+                        device, on_progress)
+
+
+def fab_t_or_square(model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, attack: str, seed: int = 0,
+                    batch_size: int = 500, device=None, on_progress=None) -> torch.Tensor:
+    """Standard AutoAttack's third or fourth attack alone, with its settings (FAB-T: 9 target classes, or every
+    other class when there are fewer, 1 restart; Square: 5000 queries)."""
+    return _adversarial(model, x, y, norm, eps, [attack], seed, batch_size, device, on_progress)

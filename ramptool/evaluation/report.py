@@ -6,6 +6,7 @@ Every file is written atomically, so an interrupted run never leaves a half-writ
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,9 +17,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from ramptool.checkpoint import atomic_write  # noqa: E402
+from ramptool.evaluation.suite import UPPER_BOUND  # noqa: E402
 
 NORM_ORDER = ("linf", "l2", "l1")
-ATTACK_LABELS = {"autoattack": "AutoAttack", "apgd": "APGD-CE", "apgd-ce": "APGD-CE"}
+ATTACK_LABELS = {"apgd": "APGD-CE + APGD-T, AutoAttack's settings on ramptool's APGD",
+                 "autoattack": "AutoAttack (pyautoattack)", "apgd-ce": "APGD-CE, one run from x"}
 
 
 def write_json(path: Path, data) -> Path:
@@ -38,6 +41,59 @@ def save_figure(figure, path: Path) -> Path:
     return Path(path)
 
 
+def eps_text(value: float) -> str:
+    """'8/255' for an eps that is k/255 and has no short decimal form, else the number ('0.1', '12')."""
+    short = f"{value:g}"
+    k = round(value * 255)
+    if float(short) != value and 0 < k and abs(value * 255 - k) < 1e-6:
+        return f"{k}/255"
+    return short
+
+
+def eps_line(eps: dict[str, float], given: dict[str, str] | None = None) -> str:
+    given = given or {}
+    return ", ".join(f"{norm} {given.get(norm) or eps_text(value)}" for norm, value in eps.items())
+
+
+def attack_label(report: dict) -> str:
+    """'APGD-CE + APGD-T, ... (fast, 100 steps)'; an upper bound says so first."""
+    label = ATTACK_LABELS.get(report["attack"], report["attack"])
+    if report["attack"] == "apgd" and report.get("version") == "standard":
+        label = label.replace("APGD-T", "APGD-T + FAB-T + Square")
+    detail = report.get("version", "fast") if report["attack"] == "autoattack" else f"{report['steps']} steps"
+    prefix = f"{UPPER_BOUND}: " if report.get("grade") == UPPER_BOUND else ""
+    return f"{prefix}{label} ({detail})"
+
+
+def provenance(checkpoint=None, device=None) -> dict:
+    """Where a number comes from: versions, date, machine, and the checkpoint's sha256."""
+    import datetime
+    import hashlib
+    import platform
+
+    import torch
+
+    from ramptool import __version__
+    from ramptool.evaluation.autoattack import installed_version
+
+    record = {"ramptool": __version__, "torch": torch.__version__, "autoattack": installed_version(),
+              "python": platform.python_version(), "platform": platform.platform(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if device is not None:
+        record["device"] = str(device) if str(device) == "cpu" or not torch.cuda.is_available() else \
+            f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if checkpoint is not None:
+        from ramptool.checkpoint import resolve
+
+        checkpoint = resolve(checkpoint)  # a run folder means its model file
+        digest = hashlib.sha256()
+        with open(checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        record["checkpoint"], record["checkpoint_sha256"] = str(checkpoint), digest.hexdigest()
+    return record
+
+
 # ------------------------------------------------------------------------------------------ union reports
 
 def accuracy_columns(reports: dict[str, dict]) -> list[str]:
@@ -47,30 +103,39 @@ def accuracy_columns(reports: dict[str, dict]) -> list[str]:
     return ["clean", *ordered, "union"]
 
 
-def percent_cell(report: dict, column: str) -> str:
-    """'48.2', '≤48.2' for a cascade's upper bound, '-' when the model was not evaluated on that column."""
+def is_bound(report: dict, column: str) -> bool:
+    return (report.get("grade") == UPPER_BOUND and column != "clean") or column in report.get("upper_bounds", [])
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on n points."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
+
+
+def percent_cell(report: dict, column: str, with_error: bool = False) -> str:
+    """'48.2' ('48.2 ± 1.6' with its standard error), '≤48.2' for an upper bound, '-' when the model was not
+    evaluated on that column."""
     if column not in report["accuracy"]:
         return "-"
-    bound = "≤" if column in report.get("upper_bounds", []) else ""
-    return f"{bound}{100 * report['accuracy'][column]:.1f}"
-
-
-def attack_label(attack: str) -> str:
-    """'AutoAttack', 'APGD-CE', or a registered family's name marked as giving upper bounds."""
-    return ATTACK_LABELS.get(attack) or f"{attack} (registered attack family, not AutoAttack: upper bounds)"
+    value = report["accuracy"][column]
+    error = f" ± {100 * standard_error(value, report['n']):.1f}" if with_error else ""
+    return f"{'≤' if is_bound(report, column) else ''}{100 * value:.1f}{error}"
 
 
 def settings_line(report: dict) -> str:
-    attack = attack_label(report["attack"])
-    detail = report["version"] if "version" in report else f"{report['steps']} steps"
-    eps = ", ".join(f"{norm}={value:g}" for norm, value in report["eps"].items())
     cascade = ", union-only cascade (≤: upper bound)" if report.get("union_only") else ""
-    return f"{attack} {detail}, {report['n']} points, eps {eps}{cascade}"
+    return (f"{attack_label(report)}, {report['n']} points, eps {eps_line(report['eps'], report.get('eps_given'))}"
+            f"{cascade}")
 
 
-def union_table(reports: dict[str, dict], title: str = "robust accuracy (%)", columns=None) -> Table:
+def table_title(reports: dict[str, dict], what: str = "robust accuracy (%)") -> str:
+    bound = any(report.get("grade") == UPPER_BOUND for report in reports.values())
+    return f"{what}, {UPPER_BOUND}" if bound else what
+
+
+def union_table(reports: dict[str, dict], title: str | None = None, columns=None) -> Table:
     columns = columns or accuracy_columns(reports)
-    table = Table(title=title)
+    table = Table(title=title or table_title(reports))
     table.add_column("model")
     for column in columns:
         table.add_column(column, justify="right", style="bold" if column == "union" else None)
@@ -88,51 +153,71 @@ def print_union_table(reports: dict[str, dict], console: Console | None = None) 
         console.print(f"{name}: {settings_line(report)}", highlight=False)
 
 
-def markdown_table(reports: dict[str, dict], columns=None, settings=settings_line) -> str:
+def markdown_table(reports: dict[str, dict], columns=None, settings=settings_line, title: str | None = None) -> str:
+    """The table ready to paste, each accuracy ± its standard error, under ``title`` if given."""
     columns = columns or accuracy_columns(reports)
-    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines = [f"{title}, ± one standard error", ""] if title else []
+    lines += ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, report in reports.items():
-        lines.append(f"| {name} | " + " | ".join(percent_cell(report, column) for column in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(percent_cell(report, column, with_error=True)
+                                                 for column in columns) + " |")
     lines.append("")
     lines.extend(f"- {name}: {settings(report)}" for name, report in reports.items())
     return "\n".join(lines) + "\n"
 
 
-def plot_union_bars(reports: dict[str, dict], path: Path, columns=None,
-                    title: str = "clean, per-norm and union accuracy") -> Path:
+def union_plot_title(reports: dict[str, dict]) -> str:
+    """The models, the attack, eps and n: a chart that travels alone still says what it shows."""
+    first = next(iter(reports.values()))
+    sizes = sorted({report["n"] for report in reports.values()})
+    return (f"{', '.join(reports)}\n{attack_label(first)}\neps {eps_line(first['eps'], first.get('eps_given'))}, "
+            f"n={'/'.join(map(str, sizes))}")
+
+
+def plot_union_bars(reports: dict[str, dict], path: Path, columns=None, title: str | None = None) -> Path:
     columns = columns or accuracy_columns(reports)
-    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4.4))
     width = 0.8 / len(reports)
     for offset, (name, report) in enumerate(reports.items()):
         positions = [i + (offset - (len(reports) - 1) / 2) * width for i in range(len(columns))]
         values = [100 * report["accuracy"].get(column, 0.0) for column in columns]
-        bars = axes.bar(positions, values, width, label=name)
-        for bar, column in zip(bars, columns):
+        errors = [100 * standard_error(report["accuracy"].get(column, 0.0), report["n"]) for column in columns]
+        bars = axes.bar(positions, values, width, yerr=errors, capsize=2, label=name)
+        for bar, column, error in zip(bars, columns, errors):
             if column in report["accuracy"]:
-                axes.annotate(percent_cell(report, column), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                axes.annotate(percent_cell(report, column),
+                              (bar.get_x() + bar.get_width() / 2, bar.get_height() + error),
                               ha="center", va="bottom", fontsize=7)
     axes.set_xticks(range(len(columns)), columns)
-    axes.set_ylabel("accuracy (%)")
+    axes.set_ylabel("accuracy (%), bars: ± one standard error")
     axes.set_ylim(0, 105)
-    axes.set_title(title)
+    axes.set_title(title or union_plot_title(reports), fontsize=9)
     axes.legend(fontsize=8)
     return save_figure(figure, path)
 
 
-def write_union_reports(reports: dict[str, dict], out_dir) -> dict[str, Path]:
+def write_union_reports(reports: dict[str, dict], out_dir, provenance_record: dict | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    return {"json": write_json(out_dir / "report.json", {"models": reports}),
-            "markdown": write_text(out_dir / "report.md", markdown_table(reports)),
+    document = {"provenance": provenance_record or provenance(), "models": reports}
+    return {"json": write_json(out_dir / "report.json", document),
+            "markdown": write_text(out_dir / "report.md", markdown_table(reports, title=table_title(reports))),
             "png": plot_union_bars(reports, out_dir / "report.png")}
 
 
 # ------------------------------------------------------------------------------------------ eps curve
 
+def curve_title(curves: dict[str, dict]) -> str:
+    first = next(iter(curves.values()))
+    reference = first.get("reference_eps") or {}
+    marked = f", dashed: eps {eps_line(reference)}" if reference else ""
+    return f"{', '.join(curves)}: {attack_label(first)}, n={first['n']}{marked}"
+
+
 def plot_curves(curves: dict[str, dict], path: Path) -> Path:
     """One panel per norm, one line per model (each curve starts at its clean accuracy, eps 0)."""
     first = next(iter(curves.values()))
     norms = list(first["eps_values"])
-    figure, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.5), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.8), squeeze=False, layout="constrained")
     for axis, norm in zip(axes[0], norms):
         for name, curve in curves.items():
             xs = [0.0, *curve["eps_values"][norm]]
@@ -142,28 +227,28 @@ def plot_curves(curves: dict[str, dict], path: Path) -> Path:
                       label=name if len(curves) > 1 else None)
         reference = first.get("reference_eps", {}).get(norm)
         if reference is not None:
-            axis.axvline(reference, linestyle="--", color="gray", label=f"eps {reference:g}")
+            axis.axvline(reference, linestyle="--", color="gray", label=f"eps {eps_text(reference)}")
         if axis.get_legend_handles_labels()[0]:  # one model without a reference eps: nothing to label
             axis.legend(fontsize=8)
         axis.set_xlabel(f"{norm} eps")
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 105)
         axis.set_title(norm)
-    figure.suptitle(f"{attack_label(first['attack'])} ({first['steps']} steps), {first['n']} points")
+    figure.suptitle(curve_title(curves), fontsize=9)
     return save_figure(figure, path)
 
 
 def curve_table(curves: dict[str, dict]) -> Table:
     first = next(iter(curves.values()))
-    table = Table(title=f"robust accuracy (%) vs eps, {attack_label(first['attack'])}")
+    table = Table(title=table_title(curves, "robust accuracy (%) vs eps"))
     table.add_column("norm")
     table.add_column("eps", justify="right")
     for name in curves:
         table.add_column(name if len(curves) > 1 else "accuracy", justify="right")
     for norm, values in first["eps_values"].items():
         for index, value in enumerate(values):
-            table.add_row(norm, f"{value:g}", *[f"{100 * curve['accuracy'][norm][index]:.1f}"
-                                                 for curve in curves.values()])
+            table.add_row(norm, eps_text(value), *[f"{100 * curve['accuracy'][norm][index]:.1f}"
+                                                   for curve in curves.values()])
     return table
 
 
