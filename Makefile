@@ -33,8 +33,10 @@ data:
 demo: setup data
 	$(PY) -m ramptool.demo
 
+# one process per core, data-parallel through torchrun (the plan is sized for 2 cores: about 90 minutes)
+REPRODUCE_PROCS ?= $(shell nproc)
 reproduce: setup data
-	$(PY) -m reproduce
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(REPRODUCE_PROCS) -m reproduce
 
 test: setup data
 	$(PY) -m pytest -q

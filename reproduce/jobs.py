@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ramptool import distributed
 from ramptool.checkpoint import STATE_FILE, atomic_write, load_checkpoint, run_finished
 from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import FLAGS_FILE, evaluate_union, fingerprint
@@ -33,11 +34,12 @@ class JobLog:
         self.path = path
 
     def record(self, kind: str, name: str, started: float, load_before: float, **extra) -> None:
-        if self.path is None:
+        if self.path is None or not distributed.is_main():
             return
         entry = {"kind": kind, "name": name, "seconds": round(time.perf_counter() - started, 2),
                  "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
-                 "threads": torch.get_num_threads(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+                 "threads": torch.get_num_threads(), "processes": distributed.world_size(),
+                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
@@ -58,6 +60,7 @@ def train_run(out: Path, log: JobLog, **config) -> Path:
         train(TrainConfig(out=str(out), resume=True, progress=False, **config))
     else:
         train(TrainConfig(out=str(out), overwrite=True, progress=False, **config))
+    distributed.barrier()  # rank 0's last checkpoint is written before anyone reads it
     log.record("train", str(out), started, load)
     return out
 
@@ -82,15 +85,20 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return cached
-        for stale in (path, folder / FLAGS_FILE):  # made on other points or eps: start again
-            stale.unlink(missing_ok=True)
+        distributed.barrier()  # everyone has read it before rank 0 removes it
+        if distributed.is_main():
+            for stale in (path, folder / FLAGS_FILE):  # made on other points or eps: start again
+                stale.unlink(missing_ok=True)
+        distributed.barrier()
     started, load = time.perf_counter(), os.getloadavg()[0]
     model, _ = load_checkpoint(ckpt)
     folder.mkdir(parents=True, exist_ok=True)
     report = evaluate_union(model, x, y, list(norms), key["eps"], out_dir=folder, resume=True, **options)
     kept = {name: value for name, value in report.items() if name != "adversarial"}
     result = {"key": key, "report": kept}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    if distributed.is_main():
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    distributed.barrier()  # the flags and the report are there for every rank
     log.record("evaluate", str(folder), started, load, points=len(y))
     return result
 
@@ -112,7 +120,9 @@ def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, l
     report = evaluate_corruptions(model, x, y, corruptions=corruptions, dataset=DATASET,
                                   cache_dir=default_cache_dir())
     result = {"key": key, "report": report}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    distributed.barrier()
     log.record("corruptions", str(folder), started, load, points=len(y))
     return result

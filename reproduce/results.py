@@ -211,8 +211,10 @@ def machine_line(log_entries: list[dict]) -> str:
     load = (f"1-minute load average {min(loads):.1f}-{max(loads):.1f} at the start and end of the training runs"
             if loads else "no training run in this invocation's log")
     threads = sorted({e["threads"] for e in log_entries}) or [torch.get_num_threads()]
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__} "
-            f"with {', '.join(map(str, threads))} thread(s); {load}")
+    processes = sorted({e.get("processes", 1) for e in log_entries}) or [1]
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+            f"{', '.join(map(str, processes))} process(es) (torchrun) with {', '.join(map(str, threads))} thread(s) "
+            f"each; {load}")
 
 
 def costs(log_entries: list[dict]) -> list[str]:
@@ -223,14 +225,6 @@ def costs(log_entries: list[dict]) -> list[str]:
                 "corruptions": "corruption evaluation"}[entry["kind"]]
         parts[name] += entry["seconds"]
     return [f"| {name} | {seconds / 60:.1f} |" for name, seconds in parts.items()]
-
-
-def engine_line(report: dict) -> str:
-    name = attack_label(report["attack"])
-    extra = f", {report['grade']}" if "grade" in report else ""
-    version = f" {report['version']}" if "version" in report else ""
-    steps = f", {report['steps']} steps" if report.get("steps") is not None else ""
-    return f"{name}{version}{steps}{extra}"
 
 
 def render(measured: list[Measured], budget: Budget, provenance: dict, log_entries: list[dict],
@@ -261,9 +255,9 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
         f"- Fine-tuning, every method at the same budget: one epoch on the first {budget.finetune_subset:,} training "
         f"points, Adam lr 5e-4 (piecewise-ft), batch 128, APGD-10 training attacks, pair (l∞, l1) for E-AT and RAMP; "
         f"seeds {', '.join(map(str, budget.seeds))} (the batch order and the random choices; the same start).",
-        f"- From scratch: {budget.scratch_epochs} epoch(s) on the first {budget.scratch_subset:,} training points, "
-        f"Adam lr 1e-3 (cosine), seed {budget.seeds[0]}.",
-        f"- Evaluation: the first {results.start.evaluation['n']} test points, {engine_line(results.start.evaluation)}"
+        *([f"- From scratch: {budget.scratch_epochs} epoch(s) on the first {budget.scratch_subset:,} training "
+           f"points, Adam lr 1e-3 (cosine), seed {budget.seeds[0]}."] if budget.scratch_methods else []),
+        f"- Evaluation: the first {results.start.evaluation['n']} test points, {attack_label(results.start.evaluation)}"
         f", clean / each norm / union per point; common corruptions: mean accuracy over "
         f"{len(budget.corruptions) if budget.corruptions else 15} corruptions x 5 severities on the first "
         f"{budget.corruption_n} test points. s/epoch: the training run's own timing (ratio to E-AT's).",
@@ -288,9 +282,13 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
     baselines = [k for k in BASELINES if k in results.finetune]
     if baselines:
         strongest = max(baselines, key=lambda k: results.mean(k, "union"))
-        lines += [f"Every RAMP variant (A) against the strongest baseline by mean union, "
-                  f"{FINETUNE_METHODS[strongest][0]} (B). The variants were not tuned: all six ran, and picking the "
-                  f"best of them on these test points would be tuning on the test set.", "", *comparison_header("A")]
+        variants = [k for k in results.finetune if k.startswith("ramp")]
+        untuned = (f"The variants were not tuned: all {len(variants)} ran, and picking the best of them on these test "
+                   f"points would be tuning on the test set." if len(variants) > 1 else
+                   "RAMP's other pairings and lambdas are in the extended plan (`python -m reproduce --extended`), "
+                   "not run for this page.")
+        lines += [f"RAMP (A) against the strongest baseline by mean union, {FINETUNE_METHODS[strongest][0]} (B). "
+                  f"{untuned}", "", *comparison_header("A")]
         lines += [comparison_row(FINETUNE_METHODS[k][0], results.compare(results.finetune[k],
                                                                           results.finetune[strongest]))
                   for k in results.finetune if k.startswith("ramp")]
@@ -305,6 +303,9 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
                                      results.compare(results.scratch[k], results.scratch["e-at"]))
                       for k in results.scratch if k != "e-at"]
             lines.append("")
+    elif budget.name != "quick":
+        lines += ["## From scratch", "", "Not run for this page: the from-scratch E-AT, MAX, RAMP and RAMP + GP "
+                  "runs are in the extended plan (`python -m reproduce --extended`, hours on a CPU).", ""]
     lines += ["## Where ramptool reproduces the paper, and where not", "", *claims(results), ""]
     if investigation:
         lines += investigation

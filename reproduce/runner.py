@@ -1,6 +1,7 @@
-"""Run a reproduction plan, resumably: train every job, then evaluate every model (and the start) on the test
-points, adversarially and under common corruptions. Everything lands in one root folder; a second call skips
-what is finished (``jobs``)."""
+"""Run a reproduction plan, resumably: train each job and evaluate it (and the start) on the test points,
+adversarially and under common corruptions. Everything lands in one root folder; a second call skips what is
+finished (``jobs``). Under torchrun every process takes part in every job: training is data-parallel and the
+evaluations share out the test points (``ramptool.distributed``), and rank 0 writes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.threat import DEFAULT_EPS
 from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, train_run
 from reproduce.plan import DATASET, START, Budget, Job, jobs
@@ -43,17 +45,18 @@ def run(budget: Budget, root: Path, start: Path = START, device: str = "auto") -
     root = Path(root)
     log = JobLog(root / "jobs.jsonl")
     planned = jobs(budget, str(start))
-    for number, job in enumerate(planned, start=1):
-        print(f"[{number}/{len(planned)}] train {job.folder}", flush=True)
-        train_run(root / job.folder, log, device=device, **job.config)
     eps = DEFAULT_EPS[DATASET]
     x, y = test_points(budget.test_n)
     x_corrupt, y_corrupt = test_points(budget.corruption_n)
     models = [(None, Path(start), root / START_FOLDER)] + [(job, root / job.folder, root / job.folder)
                                                            for job in planned]
     measured = []
+    say = print if distributed.is_main() else (lambda *args, **kwargs: None)
     for number, (job, ckpt, folder) in enumerate(models, start=1):
-        print(f"[{number}/{len(models)}] evaluate {folder.relative_to(root)}", flush=True)
+        if job is not None:  # each model is evaluated right after its training: a stopped study keeps both
+            say(f"[{number}/{len(models)}] train {job.folder}", flush=True)
+            train_run(root / job.folder, log, device=device, **job.config)
+        say(f"[{number}/{len(models)}] evaluate {folder.relative_to(root)}", flush=True)
         evaluation = evaluate_run(ckpt, folder / f"test{budget.test_n}", x, y, eps, log, **budget.evaluation)
         corruptions = corruption_run(ckpt, folder / f"corruptions{budget.corruption_n}", x_corrupt, y_corrupt, log,
                                      budget.corruptions)

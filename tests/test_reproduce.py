@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ramptool.config import build_train_config
-from reproduce.plan import FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs
+from reproduce.plan import EXTENDED, FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs
 from reproduce.stats import mcnemar_p, mean_std, paired_comparison
 
 
@@ -17,8 +17,10 @@ from reproduce.stats import mcnemar_p, mean_std, paired_comparison
                                     "fmnist-ramp-finetune"])
 def test_every_fine_tune_has_the_budget_of_the_shipped_recipes(tmp_path, recipe):
     from_recipe = build_train_config({"out": str(tmp_path)}, recipe=recipe)
-    planned = [job for job in jobs(FULL, from_recipe.init) if job.group == "finetune"]
-    assert len(planned) == len(FINETUNE_METHODS) * len(FULL.seeds) == 36
+    planned = [job for job in jobs(EXTENDED, from_recipe.init) if job.group == "finetune"]
+    assert len(planned) == len(FINETUNE_METHODS) * len(EXTENDED.seeds) == 36
+    full = jobs(FULL, from_recipe.init)
+    assert len(full) == 21 and {job.folder for job in full} < {job.folder for job in planned}  # reused
     for job in planned:
         for name in (*FINETUNE_BASE, "init"):
             assert job.config[name] == getattr(from_recipe, name), name
