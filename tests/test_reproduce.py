@@ -88,3 +88,35 @@ def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_
     assert len((out / "jobs.jsonl").read_text().splitlines()) == len(log)  # nothing was done again
     assert page.read_text().split("## How it was run")[1].split("## ")[1:] == \
         text.split("## How it was run")[1].split("## ")[1:]  # the same tables from the cached results
+
+
+@pytest.mark.slow
+def test_quick_reproduction_under_torchrun_gives_the_single_process_flags(tmp_path):
+    """`make reproduce` runs under torchrun: rank 0 writes, the evaluations share out the points, and an
+    evaluation gives one process's per-point flags."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from reproduce.jobs import read_flags
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root),
+                                                                                 os.environ.get("PYTHONPATH", "")])}
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"procs{processes}"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(processes)]
+        done = subprocess.run([*launcher, "-m", "reproduce", "--quick", "--out", str(out), "--device", "cpu"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("wrote ") == 1  # rank 0 alone writes the page
+        runs[processes] = out
+    log = [json.loads(line) for line in (runs[2] / "jobs.jsonl").read_text().splitlines()]
+    assert {entry["processes"] for entry in log} == {2}
+    assert len(log) == len([json.loads(line) for line in (runs[1] / "jobs.jsonl").read_text().splitlines()])
+    one, two = (read_flags(runs[n] / "start" / f"test{QUICK.test_n}") for n in (1, 2))
+    assert one.keys() == two.keys() and all(torch.equal(one[name], two[name]) for name in one)
+    assert (runs[2] / "RESULTS.md").read_text().startswith("# Reproducing RAMP on Fashion-MNIST")
