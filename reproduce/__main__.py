@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     if not where.is_main:
         distributed.shutdown()
         return
-    provenance = {"command": shlex.join(["python", "-m", "reproduce", *(sys.argv[1:] if argv is None else argv)]),
+    launcher = (["torchrun", "--standalone", "--nproc_per_node", str(where.world_size)] if distributed.launched()
+                else ["python"])
+    provenance = {"command": shlex.join([*launcher, "-m", "reproduce", *(sys.argv[1:] if argv is None else argv)]),
                   "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "root": str(out),
                   "wall_minutes": (time.perf_counter() - started) / 60}
     written = results.write(measured, budget, provenance, JobLog(out / "jobs.jsonl").entries(), page,
