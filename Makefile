@@ -1,11 +1,12 @@
-# make demo: set everything up and run the main job; make test: set everything up and run the tests.
+# make demo: set everything up and run the main job; make test: set everything up and run the tests;
+# make reproduce: the Fashion-MNIST reproduction of RAMP's claims (hours on a CPU; resumable) -> docs/RESULTS.md.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup data demo test test-fast bench lint clean-demo
+.PHONY: setup data demo reproduce test test-fast bench lint clean-demo
 
 # robustbench 1.1.1 goes in without its pins (timm==1.0.9, gdown==5.1.0); the robustbench extra brings what it
 # imports (README: "RobustBench models")
@@ -32,6 +33,11 @@ data:
 demo: setup data
 	$(PY) -m ramptool.demo
 
+# one process per core, data-parallel through torchrun (the plan is sized for 2 cores: about 90 minutes)
+REPRODUCE_PROCS ?= $(shell nproc)
+reproduce: setup data
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(REPRODUCE_PROCS) -m reproduce
+
 test: setup data
 	$(PY) -m pytest -q
 
@@ -44,4 +50,4 @@ bench: setup data
 	$(PY) bench/eval.py
 
 lint: setup
-	$(VENV)/bin/ruff check ramptool tests bench plugins
+	$(VENV)/bin/ruff check ramptool tests bench plugins reproduce

@@ -2,13 +2,13 @@
 
 For every adversary and every budget of its grid, the accuracy of the shipped l∞-AT small CNN under that
 adversary with the evaluation settings (100 steps, Sparse-RS 1000 queries) on a validation split: the LAST
-``--n`` Fashion-MNIST training points, never a test point. The fine-tuning recipes train on the first 20,000
-training points, so none of the three models of the README table trained on them but the l∞-AT start, which
-saw them during its two epochs (its clean accuracy there is printed next to its test accuracy). The budget kept
+``--n`` Fashion-MNIST training points, never a test point. The shipped l∞-AT model trains on the first 50,000
+training points and the fine-tuning recipes on the first 20,000, so no model of the README table trained on them
+(the model's clean accuracy there is printed next to its test accuracy). The budget kept
 for each adversary is the grid value whose accuracy is closest to ``--target`` (0.5: neither trivial nor
 hopeless for the model being fine-tuned). Run:
 
-    .venv/bin/python bench/unseen_calibration.py --n 300     # ~1 h on one busy CPU core
+    .venv/bin/python bench/unseen_calibration.py --n 300     # ~15 min on one busy CPU core
 """
 
 from __future__ import annotations

@@ -162,6 +162,12 @@ def global_mean(local_mean: torch.Tensor, count) -> torch.Tensor:
     return local_mean * (local * dist.get_world_size() / total.clamp_min(1)).to(local_mean.dtype)
 
 
+def barrier() -> None:
+    """Every process gets here before any goes on (what rank 0 wrote is then there for all); alone, nothing."""
+    if active():
+        dist.barrier()
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum over ranks, as a new tensor (the input is left as it is)."""
     if not active():

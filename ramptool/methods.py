@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -277,13 +278,18 @@ class RAMP(TrainingMethod):
     batches go through the train-mode model in two separate forwards (each batch's BatchNorm statistics are its
     own, as in E-AT/MAX); f(x*) is gathered from their logits instead of a third forward (the paper's code makes
     three).
+
+    ``pair_on`` (``--method-option pair_on=all``) says which points the pairing loss averages over: ``q-correct``
+    (the paper's: the points the model classifies correctly under the q attack) or ``all`` (every point), an
+    ablation of that choice.
     """
 
     uses = "pair"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, *, pair_on: Literal["q-correct", "all"] = "q-correct"):
         super().__init__(ctx)
         self.pairing_loss = functools.partial(get("pairing-loss", ctx.pairing), **ctx.pairing_options)
+        self.pair_on = pair_on
 
     def loss(self, model, x, y):
         q, r = self.norms
@@ -292,7 +298,7 @@ class RAMP(TrainingMethod):
         logits_r = self.forward(model, result_r.x_adv)
         take_q = (result_q.loss >= result_r.loss)[:, None]
         loss_max = _cross_entropy(torch.where(take_q, logits_q, logits_r), y)
-        kept = (logits_q.argmax(1) == y).detach()
+        kept = (logits_q.argmax(1) == y).detach() if self.pair_on == "q-correct" else torch.ones_like(y, dtype=bool)
         # the mean over the points kept on every rank, not over this rank's (docs/METHOD.md#distributed-training)
         loss_pair = distributed.global_mean(self.pairing_loss(logits_q[kept], logits_r[kept]), kept.sum())
         stats = {f"acc_{q}": _accuracy(logits_q, y), f"acc_{r}": _accuracy(logits_r, y),

@@ -22,7 +22,7 @@ DEFAULT_EPS = {
     "cifar100": {"linf": 8 / 255, "l2": 0.5, "l1": 12.0},
     "imagenet": {"linf": 4 / 255, "l2": 2.0, "l1": 255.0},
     "imagefolder": {"linf": 4 / 255, "l2": 2.0, "l1": 255.0},
-    "fashion-mnist": {"linf": 0.1, "l2": 1.5, "l1": 10.0},
+    "fashion-mnist": {"linf": 0.2, "l2": 1.5, "l1": 10.0},
     "mnist": {"linf": 0.3, "l2": 2.0, "l1": 10.0},
 }
 

@@ -98,7 +98,7 @@ def test_python_api_goes_through_the_same_checks(tmp_path):
         TrainConfig(out=str(tmp_path), epochs="3")
     cfg = TrainConfig(out=tmp_path, pair="l1,linf", eps={"l2": "1/2"})
     assert cfg.out == str(tmp_path) and cfg.pair == ["l1", "linf"]
-    assert cfg.eps == {"linf": 0.1, "l2": 0.5, "l1": 10.0}  # the dataset's eps fill the norms not given
+    assert cfg.eps == {"linf": 0.2, "l2": 0.5, "l1": 10.0}  # the dataset's eps fill the norms not given
 
 
 def test_every_knob_has_its_flag_default_and_recipe_key(capsys, monkeypatch):

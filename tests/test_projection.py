@@ -180,7 +180,7 @@ def test_parse_eps_fractions_and_aliases():
 def test_parse_eps_fills_the_dataset_defaults():
     eps = parse_eps("l2=1", dataset="cifar10")
     assert eps == {"linf": pytest.approx(8 / 255), "l2": 1.0, "l1": 12.0}
-    assert parse_eps(None, dataset="fashion-mnist") == {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+    assert parse_eps(None, dataset="fashion-mnist") == {"linf": 0.2, "l2": 1.5, "l1": 10.0}
     assert parse_eps("") == {}
 
 

@@ -262,15 +262,19 @@ def test_cli_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message)
     assert len(stderr.strip().splitlines()) == 1
 
 
-def test_loss_of_ramp_equals_max_plus_lambda_times_pairing():
+@pytest.mark.parametrize("pair_on", ["q-correct", "all"])
+def test_loss_of_ramp_equals_max_plus_lambda_times_pairing(pair_on):
     from ramptool.methods import RAMP
     from ramptool.models import build_model
 
     torch.manual_seed(0)
     model = build_model("small-cnn", 10, (1, 28, 28), (0.5,), (0.5,))
-    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    ctx = MethodContext(eps=EPS, pair=("linf", "l1"), attack_steps=2, lam=0.7)
-    method = RAMP(ctx)
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():  # labels the model gets right, so that some points stay right under the q attack
+        y = model.eval()(x).argmax(1)
+    # a small l∞ eps: a random network loses every point at the usual one
+    ctx = MethodContext(eps={**EPS, "linf": 0.002}, pair=("linf", "l1"), attack_steps=2, lam=0.7)
+    method = RAMP(ctx, pair_on=pair_on)
     model.train()
     torch.manual_seed(1)
     loss, stats = method.loss(model, x, y)
@@ -279,7 +283,8 @@ def test_loss_of_ramp_equals_max_plus_lambda_times_pairing():
     r = method.attack(model, x, y, "l1")
     logits_q, logits_r = model(q.x_adv), model(r.x_adv)
     worst = torch.where((q.loss >= r.loss)[:, None], logits_q, logits_r)
-    kept = logits_q.argmax(1) == y
+    kept = logits_q.argmax(1) == y if pair_on == "q-correct" else torch.ones_like(y, dtype=torch.bool)
+    assert 0 < int(kept.sum()) < len(y) or pair_on == "all"  # the kept set matters
     expected = F.cross_entropy(worst, y) + 0.7 * kl_pairing(logits_q[kept], logits_r[kept])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert model.training
@@ -371,7 +376,7 @@ def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_pa
     train(quick_config(tmp_path, init=str(SHIPPED_LINF_AT), method="at", norms=["linf"], optimizer="sgd", lr=1.0))
     [record] = _records(tmp_path)
     start = read_metadata(tmp_path)["start_clean"]
-    assert start > 0.8 and record["test_clean"] < start - 0.1
+    assert start > 0.7 and record["test_clean"] < start - 0.1
     line = capsys.readouterr().out
     assert "WARNING: clean accuracy fell" in line and f"(checkpoint {100 * start:.1f})" in line
 
@@ -403,5 +408,5 @@ def test_the_readme_finetune_command_with_its_defaults_keeps_clean_accuracy(tmp_
               "--subset", "1024", "--no-progress"])
     assert exited.value.code == 0, capsys.readouterr().err
     metadata = read_metadata(tmp_path)
-    assert metadata["config"]["optimizer"] == "adam" and metadata["start_clean"] > 0.8
+    assert metadata["config"]["optimizer"] == "adam" and metadata["start_clean"] > 0.7
     assert metadata["metrics"]["test_clean"] > metadata["start_clean"] - 0.05

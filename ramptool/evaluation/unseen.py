@@ -47,7 +47,7 @@ PAPER_BUDGETS = {"l0": 9, "fog": 12.0, "snow": 0.5, "gabor": 60.0, "elastic": 0.
 DEFAULT_BUDGETS = {
     "cifar10": PAPER_BUDGETS,
     "cifar100": PAPER_BUDGETS,
-    "fashion-mnist": {"l0": 4, "fog": 56.0, "snow": 0.075, "gabor": 50.0, "elastic": 0.5, "jpeg-linf": 0.875},
+    "fashion-mnist": {"l0": 3, "fog": 84.0, "snow": 0.2, "gabor": 62.0, "elastic": 0.5, "jpeg-linf": 1.125},
 }
 DEFAULT_STEPS = 100  # the paper's iterations for Kang et al.'s adversaries
 DEFAULT_QUERIES = 1000  # Sparse-RS queries (its eval.py default)

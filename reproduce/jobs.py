@@ -1,0 +1,128 @@
+"""Resumable jobs: a training run that is skipped once finished, and an evaluation cached next to its flags.
+
+Both write a line to a job log (``JobLog``: what ran, how long, the load average before and after), so a report
+can say how long each part took and how busy the machine was. Killing a study and starting it again loses at most
+the job in progress: finished runs are kept (``run_finished``), an interrupted training run continues from its
+last checkpoint, and an interrupted evaluation from its last finished norm (``evaluate_union``'s flags file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ramptool import distributed
+from ramptool.checkpoint import STATE_FILE, atomic_write, load_checkpoint, run_finished
+from ramptool.evaluation.flags import union_flags
+from ramptool.evaluation.union import FLAGS_FILE, evaluate_union, fingerprint
+from ramptool.trainer import TrainConfig, train
+from reproduce.splits import DATASET
+
+NORMS = ("linf", "l2", "l1")
+REPORT_FILE = "report.json"
+
+
+class JobLog:
+    """One JSON line per job that did work (skipped jobs are not logged), in ``path``."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def record(self, kind: str, name: str, started: float, load_before: float, **extra) -> None:
+        if self.path is None or not distributed.is_main():
+            return
+        entry = {"kind": kind, "name": name, "seconds": round(time.perf_counter() - started, 2),
+                 "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+                 "threads": torch.get_num_threads(), "processes": distributed.world_size(),
+                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def entries(self) -> list[dict]:
+        if self.path is None or not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def train_run(out: Path, log: JobLog, **config) -> Path:
+    """A finished run in ``out`` made with ``config`` (TrainConfig fields): kept if there, continued if
+    interrupted after a checkpoint, else trained. A saved run whose configuration differs is an error."""
+    if run_finished(out):
+        return out
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    if (out / STATE_FILE).exists():
+        train(TrainConfig(out=str(out), resume=True, progress=False, **config))
+    else:
+        train(TrainConfig(out=str(out), overwrite=True, progress=False, **config))
+    distributed.barrier()  # rank 0's last checkpoint is written before anyone reads it
+    log.record("train", str(out), started, load)
+    return out
+
+
+def read_flags(folder: Path, norms=NORMS) -> dict[str, torch.Tensor]:
+    """The per-point flags an evaluation saved in ``folder`` (clean, each norm), plus their union."""
+    saved = load_file(str(Path(folder) / FLAGS_FILE))
+    flags = {name: saved[name].bool() for name in ("clean", *norms)}
+    flags["union"] = union_flags(flags, norms)
+    return flags
+
+
+def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float],
+                 log: JobLog, norms=NORMS, **options) -> dict:
+    """The evaluation of ``ckpt`` on (x, y) with ramptool's default (AutoAttack-grade) engine, from the cache
+    in ``folder`` when it was made on the same points with the same eps and options; resumed if interrupted."""
+    folder = Path(folder)
+    key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "norms": list(norms),
+           "checkpoint": str(ckpt), "options": options}
+    path = folder / REPORT_FILE
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+        distributed.barrier()  # everyone has read it before rank 0 removes it
+        if distributed.is_main():
+            for stale in (path, folder / FLAGS_FILE):  # made on other points or eps: start again
+                stale.unlink(missing_ok=True)
+        distributed.barrier()
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    model, _ = load_checkpoint(ckpt)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = evaluate_union(model, x, y, list(norms), key["eps"], out_dir=folder, resume=True, **options)
+    kept = {name: value for name, value in report.items() if name != "adversarial"}
+    result = {"key": key, "report": kept}
+    if distributed.is_main():
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    distributed.barrier()  # the flags and the report are there for every rank
+    log.record("evaluate", str(folder), started, load, points=len(y))
+    return result
+
+
+def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, log: JobLog,
+                   corruptions=None) -> dict:
+    """``evaluate_corruptions`` of ``ckpt`` on (x, y), cached in ``folder``; the corrupted images themselves are
+    cached where ``ramptool eval corruptions`` keeps them, so they are made once for every model."""
+    from ramptool.evaluation.corruptions import default_cache_dir, evaluate_corruptions
+
+    key = {"points": fingerprint(x, y), "checkpoint": str(ckpt), "corruptions": list(corruptions or [])}
+    path = Path(folder) / "corruptions.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    model, _ = load_checkpoint(ckpt)
+    report = evaluate_corruptions(model, x, y, corruptions=corruptions, dataset=DATASET,
+                                  cache_dir=default_cache_dir())
+    result = {"key": key, "report": report}
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    distributed.barrier()
+    log.record("corruptions", str(folder), started, load, points=len(y))
+    return result

@@ -1,0 +1,122 @@
+"""`make reproduce`: its plan, its statistics, and the quick run end to end (resumed without redoing work)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ramptool.config import build_train_config
+from reproduce.plan import EXTENDED, FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs
+from reproduce.stats import mcnemar_p, mean_std, paired_comparison
+
+
+@pytest.mark.parametrize("recipe", ["fmnist-l1-finetune", "fmnist-eat-finetune", "fmnist-max-finetune",
+                                    "fmnist-ramp-finetune"])
+def test_every_fine_tune_has_the_budget_of_the_shipped_recipes(tmp_path, recipe):
+    from_recipe = build_train_config({"out": str(tmp_path)}, recipe=recipe)
+    planned = [job for job in jobs(EXTENDED, from_recipe.init) if job.group == "finetune"]
+    assert len(planned) == len(FINETUNE_METHODS) * len(EXTENDED.seeds) == 36
+    full = jobs(FULL, from_recipe.init)
+    assert len(full) == 21 and {job.folder for job in full} < {job.folder for job in planned}  # reused
+    for job in planned:
+        for name in (*FINETUNE_BASE, "init"):
+            assert job.config[name] == getattr(from_recipe, name), name
+    twin = next(job for job in planned if job.config["method"] == from_recipe.method and job.seed == 0
+                and job.config.get("lam", from_recipe.lam) == from_recipe.lam
+                and job.config.get("pairing", from_recipe.pairing) == from_recipe.pairing)
+    built = build_train_config(overrides={"out": str(tmp_path), **twin.config, "subset": from_recipe.subset})
+    assert built == from_recipe  # the recipe's run and the plan's are the same run (seed 0)
+
+
+def test_the_scratch_runs_follow_the_scratch_recipe(tmp_path):
+    recipe = build_train_config({"out": str(tmp_path)}, recipe="fmnist-ramp-scratch")
+    for name, value in SCRATCH_BASE.items():
+        assert getattr(recipe, name) == value, name
+
+
+def test_mcnemar_and_mean_std():
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_p(3, 3) == 1.0 and mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 1024)
+    assert mean_std([0.5]) == (0.5, 0.0)
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and std == pytest.approx(1.0)
+
+
+def test_paired_comparison_pairs_by_seed_and_point():
+    generator = torch.Generator().manual_seed(0)
+    base = [torch.rand(400, generator=generator) < 0.4 for _ in range(3)]
+    same = paired_comparison(base, [flags.clone() for flags in base])
+    assert same.mean == 0 and same.low == 0 and same.high == 0 and same.discordant == [(0, 0)] * 3
+    better = [flags | (torch.arange(400) < 40) for flags in base]  # A keeps 40 more points at most
+    comparison = paired_comparison(better, base)
+    assert comparison.low > 0 and comparison.high <= 0.1 + 1e-9
+    assert comparison.per_seed == pytest.approx([(b.float().mean() - a.float().mean()).item()
+                                                 for a, b in zip(base, better)])
+    assert all(c == 0 and b > 0 for b, c in comparison.discordant) and max(comparison.p_values) < 1e-3
+    worse = paired_comparison(base, better)
+    assert worse.high < 0 and worse.mean == pytest.approx(-comparison.mean)
+    noisy = paired_comparison(base[:1], [base[1]])
+    assert noisy.low < noisy.mean < noisy.high and math.isfinite(noisy.std)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_work(tmp_path, capsys):
+    from reproduce.__main__ import main
+
+    out, page = tmp_path / "run", tmp_path / "RESULTS.md"
+    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu"])
+    text = page.read_text()
+    assert text.startswith("# Reproducing RAMP on Fashion-MNIST") and "Smoke run" in text
+    for key in QUICK.finetune_methods:
+        assert f"| {FINETUNE_METHODS[key][0]} | " in text
+    for heading in ("## How it was run", "## RAMP against each baseline", "## Fig. 1 at this scale",
+                    "## From scratch", "## Where ramptool reproduces the paper, and where not"):
+        assert heading in text
+    for figure in ("fig1-finetune.png", "union-by-method.png"):
+        assert (tmp_path / "results" / figure).read_bytes()[:4] == b"\x89PNG"
+    log = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
+    trained = len(jobs(QUICK, "start"))
+    assert sum(entry["kind"] == "train" for entry in log) == trained
+    assert sum(entry["kind"] == "evaluate" for entry in log) == trained + 1  # and the start model
+    page.unlink()
+    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu"])
+    assert len((out / "jobs.jsonl").read_text().splitlines()) == len(log)  # nothing was done again
+    assert page.read_text().split("## How it was run")[1].split("## ")[1:] == \
+        text.split("## How it was run")[1].split("## ")[1:]  # the same tables from the cached results
+
+
+@pytest.mark.slow
+def test_quick_reproduction_under_torchrun_gives_the_single_process_flags(tmp_path):
+    """`make reproduce` runs under torchrun: rank 0 writes, the evaluations share out the points, and an
+    evaluation gives one process's per-point flags."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from reproduce.jobs import read_flags
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root),
+                                                                                 os.environ.get("PYTHONPATH", "")])}
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"procs{processes}"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(processes)]
+        done = subprocess.run([*launcher, "-m", "reproduce", "--quick", "--out", str(out), "--device", "cpu"],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("wrote ") == 1  # rank 0 alone writes the page
+        runs[processes] = out
+    log = [json.loads(line) for line in (runs[2] / "jobs.jsonl").read_text().splitlines()]
+    assert {entry["processes"] for entry in log} == {2}
+    assert len(log) == len([json.loads(line) for line in (runs[1] / "jobs.jsonl").read_text().splitlines()])
+    one, two = (read_flags(runs[n] / "start" / f"test{QUICK.test_n}") for n in (1, 2))
+    assert one.keys() == two.keys() and all(torch.equal(one[name], two[name]) for name in one)
+    assert (runs[2] / "RESULTS.md").read_text().startswith("# Reproducing RAMP on Fashion-MNIST")
