@@ -1,6 +1,6 @@
 """Why RAMP wins or loses against the baselines here: RAMP varied one knob at a time, on validation points.
 
-Every variant fine-tunes the shipped l∞-AT model like ``make reproduce`` does (one epoch on the first 20,000
+Every variant fine-tunes the shipped l∞-AT model like ``make reproduce`` does (one epoch on the first 10,000
 training points, seed 0) with one change: lambda (0, i.e. MAX over the pair without pairing; 1.5; 3), three
 epochs (the paper's fine-tuning length) for RAMP and for the baselines, the pair direction (q = l1), the points
 the pairing loss averages over (every point instead of those right under the q attack), and gradient projection.
@@ -9,7 +9,8 @@ default (AutoAttack-grade) evaluation: union accuracy, and each variant's paired
 baseline with a bootstrap interval over the points. Nothing here touches the test points, so the findings can
 inform a recipe without tuning on the test set.
 
-    .venv/bin/python -m reproduce.investigate [--out runs/investigate] [--val-n 500]
+    torchrun --standalone --nproc_per_node 2 -m reproduce.investigate [--out runs/investigate] [--val-n 500]
+        [--variants l1,e-at,max,ramp,ramp-lam0,...]     # or python -m reproduce.investigate, one process
 
 Resumable. Writes docs/evidence/ramp-investigation.json; ``python -m reproduce`` puts its table in RESULTS.md.
 """
@@ -22,16 +23,18 @@ from pathlib import Path
 
 import torch
 
+from ramptool import distributed
 from ramptool.checkpoint import atomic_write
 from ramptool.threat import DEFAULT_EPS
+from ramptool.trainer import resolve_device
 from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, train_run
-from reproduce.plan import DATASET, FINETUNE_BASE, FINETUNE_METHODS, PAIR, RAMP_DEFAULT, START
+from reproduce.plan import DATASET, FINETUNE_BASE, FINETUNE_METHODS, FULL, PAIR, RAMP_DEFAULT, START
 from reproduce.splits import validation_points
 from reproduce.stats import paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "docs" / "evidence" / "ramp-investigation.json"
-SUBSET = 20_000
+SUBSET = FULL.finetune_subset
 BASELINES = ("l1", "e-at", "max")  # the candidates for the strongest baseline
 RAMP = FINETUNE_METHODS[RAMP_DEFAULT][1]
 
@@ -51,19 +54,21 @@ VARIANTS = {
 }
 
 
-def run(out: Path, val_n: int, device: str) -> dict:
+def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -> dict:
     log = JobLog(out / "jobs.jsonl")
     x, y = validation_points(val_n)
     eps = DEFAULT_EPS[DATASET]
     rows = {}
-    for number, (key, (label, fields)) in enumerate(VARIANTS.items(), start=1):
-        print(f"[{number}/{len(VARIANTS)}] {label}", flush=True)
+    chosen = {key: VARIANTS[key] for key in (variants or VARIANTS)}
+    say = print if distributed.is_main() else (lambda *args, **kwargs: None)
+    for number, (key, (label, fields)) in enumerate(chosen.items(), start=1):
+        say(f"[{number}/{len(chosen)}] {label}", flush=True)
         folder = train_run(out / key, log, device=device,
                            **{**FINETUNE_BASE, "init": str(START), "subset": SUBSET, "seed": 0, **fields})
         report = evaluate_run(folder, folder / f"val{val_n}", x, y, eps, log)["report"]
         flags = read_flags(folder / f"val{val_n}", NORMS)
         rows[key] = {"label": label, "accuracy": report["accuracy"], "union_flags": flags["union"].int().tolist()}
-    strongest = max(BASELINES, key=lambda k: rows[k]["accuracy"]["union"])
+    strongest = max((k for k in BASELINES if k in rows), key=lambda k: rows[k]["accuracy"]["union"])
     for row in rows.values():
         comparison = paired_comparison([torch.tensor(row["union_flags"])],
                                        [torch.tensor(rows[strongest]["union_flags"])])
@@ -71,7 +76,8 @@ def run(out: Path, val_n: int, device: str) -> dict:
                                    "only_variant": comparison.discordant[0][0],
                                    "only_baseline": comparison.discordant[0][1]}
     return {"validation": {"n": val_n, "seed": 0}, "eps": eps, "engine": report["attack"],
-            "strongest_baseline": strongest, "variants": rows}
+            "strongest_baseline": strongest, "variants": rows,
+            "not_run": [VARIANTS[key][0] for key in VARIANTS if key not in rows]}
 
 
 def section(path: Path = EVIDENCE) -> list[str]:
@@ -82,7 +88,7 @@ def section(path: Path = EVIDENCE) -> list[str]:
                 "time (lambda 0, 1.5 and 3; three epochs, also for the baselines; q = l1; pairing over every point; "
                 "GP) and compares each with the strongest baseline on 500 validation points; 14 fine-tunes and "
                 "evaluations, several hours on 2 CPU cores, minutes on a GPU. Its table appears here once "
-                f"`{path.relative_to(ROOT)}` exists.", ""]
+                f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` exists.", ""]
     found = json.loads(path.read_text())
     strongest = found["variants"][found["strongest_baseline"]]["label"]
     lines = ["## Investigation on validation points", "",
@@ -98,7 +104,10 @@ def section(path: Path = EVIDENCE) -> list[str]:
                      + f" | {100 * vs['mean']:+.1f} | [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}] |")
     above = [row["label"] for row in found["variants"].values() if row["versus_strongest"]["low"] > 0]
     lines += ["", f"Variants whose union is above {strongest}'s by a 95% interval above 0: "
-                  f"{', '.join(above) or 'none'}.", ""]
+                  f"{', '.join(above) or 'none'}."]
+    if found.get("not_run"):
+        lines += ["", f"Not run yet (`--variants`): {', '.join(found['not_run'])}."]
+    lines.append("")
     return lines
 
 
@@ -109,12 +118,20 @@ def main(argv=None):
     parser.add_argument("--evidence", default=str(EVIDENCE))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, in this order of priority (default all: {','.join(VARIANTS)})")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    found = run(Path(args.out), args.val_n, args.device)
-    atomic_write(Path(args.evidence), lambda tmp: Path(tmp).write_text(json.dumps(found, indent=1)))
-    print("\n".join(section(Path(args.evidence))))
+    unknown = [key for key in args.variants.split(",") if key not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    where = distributed.setup(resolve_device(args.device))
+    found = run(Path(args.out), args.val_n, args.device, args.variants.split(","))
+    if where.is_main:
+        atomic_write(Path(args.evidence), lambda tmp: Path(tmp).write_text(json.dumps(found, indent=1)))
+        print("\n".join(section(Path(args.evidence))))
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -120,3 +120,20 @@ def test_quick_reproduction_under_torchrun_gives_the_single_process_flags(tmp_pa
     one, two = (read_flags(runs[n] / "start" / f"test{QUICK.test_n}") for n in (1, 2))
     assert one.keys() == two.keys() and all(torch.equal(one[name], two[name]) for name in one)
     assert (runs[2] / "RESULTS.md").read_text().startswith("# Reproducing RAMP on Fashion-MNIST")
+
+
+def test_investigation_section_says_what_ran_and_what_did_not(tmp_path):
+    from reproduce.investigate import VARIANTS, section
+
+    assert "Not run for this page" in "\n".join(section(tmp_path / "absent.json"))
+    flags = [1, 0, 1, 1]
+    row = {"accuracy": {"clean": 0.8, "linf": 0.5, "l2": 0.4, "l1": 0.3, "union": 0.25},
+           "versus_strongest": {"mean": 0.02, "low": -0.01, "high": 0.05}, "union_flags": flags}
+    found = {"validation": {"n": 4}, "engine": "apgd", "strongest_baseline": "l1",
+             "variants": {"l1": {**row, "label": VARIANTS["l1"][0]}, "ramp": {**row, "label": VARIANTS["ramp"][0]}},
+             "not_run": [VARIANTS["ramp-gp"][0]]}
+    evidence = tmp_path / "found.json"
+    evidence.write_text(json.dumps(found))
+    text = "\n".join(section(evidence))
+    assert f"| {VARIANTS['ramp'][0]} | 80.0 | 50.0 | 40.0 | 30.0 | 25.0 | +2.0 | [-1.0, +5.0] |" in text
+    assert f"Not run yet (`--variants`): {VARIANTS['ramp-gp'][0]}." in text
