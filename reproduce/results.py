@@ -257,9 +257,10 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
         "",
         "## How it was run",
         "",
-        f"- Wall time: {span_minutes(log_entries):.1f} min from the first job's start to the last job's end in the "
-        f"run folder, every job in it taking {sum(e['seconds'] for e in log_entries) / 60:.1f} min (this "
-        f"invocation: {provenance['wall_minutes']:.1f} min; finished jobs are reused).",
+        f"- Wall time: the run folder's jobs took {sum(e['seconds'] for e in log_entries) / 60:.1f} min, one after "
+        f"the other ({span_minutes(log_entries):.1f} min from the first one's start to the last one's end, pauses "
+        f"between invocations included; this invocation: {provenance['wall_minutes']:.1f} min, finished jobs "
+        f"reused).",
         f"- Machine: {machine_line(log_entries)}.",
         f"- Threat model (the dataset defaults): l∞ {eps['linf']:g}, l2 {eps['l2']:g}, l1 {eps['l1']:g}.",
         "- Start: the shipped l∞-AT small CNN (`recipes/checkpoints/fmnist-linf-at.safetensors`).",
