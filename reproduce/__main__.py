@@ -57,19 +57,19 @@ def main(argv: list[str] | None = None) -> None:
     page = Path(args.results or (out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md"))
     started = time.perf_counter()
     where = distributed.setup(resolve_device(args.device))
-    measured = run(budget, out, Path(args.start), args.device)
-    if not where.is_main:
+    try:
+        measured = run(budget, out, Path(args.start), args.device)
+        if where.is_main:
+            launcher = (["torchrun", "--standalone", "--nproc_per_node", str(where.world_size)]
+                        if distributed.launched() else ["python"])
+            command = [*launcher, "-m", "reproduce", *(sys.argv[1:] if argv is None else argv)]
+            provenance = {"command": shlex.join(command), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                          "root": str(out), "wall_minutes": (time.perf_counter() - started) / 60}
+            written = results.write(measured, budget, provenance, JobLog(out / "jobs.jsonl").entries(), page,
+                                    investigate.section() if not args.quick else None)
+            print(f"wrote {written}")
+    finally:
         distributed.shutdown()
-        return
-    launcher = (["torchrun", "--standalone", "--nproc_per_node", str(where.world_size)] if distributed.launched()
-                else ["python"])
-    provenance = {"command": shlex.join([*launcher, "-m", "reproduce", *(sys.argv[1:] if argv is None else argv)]),
-                  "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "root": str(out),
-                  "wall_minutes": (time.perf_counter() - started) / 60}
-    written = results.write(measured, budget, provenance, JobLog(out / "jobs.jsonl").entries(), page,
-                            investigate.section() if not args.quick else None)
-    print(f"wrote {written}")
-    distributed.shutdown()
 
 
 if __name__ == "__main__":

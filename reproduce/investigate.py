@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 from ramptool import distributed
-from ramptool.checkpoint import atomic_write
 from ramptool.threat import DEFAULT_EPS
 from ramptool.trainer import resolve_device
-from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, train_run
+from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, say, train_run, write_json
 from reproduce.plan import DATASET, FINETUNE_BASE, FINETUNE_METHODS, FULL, PAIR, RAMP_DEFAULT, START
 from reproduce.splits import validation_points
 from reproduce.stats import paired_comparison
@@ -60,7 +59,6 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -
     eps = DEFAULT_EPS[DATASET]
     rows = {}
     chosen = {key: VARIANTS[key] for key in (variants or VARIANTS)}
-    say = print if distributed.is_main() else (lambda *args, **kwargs: None)
     for number, (key, (label, fields)) in enumerate(chosen.items(), start=1):
         say(f"[{number}/{len(chosen)}] {label}", flush=True)
         folder = train_run(out / key, log, device=device,
@@ -126,12 +124,13 @@ def main(argv=None):
     unknown = [key for key in args.variants.split(",") if key not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    where = distributed.setup(resolve_device(args.device))
-    found = run(Path(args.out), args.val_n, args.device, args.variants.split(","))
-    if where.is_main:
-        atomic_write(Path(args.evidence), lambda tmp: Path(tmp).write_text(json.dumps(found, indent=1)))
-        print("\n".join(section(Path(args.evidence))))
-    distributed.shutdown()
+    distributed.setup(resolve_device(args.device))
+    try:
+        found = run(Path(args.out), args.val_n, args.device, args.variants.split(","))
+        write_json(Path(args.evidence), found)
+        say("\n".join(section(Path(args.evidence))))
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

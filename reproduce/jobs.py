@@ -27,6 +27,29 @@ NORMS = ("linf", "l2", "l1")
 REPORT_FILE = "report.json"
 
 
+def say(*args, **kwargs) -> None:
+    """``print`` on rank 0 only: under torchrun every process runs every job."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+def write_json(path: Path, document: dict) -> None:
+    """``document`` as JSON in ``path``, written atomically by rank 0 while the other processes wait for it."""
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1)))
+    distributed.barrier()
+
+
+def _cached(path: Path, key: dict) -> dict | None:
+    """The result saved in ``path`` if it was made with ``key``."""
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    return None
+
+
 class JobLog:
     """One JSON line per job that did work (skipped jobs are not logged), in ``path``."""
 
@@ -81,10 +104,10 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "norms": list(norms),
            "checkpoint": str(ckpt), "options": options}
     path = folder / REPORT_FILE
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
     if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached
         distributed.barrier()  # everyone has read it before rank 0 removes it
         if distributed.is_main():
             for stale in (path, folder / FLAGS_FILE):  # made on other points or eps: start again
@@ -96,9 +119,7 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     report = evaluate_union(model, x, y, list(norms), key["eps"], out_dir=folder, resume=True, **options)
     kept = {name: value for name, value in report.items() if name != "adversarial"}
     result = {"key": key, "report": kept}
-    if distributed.is_main():
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    distributed.barrier()  # the flags and the report are there for every rank
+    write_json(path, result)  # after it, the flags and the report are there for every rank
     log.record("evaluate", str(folder), started, load, points=len(y))
     return result
 
@@ -111,18 +132,14 @@ def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, l
 
     key = {"points": fingerprint(x, y), "checkpoint": str(ckpt), "corruptions": list(corruptions or [])}
     path = Path(folder) / "corruptions.json"
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
     started, load = time.perf_counter(), os.getloadavg()[0]
     model, _ = load_checkpoint(ckpt)
     report = evaluate_corruptions(model, x, y, corruptions=corruptions, dataset=DATASET,
                                   cache_dir=default_cache_dir())
     result = {"key": key, "report": report}
-    if distributed.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    distributed.barrier()
+    write_json(path, result)
     log.record("corruptions", str(folder), started, load, points=len(y))
     return result

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ramptool import distributed
 from ramptool.threat import DEFAULT_EPS
-from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, train_run
+from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, say, train_run
 from reproduce.plan import DATASET, START, Budget, Job, jobs
 from reproduce.splits import test_points
 
@@ -51,7 +50,6 @@ def run(budget: Budget, root: Path, start: Path = START, device: str = "auto") -
     models = [(None, Path(start), root / START_FOLDER)] + [(job, root / job.folder, root / job.folder)
                                                            for job in planned]
     measured = []
-    say = print if distributed.is_main() else (lambda *args, **kwargs: None)
     for number, (job, ckpt, folder) in enumerate(models, start=1):
         if job is not None:  # each model is evaluated right after its training: a stopped study keeps both
             say(f"[{number}/{len(models)}] train {job.folder}", flush=True)
