@@ -41,6 +41,13 @@ def write_json(path: Path, document: dict) -> None:
     distributed.barrier()
 
 
+def checkpoint_key(ckpt: Path) -> str:
+    """``ckpt`` as a cache key: relative to the working folder when inside it, so that a checkout in another
+    place (a worktree, a fresh clone) reuses the same cached evaluations."""
+    path = Path(os.path.abspath(ckpt))  # not resolve(): a symlinked run folder keeps its name
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(ckpt)
+
+
 def _cached(path: Path, key: dict) -> dict | None:
     """The result saved in ``path`` if it was made with ``key``."""
     if path.exists():
@@ -102,7 +109,7 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     in ``folder`` when it was made on the same points with the same eps and options; resumed if interrupted."""
     folder = Path(folder)
     key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "norms": list(norms),
-           "checkpoint": str(ckpt), "options": options}
+           "checkpoint": checkpoint_key(ckpt), "options": options}
     path = folder / REPORT_FILE
     cached = _cached(path, key)
     if cached is not None:
@@ -130,7 +137,7 @@ def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, l
     cached where ``ramptool eval corruptions`` keeps them, so they are made once for every model."""
     from ramptool.evaluation.corruptions import default_cache_dir, evaluate_corruptions
 
-    key = {"points": fingerprint(x, y), "checkpoint": str(ckpt), "corruptions": list(corruptions or [])}
+    key = {"points": fingerprint(x, y), "checkpoint": checkpoint_key(ckpt), "corruptions": list(corruptions or [])}
     path = Path(folder) / "corruptions.json"
     cached = _cached(path, key)
     if cached is not None:

@@ -63,6 +63,19 @@ def test_paired_comparison_pairs_by_seed_and_point():
     assert noisy.low < noisy.mean < noisy.high and math.isfinite(noisy.std)
 
 
+def test_cached_evaluations_are_keyed_by_checkpoint_path_relative_to_the_checkout(tmp_path, monkeypatch):
+    """A second checkout (a worktree, a fresh clone) reuses the evaluations cached under runs/: the start
+    checkpoint's absolute path must not enter the key."""
+    from reproduce.jobs import checkpoint_key
+
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        monkeypatch.chdir(tmp_path / checkout)
+        assert checkpoint_key(tmp_path / checkout / "recipes" / "start.safetensors") == "recipes/start.safetensors"
+        assert checkpoint_key("runs/reproduce/finetune/l1/seed0") == "runs/reproduce/finetune/l1/seed0"
+    assert checkpoint_key(tmp_path / "elsewhere.safetensors") == str(tmp_path / "elsewhere.safetensors")
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_work(tmp_path, capsys):
