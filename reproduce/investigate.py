@@ -4,6 +4,8 @@ Every variant fine-tunes the shipped l∞-AT model like ``make reproduce`` does 
 training points, seed 0) with one change: lambda (0, i.e. MAX over the pair without pairing; 1.5; 3), three
 epochs (the paper's fine-tuning length) for RAMP and for the baselines, the pair direction (q = l1), the points
 the pairing loss averages over (every point instead of those right under the q attack), and gradient projection.
+A last group tests whether the training attack is too weak in l1: l1-only AT, E-AT and RAMP with 30 APGD
+steps instead of 10, and every model's l∞ and l1 accuracy under its own training attack next to the evaluation's.
 Models are compared on 500 validation points (``splits``: training indices no model trained on) with ramptool's
 default (AutoAttack-grade) evaluation: union accuracy, and each variant's paired difference from the strongest
 baseline with a bootstrap interval over the points. Nothing here touches the test points, so the findings can
@@ -24,6 +26,8 @@ from pathlib import Path
 import torch
 
 from ramptool import distributed
+from ramptool.attacks.apgd import apgd
+from ramptool.checkpoint import load_checkpoint
 from ramptool.threat import DEFAULT_EPS
 from ramptool.trainer import resolve_device
 from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, say, train_run, write_json
@@ -50,7 +54,25 @@ VARIANTS = {
     "ramp-q-l1": ("RAMP, pair (l1, l∞): q = l1", {**RAMP, "pair": list(reversed(PAIR))}),
     "ramp-pair-all": ("RAMP, pairing over every point", {**RAMP, "method_options": {"pair_on": "all"}}),
     "ramp-gp": ("RAMP + GP (β 0.5)", {**RAMP, "combiner": "gp", "combiner_options": {"beta": 0.5}}),
+    **{f"{key}-steps30": (f"{label}, 30-step training attack", {**fields, "attack_steps": 30})
+       for key, (label, fields) in (("l1", FINETUNE_METHODS["l1"]), ("e-at", FINETUNE_METHODS["e-at"]),
+                                    ("ramp", ("RAMP", RAMP)))},
 }
+
+
+def training_attack_accuracy(folder: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float], steps: int,
+                             device: str) -> dict[str, float]:
+    """Accuracy of the model in ``folder`` under the attack it was trained with (APGD-CE with the training
+    defaults: ``steps`` iterations, one start from x), in the pair's norms."""
+    model, _ = load_checkpoint(folder)
+    model = model.to(device).eval()
+    x, y = x.to(device), y.to(device)
+    accuracy = {}
+    for norm in PAIR:
+        x_adv = apgd(model, x, y, norm, eps[norm], steps=steps).x_adv
+        with torch.no_grad():
+            accuracy[norm] = (model(x_adv).argmax(1) == y).float().mean().item()
+    return accuracy
 
 
 def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -> dict:
@@ -65,7 +87,10 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -
                            **{**FINETUNE_BASE, "init": str(START), "subset": SUBSET, "seed": 0, **fields})
         report = evaluate_run(folder, folder / f"val{val_n}", x, y, eps, log)["report"]
         flags = read_flags(folder / f"val{val_n}", NORMS)
-        rows[key] = {"label": label, "accuracy": report["accuracy"], "union_flags": flags["union"].int().tolist()}
+        steps = fields.get("attack_steps", FINETUNE_BASE["attack_steps"])
+        rows[key] = {"label": label, "accuracy": report["accuracy"], "union_flags": flags["union"].int().tolist(),
+                     "training_attack": {"steps": steps, "accuracy": training_attack_accuracy(
+                         folder, x, y, eps, steps, resolve_device(device))}}
     strongest = max((k for k in BASELINES if k in rows), key=lambda k: rows[k]["accuracy"]["union"])
     for row in rows.values():
         comparison = paired_comparison([torch.tensor(row["union_flags"])],
@@ -73,33 +98,49 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -
         row["versus_strongest"] = {"mean": comparison.mean, "low": comparison.low, "high": comparison.high,
                                    "only_variant": comparison.discordant[0][0],
                                    "only_baseline": comparison.discordant[0][1]}
-    return {"validation": {"n": val_n, "seed": 0}, "eps": eps, "engine": report["attack"],
+    where = torch.cuda.get_device_name() if resolve_device(device).type == "cuda" else "CPU"
+    return {"validation": {"n": val_n, "seed": 0}, "eps": eps, "engine": report["attack"], "device": where,
             "strongest_baseline": strongest, "variants": rows,
             "not_run": [VARIANTS[key][0] for key in VARIANTS if key not in rows]}
 
 
-def section(path: Path = EVIDENCE) -> list[str]:
-    """RESULTS.md's investigation section from the evidence file (or what it would hold, before it exists)."""
-    if not path.exists():
-        return ["## Investigation on validation points", "",
-                "Not run for this page. `python -m reproduce.investigate` fine-tunes RAMP with one knob changed at a "
-                "time (lambda 0, 1.5 and 3; three epochs, also for the baselines; q = l1; pairing over every point; "
-                "GP) and compares each with the strongest baseline on 500 validation points; 14 fine-tunes and "
-                "evaluations, several hours on 2 CPU cores, minutes on a GPU. Its table appears here once "
-                f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` exists.", ""]
-    found = json.loads(path.read_text())
+def section(paths: list[Path] | None = None) -> list[str]:
+    """RESULTS.md's investigation section from the evidence files (default: every ramp-investigation*.json
+    next to ``EVIDENCE``, one table each), or what it would hold before one exists."""
+    paths = sorted(EVIDENCE.parent.glob("ramp-investigation*.json")) if paths is None else paths
+    lines = ["## Investigation on validation points", ""]
+    found_any = [path for path in paths if path.exists()]
+    if not found_any:
+        return lines + [
+            "Not run for this page. `python -m reproduce.investigate` fine-tunes RAMP with one knob changed at a "
+            "time (lambda 0, 1.5 and 3; three epochs, also for the baselines; q = l1; pairing over every point; "
+            "GP; a 30-step training attack) and compares each with the strongest baseline on 500 validation "
+            "points; hours on 2 CPU cores, minutes on a GPU. Its table appears here once "
+            f"`{EVIDENCE.relative_to(ROOT)}` exists.", ""]
+    for path in found_any:
+        lines += _table(json.loads(path.read_text()), path)
+    return lines
+
+
+def _table(found: dict, path: Path) -> list[str]:
     strongest = found["variants"][found["strongest_baseline"]]["label"]
-    lines = ["## Investigation on validation points", "",
-             f"RAMP varied one knob at a time against the strongest baseline on {found['validation']['n']} "
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    lines = [f"RAMP varied one knob at a time against the strongest baseline on {found['validation']['n']} "
              f"validation points (training indices 50,000-59,999, which no model trained on; "
-             f"`python -m reproduce.investigate`, {found['engine']} evaluation, seed 0). The strongest baseline here "
-             f"is {strongest}. Δ = variant − {strongest} in union points, with a paired bootstrap 95% interval "
-             f"over the points.", "",
-             "| variant | clean | l∞ | l2 | l1 | union | Δ union | 95% interval |", "|---|" + "---:|" * 7]
+             f"`python -m reproduce.investigate`, {found['engine']} evaluation, seed 0, on "
+             f"{found.get('device', 'CPU')}; `{shown}`). The strongest baseline here is {strongest}. "
+             f"Δ = variant − {strongest} in union points, with a paired bootstrap 95% interval over the points. "
+             "'train-attack' columns: accuracy under the model's own training attack (APGD-CE with the training "
+             "defaults and the run's steps, one start from x); the gap to the l∞ and l1 columns is how much the "
+             "training attack misses.", "",
+             "| variant | clean | l∞ | l2 | l1 | union | Δ union | 95% interval | train-attack l∞ | train-attack l1 |",
+             "|---|" + "---:|" * 9]
     for row in found["variants"].values():
         acc, vs = row["accuracy"], row["versus_strongest"]
+        weak = row.get("training_attack", {}).get("accuracy", {})
         lines.append(f"| {row['label']} | " + " | ".join(f"{100 * acc[c]:.1f}" for c in ("clean", *NORMS, "union"))
-                     + f" | {100 * vs['mean']:+.1f} | [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}] |")
+                     + f" | {100 * vs['mean']:+.1f} | [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}] | "
+                     + " | ".join(f"{100 * weak[n]:.1f}" if n in weak else "-" for n in PAIR) + " |")
     above = [row["label"] for row in found["variants"].values() if row["versus_strongest"]["low"] > 0]
     lines += ["", f"Variants whose union is above {strongest}'s by a 95% interval above 0: "
                   f"{', '.join(above) or 'none'}."]
@@ -128,7 +169,7 @@ def main(argv=None):
     try:
         found = run(Path(args.out), args.val_n, args.device, args.variants.split(","))
         write_json(Path(args.evidence), found)
-        say("\n".join(section(Path(args.evidence))))
+        say("\n".join(section([Path(args.evidence)])))
     finally:
         distributed.shutdown()
 

@@ -138,7 +138,7 @@ def test_quick_reproduction_under_torchrun_gives_the_single_process_flags(tmp_pa
 def test_investigation_section_says_what_ran_and_what_did_not(tmp_path):
     from reproduce.investigate import VARIANTS, section
 
-    assert "Not run for this page" in "\n".join(section(tmp_path / "absent.json"))
+    assert "Not run for this page" in "\n".join(section([tmp_path / "absent.json"]))
     flags = [1, 0, 1, 1]
     row = {"accuracy": {"clean": 0.8, "linf": 0.5, "l2": 0.4, "l1": 0.3, "union": 0.25},
            "versus_strongest": {"mean": 0.02, "low": -0.01, "high": 0.05}, "union_flags": flags}
@@ -147,6 +147,11 @@ def test_investigation_section_says_what_ran_and_what_did_not(tmp_path):
              "not_run": [VARIANTS["ramp-gp"][0]]}
     evidence = tmp_path / "found.json"
     evidence.write_text(json.dumps(found))
-    text = "\n".join(section(evidence))
-    assert f"| {VARIANTS['ramp'][0]} | 80.0 | 50.0 | 40.0 | 30.0 | 25.0 | +2.0 | [-1.0, +5.0] |" in text
+    text = "\n".join(section([evidence]))
+    assert f"| {VARIANTS['ramp'][0]} | 80.0 | 50.0 | 40.0 | 30.0 | 25.0 | +2.0 | [-1.0, +5.0] | - | - |" in text
+    found["variants"]["ramp"]["training_attack"] = {"steps": 10, "accuracy": {"linf": 0.55, "l1": 0.5}}
+    found["device"] = "NVIDIA H200"
+    evidence.write_text(json.dumps(found))
+    text = "\n".join(section([tmp_path / "absent.json", evidence]))
+    assert "| +2.0 | [-1.0, +5.0] | 55.0 | 50.0 |" in text and "on NVIDIA H200" in text
     assert f"Not run yet (`--variants`): {VARIANTS['ramp-gp'][0]}." in text
