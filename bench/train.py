@@ -156,4 +156,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        distributed.shutdown()  # the trainer joined torchrun's process group; leave it cleanly

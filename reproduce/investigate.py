@@ -4,8 +4,8 @@ Every variant fine-tunes the shipped l∞-AT model like ``make reproduce`` does 
 training points, seed 0) with one change: lambda (0, i.e. MAX over the pair without pairing; 1.5; 3), three
 epochs (the paper's fine-tuning length) for RAMP and for the baselines, the pair direction (q = l1), the points
 the pairing loss averages over (every point instead of those right under the q attack), and gradient projection.
-A last group tests whether the training attack is too weak in l1: l1-only AT, E-AT and RAMP with 30 APGD
-steps instead of 10, and every model's l∞ and l1 accuracy under its own training attack next to the evaluation's.
+A last group tests whether the training attack is too weak in l1: l1-only AT, E-AT and RAMP with 30 and 100
+APGD steps instead of 10, and every model's l∞ and l1 accuracy under its own training attack next to the evaluation's.
 Models are compared on 500 validation points (``splits``: training indices no model trained on) with ramptool's
 default (AutoAttack-grade) evaluation: union accuracy, and each variant's paired difference from the strongest
 baseline with a bootstrap interval over the points. Nothing here touches the test points, so the findings can
@@ -54,7 +54,8 @@ VARIANTS = {
     "ramp-q-l1": ("RAMP, pair (l1, l∞): q = l1", {**RAMP, "pair": list(reversed(PAIR))}),
     "ramp-pair-all": ("RAMP, pairing over every point", {**RAMP, "method_options": {"pair_on": "all"}}),
     "ramp-gp": ("RAMP + GP (β 0.5)", {**RAMP, "combiner": "gp", "combiner_options": {"beta": 0.5}}),
-    **{f"{key}-steps30": (f"{label}, 30-step training attack", {**fields, "attack_steps": 30})
+    **{f"{key}-steps{steps}": (f"{label}, {steps}-step training attack", {**fields, "attack_steps": steps})
+       for steps in (30, 100)
        for key, (label, fields) in (("l1", FINETUNE_METHODS["l1"]), ("e-at", FINETUNE_METHODS["e-at"]),
                                     ("ramp", ("RAMP", RAMP)))},
 }
@@ -75,7 +76,10 @@ def training_attack_accuracy(folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     return accuracy
 
 
-def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -> dict:
+def run(out: Path, val_n: int, device: str, variants: list[str] | None = None,
+        evidence: Path | None = None) -> dict:
+    """Every chosen variant trained, evaluated and compared; ``evidence`` is rewritten after each one, so an
+    interrupted investigation keeps the table of what finished."""
     log = JobLog(out / "jobs.jsonl")
     x, y = validation_points(val_n)
     eps = DEFAULT_EPS[DATASET]
@@ -89,9 +93,19 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -
         flags = read_flags(folder / f"val{val_n}", NORMS)
         steps = fields.get("attack_steps", FINETUNE_BASE["attack_steps"])
         rows[key] = {"label": label, "accuracy": report["accuracy"], "union_flags": flags["union"].int().tolist(),
-                     "training_attack": {"steps": steps, "accuracy": training_attack_accuracy(
-                         folder, x, y, eps, steps, resolve_device(device))}}
-    strongest = max((k for k in BASELINES if k in rows), key=lambda k: rows[k]["accuracy"]["union"])
+                     "engine": report["attack"], "training_attack": {"steps": steps, "accuracy":
+                         training_attack_accuracy(folder, x, y, eps, steps, resolve_device(device))}}
+        found = _compared(rows, val_n, eps, device)
+        if evidence is not None:
+            write_json(evidence, found)
+    return found
+
+
+def _compared(rows: dict, val_n: int, eps: dict, device: str) -> dict:
+    """The evidence document: ``rows`` with each one's paired difference from the strongest baseline among them
+    (the first variant when no baseline has run yet)."""
+    baselines = [key for key in BASELINES if key in rows] or list(rows)[:1]
+    strongest = max(baselines, key=lambda k: rows[k]["accuracy"]["union"])
     for row in rows.values():
         comparison = paired_comparison([torch.tensor(row["union_flags"])],
                                        [torch.tensor(rows[strongest]["union_flags"])])
@@ -99,15 +113,16 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None) -
                                    "only_variant": comparison.discordant[0][0],
                                    "only_baseline": comparison.discordant[0][1]}
     where = torch.cuda.get_device_name() if resolve_device(device).type == "cuda" else "CPU"
-    return {"validation": {"n": val_n, "seed": 0}, "eps": eps, "engine": report["attack"], "device": where,
+    return {"validation": {"n": val_n, "seed": 0}, "eps": eps, "engine": rows[strongest]["engine"], "device": where,
             "strongest_baseline": strongest, "variants": rows,
             "not_run": [VARIANTS[key][0] for key in VARIANTS if key not in rows]}
 
 
 def section(paths: list[Path] | None = None) -> list[str]:
-    """RESULTS.md's investigation section from the evidence files (default: every ramp-investigation*.json
-    next to ``EVIDENCE``, one table each), or what it would hold before one exists."""
-    paths = sorted(EVIDENCE.parent.glob("ramp-investigation*.json")) if paths is None else paths
+    """RESULTS.md's investigation section from the evidence files (default: ``EVIDENCE`` and every other
+    ramp-investigation*.json next to it, one table each), or what it would hold before one exists."""
+    if paths is None:  # the main (CPU) investigation first, then e.g. ramp-investigation-cuda.json
+        paths = [EVIDENCE, *sorted(set(EVIDENCE.parent.glob("ramp-investigation*.json")) - {EVIDENCE})]
     lines = ["## Investigation on validation points", ""]
     found_any = [path for path in paths if path.exists()]
     if not found_any:
@@ -117,22 +132,30 @@ def section(paths: list[Path] | None = None) -> list[str]:
             "GP; a 30-step training attack) and compares each with the strongest baseline on 500 validation "
             "points; hours on 2 CPU cores, minutes on a GPU. Its table appears here once "
             f"`{EVIDENCE.relative_to(ROOT)}` exists.", ""]
+    shown_above: set[str] = set()
     for path in found_any:
-        lines += _table(json.loads(path.read_text()), path)
+        found = json.loads(path.read_text())
+        lines += _table(found, path, shown_above)
+        shown_above |= {row["label"] for row in found["variants"].values()}
     return lines
 
 
-def _table(found: dict, path: Path) -> list[str]:
+def _table(found: dict, path: Path, shown_above: set[str]) -> list[str]:
     strongest = found["variants"][found["strongest_baseline"]]["label"]
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
-    lines = [f"RAMP varied one knob at a time against the strongest baseline on {found['validation']['n']} "
-             f"validation points (training indices 50,000-59,999, which no model trained on; "
-             f"`python -m reproduce.investigate`, {found['engine']} evaluation, seed 0, on "
-             f"{found.get('device', 'CPU')}; `{shown}`). The strongest baseline here is {strongest}. "
-             f"Δ = variant − {strongest} in union points, with a paired bootstrap 95% interval over the points. "
-             "'train-attack' columns: accuracy under the model's own training attack (APGD-CE with the training "
-             "defaults and the run's steps, one start from x); the gap to the l∞ and l1 columns is how much the "
-             "training attack misses.", "",
+    if shown_above:
+        intro = (f"The same on {found.get('device', 'CPU')} (`{shown}`, {found['validation']['n']} validation "
+                 f"points, seed 0), with the strongest baseline of this table, {strongest}, as the reference.")
+    else:
+        intro = (f"RAMP varied one knob at a time against the strongest baseline on {found['validation']['n']} "
+                 f"validation points (training indices 50,000-59,999, which no model trained on; "
+                 f"`python -m reproduce.investigate`, {found['engine']} evaluation, seed 0, on "
+                 f"{found.get('device', 'CPU')}; `{shown}`). The strongest baseline here is {strongest}. "
+                 f"Δ = variant − {strongest} in union points, with a paired bootstrap 95% interval over the points. "
+                 "'train-attack' columns: accuracy under the model's own training attack (APGD-CE with the training "
+                 "defaults and the run's steps, one start from x); the gap to the l∞ and l1 columns is how much the "
+                 "training attack misses.")
+    lines = [intro, "",
              "| variant | clean | l∞ | l2 | l1 | union | Δ union | 95% interval | train-attack l∞ | train-attack l1 |",
              "|---|" + "---:|" * 9]
     for row in found["variants"].values():
@@ -144,8 +167,9 @@ def _table(found: dict, path: Path) -> list[str]:
     above = [row["label"] for row in found["variants"].values() if row["versus_strongest"]["low"] > 0]
     lines += ["", f"Variants whose union is above {strongest}'s by a 95% interval above 0: "
                   f"{', '.join(above) or 'none'}."]
-    if found.get("not_run"):
-        lines += ["", f"Not run yet (`--variants`): {', '.join(found['not_run'])}."]
+    not_run = [label for label in found.get("not_run", []) if label not in shown_above]
+    if not_run:
+        lines += ["", f"Not run yet (`--variants`): {', '.join(not_run)}."]
     lines.append("")
     return lines
 
@@ -167,8 +191,7 @@ def main(argv=None):
         parser.error(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     distributed.setup(resolve_device(args.device))
     try:
-        found = run(Path(args.out), args.val_n, args.device, args.variants.split(","))
-        write_json(Path(args.evidence), found)
+        run(Path(args.out), args.val_n, args.device, args.variants.split(","), Path(args.evidence))
         say("\n".join(section([Path(args.evidence)])))
     finally:
         distributed.shutdown()
