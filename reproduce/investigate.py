@@ -167,11 +167,36 @@ def _table(found: dict, path: Path, shown_above: set[str]) -> list[str]:
     above = [row["label"] for row in found["variants"].values() if row["versus_strongest"]["low"] > 0]
     lines += ["", f"Variants whose union is above {strongest}'s by a 95% interval above 0: "
                   f"{', '.join(above) or 'none'}."]
+    lines += _at_equal_attack_strength(found["variants"])
     not_run = [label for label in found.get("not_run", []) if label not in shown_above]
     if not_run:
         lines += ["", f"Not run yet (`--variants`): {', '.join(not_run)}."]
     lines.append("")
     return lines
+
+
+def _at_equal_attack_strength(rows: dict) -> list[str]:
+    """RAMP against l1-only AT and E-AT trained with the same number of training-attack steps, where the
+    evidence has more than one strength (the -stepsN variants): does the ranking depend on the attack?"""
+    by_steps: dict[int, dict] = {}
+    for key, row in rows.items():
+        base, _, steps = key.partition("-steps")
+        by_steps.setdefault(int(steps or FINETUNE_BASE["attack_steps"]), {})[base] = row
+    lines = []
+    for steps, level in sorted(by_steps.items()):
+        if "ramp" not in level or not {"l1", "e-at"} & set(level):
+            continue
+        parts = []
+        for key in ("l1", "e-at"):
+            if key in level:
+                c = paired_comparison([torch.tensor(level["ramp"]["union_flags"])],
+                                      [torch.tensor(level[key]["union_flags"])])
+                parts.append(f"RAMP − {FINETUNE_METHODS[key][0]} {100 * c.mean:+.1f} "
+                             f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]")
+        lines.append(f"- {steps}-step training attack: " + "; ".join(parts) + ".")
+    if len(lines) < 2:
+        return []
+    return ["", "At equal training-attack strength (union points, paired bootstrap 95% interval):", "", *lines]
 
 
 def main(argv=None):

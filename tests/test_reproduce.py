@@ -154,4 +154,12 @@ def test_investigation_section_says_what_ran_and_what_did_not(tmp_path):
     evidence.write_text(json.dumps(found))
     text = "\n".join(section([tmp_path / "absent.json", evidence]))
     assert "| +2.0 | [-1.0, +5.0] | 55.0 | 50.0 |" in text and "on NVIDIA H200" in text
+    assert "At equal training-attack strength" not in text  # one strength only: nothing to compare across
+    stronger = {**row, "union_flags": [1, 1, 1, 1], "training_attack": {"steps": 30, "accuracy": {}}}
+    found["variants"] |= {"l1-steps30": {**row, "label": VARIANTS["l1-steps30"][0]},
+                          "ramp-steps30": {**stronger, "label": VARIANTS["ramp-steps30"][0]}}
+    evidence.write_text(json.dumps(found))
+    text = "\n".join(section([evidence]))
+    assert "- 10-step training attack: RAMP − l1-only AT +0.0 [+0.0, +0.0]." in text
+    assert "- 30-step training attack: RAMP − l1-only AT +25.0 [" in text
     assert f"Not run yet (`--variants`): {VARIANTS['ramp-gp'][0]}." in text
