@@ -446,10 +446,13 @@ def test_drop_fooled_keeps_the_result_valid_and_stops_once_all_are_fooled(norm, 
     assert not full.fooled.all() and torch.equal(early.fooled, full.fooled)
 
     broken = full.fooled
-    counted = ForwardCounter(clean_model)
+    every_step, counted = ForwardCounter(clean_model), ForwardCounter(clean_model)
+    apgd(every_step, x[broken], y[broken], norm, eps, steps=20, keep="misclassified")
     stopped = apgd(counted, x[broken], y[broken], norm, eps, steps=20, keep="misclassified", drop_fooled=True)
     assert stopped.fooled.all()
-    assert counted.calls < 20
+    # fewer passes than the run that attacks every step (how many fewer depends on the last point's iteration,
+    # which moves with the float rounding of the thread count)
+    assert counted.calls < every_step.calls
     with torch.no_grad():
         assert (clean_model(stopped.x_adv).argmax(1) != y[broken]).all()
 
