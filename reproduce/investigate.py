@@ -132,18 +132,17 @@ def section(paths: list[Path] | None = None) -> list[str]:
             "GP; a 30-step training attack) and compares each with the strongest baseline on 500 validation "
             "points; hours on 2 CPU cores, minutes on a GPU. Its table appears here once "
             f"`{EVIDENCE.relative_to(ROOT)}` exists.", ""]
-    shown_above: set[str] = set()
-    for path in found_any:
-        found = json.loads(path.read_text())
-        lines += _table(found, path, shown_above)
-        shown_above |= {row["label"] for row in found["variants"].values()}
+    documents = [json.loads(path.read_text()) for path in found_any]
+    shown = {row["label"] for found in documents for row in found["variants"].values()}
+    for number, (found, path) in enumerate(zip(documents, found_any)):
+        lines += _table(found, path, first=number == 0, shown_elsewhere=shown)
     return lines
 
 
-def _table(found: dict, path: Path, shown_above: set[str]) -> list[str]:
+def _table(found: dict, path: Path, first: bool, shown_elsewhere: set[str]) -> list[str]:
     strongest = found["variants"][found["strongest_baseline"]]["label"]
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
-    if shown_above:
+    if not first:
         intro = (f"The same on {found.get('device', 'CPU')} (`{shown}`, {found['validation']['n']} validation "
                  f"points, seed 0), with the strongest baseline of this table, {strongest}, as the reference.")
     else:
@@ -168,7 +167,7 @@ def _table(found: dict, path: Path, shown_above: set[str]) -> list[str]:
     lines += ["", f"Variants whose union is above {strongest}'s by a 95% interval above 0: "
                   f"{', '.join(above) or 'none'}."]
     lines += _at_equal_attack_strength(found["variants"])
-    not_run = [label for label in found.get("not_run", []) if label not in shown_above]
+    not_run = [label for label in found.get("not_run", []) if label not in shown_elsewhere]
     if not_run:
         lines += ["", f"Not run yet (`--variants`): {', '.join(not_run)}."]
     lines.append("")
