@@ -1,5 +1,5 @@
 # make demo: set everything up and run the main job; make test: set everything up and run the tests;
-# make reproduce: the Fashion-MNIST reproduction of RAMP's claims (hours on a CPU; resumable) -> docs/RESULTS.md.
+# make reproduce: the Fashion-MNIST reproduction of RAMP's claims (about 95 minutes on 2 cores; resumable) -> docs/RESULTS.md.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few methods, tiny budgets")
     parser.add_argument("--extended", action="store_true",
-                        help="also RAMP's other pairings and lambdas, and the from-scratch runs (hours on a CPU)")
+                        help="also RAMP's other pairings and lambdas, and the from-scratch runs "
+                             "(about 80 more minutes on 2 CPU cores)")
     parser.add_argument("--out", help="run folder (default runs/reproduce, or runs/reproduce-quick)")
     parser.add_argument("--results", help="the page to write (default docs/RESULTS.md, or OUT/RESULTS.md)")
     parser.add_argument("--start", default=str(START), help="the l∞-AT checkpoint to fine-tune")

@@ -14,10 +14,10 @@ Every model is evaluated on the first ``test_n`` test points (``runner``).
 
 ``FULL`` (``make reproduce``) is what fits about 90 minutes on 2 CPU cores with AutoAttack-grade evaluation on
 1,000 test points, which costs about 4-8 minutes per model on one core (measured): every baseline and RAMP's
-defaults over 3 seeds, 22 models with the start. ``EXTENDED`` (``--extended``, hours on a CPU) adds RAMP's other
-pairings and lambdas over the same seeds, and the from-scratch runs; it reuses every run and evaluation of FULL.
-``QUICK`` is a smoke run of the whole
-pipeline for CI: a few methods, tiny budgets, a weak evaluation; its numbers mean nothing.
+defaults over 3 seeds, 22 models with the start. ``EXTENDED`` (``--extended``, about 80 more minutes on 2 cores,
+measured) adds RAMP's other pairings and lambdas over the same seeds, and the from-scratch runs; it reuses every
+run and evaluation of FULL. ``QUICK`` is a smoke run of the whole pipeline for CI: a few methods, tiny budgets, a
+weak evaluation; its numbers mean nothing.
 """
 
 from __future__ import annotations

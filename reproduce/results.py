@@ -317,7 +317,8 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
             lines.append("")
     elif budget.name != "quick":
         lines += ["## From scratch", "", "Not run for this page: the from-scratch E-AT, MAX, RAMP and RAMP + GP "
-                  "runs are in the extended plan (`python -m reproduce --extended`, hours on a CPU).", ""]
+                  "runs are in the extended plan (`python -m reproduce --extended`, about 80 more minutes on 2 CPU "
+                  "cores).", ""]
     lines += ["## Where ramptool reproduces the paper, and where not", "", *claims(results), ""]
     if investigation:
         lines += investigation
