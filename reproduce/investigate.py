@@ -26,11 +26,9 @@ from pathlib import Path
 import torch
 
 from ramptool import distributed
-from ramptool.attacks.apgd import apgd
-from ramptool.checkpoint import load_checkpoint
 from ramptool.threat import DEFAULT_EPS
 from ramptool.trainer import resolve_device
-from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, say, train_run, write_json
+from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, say, train_run, training_attack_run, write_json
 from reproduce.plan import DATASET, FINETUNE_BASE, FINETUNE_METHODS, FULL, PAIR, RAMP_DEFAULT, START
 from reproduce.splits import validation_points
 from reproduce.stats import paired_comparison
@@ -61,21 +59,6 @@ VARIANTS = {
 }
 
 
-def training_attack_accuracy(folder: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float], steps: int,
-                             device: str) -> dict[str, float]:
-    """Accuracy of the model in ``folder`` under the attack it was trained with (APGD-CE with the training
-    defaults: ``steps`` iterations, one start from x), in the pair's norms."""
-    model, _ = load_checkpoint(folder)
-    model = model.to(device).eval()
-    x, y = x.to(device), y.to(device)
-    accuracy = {}
-    for norm in PAIR:
-        x_adv = apgd(model, x, y, norm, eps[norm], steps=steps).x_adv
-        with torch.no_grad():
-            accuracy[norm] = (model(x_adv).argmax(1) == y).float().mean().item()
-    return accuracy
-
-
 def run(out: Path, val_n: int, device: str, variants: list[str] | None = None,
         evidence: Path | None = None) -> dict:
     """Every chosen variant trained, evaluated and compared; ``evidence`` is rewritten after each one, so an
@@ -92,9 +75,9 @@ def run(out: Path, val_n: int, device: str, variants: list[str] | None = None,
         report = evaluate_run(folder, folder / f"val{val_n}", x, y, eps, log)["report"]
         flags = read_flags(folder / f"val{val_n}", NORMS)
         steps = fields.get("attack_steps", FINETUNE_BASE["attack_steps"])
+        weak = training_attack_run(folder, folder / f"val{val_n}", x, y, eps, PAIR, steps, resolve_device(device))
         rows[key] = {"label": label, "accuracy": report["accuracy"], "union_flags": flags["union"].int().tolist(),
-                     "engine": report["attack"], "training_attack": {"steps": steps, "accuracy":
-                         training_attack_accuracy(folder, x, y, eps, steps, resolve_device(device))}}
+                     "engine": report["attack"], "training_attack": {"steps": steps, "accuracy": weak}}
         found = _compared(rows, val_n, eps, device)
         if evidence is not None:
             write_json(evidence, found)

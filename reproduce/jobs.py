@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from ramptool import distributed
+from ramptool.attacks.apgd import apgd
 from ramptool.checkpoint import STATE_FILE, atomic_write, load_checkpoint, run_finished
 from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import FLAGS_FILE, evaluate_union, fingerprint
@@ -129,6 +130,35 @@ def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps
     write_json(path, result)  # after it, the flags and the report are there for every rank
     log.record("evaluate", str(folder), started, load, points=len(y))
     return result
+
+
+def training_attack_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float],
+                        norms, steps: int, device: torch.device) -> dict[str, float]:
+    """Accuracy of ``ckpt`` per norm under the attack it was trained with (``apgd`` with its training defaults:
+    ``steps`` iterations, one start from x), cached in ``folder`` like ``evaluate_run``; the points are shared
+    out over the processes."""
+    key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "checkpoint": checkpoint_key(ckpt),
+           "steps": steps}
+    path = Path(folder) / "training-attack.json"
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached["accuracy"]
+    model, _ = load_checkpoint(ckpt)
+    model = model.to(device).eval()
+
+    def correct(x_part: torch.Tensor, y_part: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_part, y_part = x_part.to(device), y_part.to(device)
+        flags = {}
+        for norm in norms:
+            x_adv = apgd(model, x_part, y_part, norm, eps[norm], steps=steps).x_adv
+            with torch.no_grad():
+                flags[norm] = model(x_adv).argmax(1) == y_part
+        return flags
+
+    flags = distributed.map_points(correct, x, y)
+    accuracy = {norm: flags[norm].float().mean().item() for norm in norms}
+    write_json(path, {"key": key, "accuracy": accuracy})
+    return accuracy
 
 
 def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, log: JobLog,

@@ -76,6 +76,22 @@ def test_cached_evaluations_are_keyed_by_checkpoint_path_relative_to_the_checkou
     assert checkpoint_key(tmp_path / "elsewhere.safetensors") == str(tmp_path / "elsewhere.safetensors")
 
 
+def test_training_attack_accuracy_is_the_training_attacks_and_is_cached(clean_model_dir, clean_model, fmnist_test,
+                                                                          tmp_path, monkeypatch):
+    from ramptool.attacks.apgd import apgd
+    from reproduce import jobs
+
+    x, y = fmnist_test[0][:32], fmnist_test[1][:32]
+    eps = {"linf": 0.1, "l1": 10.0}
+    accuracy = jobs.training_attack_run(clean_model_dir, tmp_path, x, y, eps, ["linf", "l1"], 5, torch.device("cpu"))
+    for norm in eps:
+        x_adv = apgd(clean_model, x, y, norm, eps[norm], steps=5).x_adv
+        assert accuracy[norm] == (clean_model(x_adv).argmax(1) == y).float().mean().item()
+    monkeypatch.setattr(jobs, "apgd", None)  # a second call reads the cache and attacks nothing
+    assert jobs.training_attack_run(clean_model_dir, tmp_path, x, y, eps, ["linf", "l1"], 5,
+                                    torch.device("cpu")) == accuracy
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_work(tmp_path, capsys):
