@@ -165,6 +165,20 @@ def eps_table(value: Any, text: bool) -> dict[str, float]:
         raise Invalid(detail=str(error)) from None
 
 
+def step_list(value: Any, text: bool) -> list[int]:
+    """'78,156,391' or [78, 156, 391] -> [78, 156, 391]: optimizer-step counts, positive, in increasing order."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise Invalid("a list of step counts such as 78,156,391")
+    try:
+        steps = [int(item) if isinstance(item, str) else item for item in items if item != ""]
+    except ValueError:
+        raise Invalid("a list of step counts such as 78,156,391") from None
+    if not all(isinstance(step, int) and not isinstance(step, bool) and step > 0 for step in steps):
+        raise Invalid("a list of positive step counts such as 78,156,391")
+    return sorted(set(steps))
+
+
 def device_name(value: Any, text: bool) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise Invalid("auto, cpu, cuda or cuda:N")
@@ -286,6 +300,9 @@ class TrainConfig:
                                                                "8; 0 for in-memory datasets on a CPU")
     sync_bn: bool = knob(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).",
                          flag="--sync-bn")
+    keep_steps: list[int] = knob(help="Also keep the model after these optimizer steps, counted from the run's "
+                                      "start (learning curves): OUT/checkpoints/step<N>.safetensors.",
+                                 default_factory=list, parse=step_list, on_resume="free", shown_default="none")
     tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds.",
                                    on_resume="free")
     resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",

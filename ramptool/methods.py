@@ -301,8 +301,10 @@ class RAMP(TrainingMethod):
         kept = (logits_q.argmax(1) == y).detach() if self.pair_on == "q-correct" else torch.ones_like(y, dtype=bool)
         # the mean over the points kept on every rank, not over this rank's (docs/METHOD.md#distributed-training)
         loss_pair = distributed.global_mean(self.pairing_loss(logits_q[kept], logits_r[kept]), kept.sum())
+        # which attack the per-sample max took, and the share of points the pairing loss averages over
         stats = {f"acc_{q}": _accuracy(logits_q, y), f"acc_{r}": _accuracy(logits_r, y),
-                 "loss_pair": loss_pair.detach()}
+                 "loss_pair": loss_pair.detach(), f"max_from_{r}": _batch_mean(~take_q[:, 0]).detach(),
+                 "pair_kept": _batch_mean(kept).detach()}
         return loss_max + self.ctx.lam * loss_pair, stats
 
 

@@ -64,6 +64,7 @@ from ramptool.tensorboard import TensorboardLog
 __all__ = ["TrainConfig", "Trainer", "train"]
 
 METRICS_FILE = "metrics.jsonl"
+KEPT_DIR = "checkpoints"  # --keep-steps copies: KEPT_DIR/step<N>.safetensors
 RUN_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE)
 STATE_KEYS = ("model", "optimizer", "combiner", "method", "epoch", "step", "rng", "config", "history")
 # a fine-tune checks its clean accuracy on this many test points before it starts and after every epoch
@@ -325,6 +326,21 @@ class Trainer:
             discard_set_aside(self.out)
             self.replacing = False
 
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken since the run started."""
+        return self.epoch * self.n_batches + self.step
+
+    def _keep_copy(self) -> None:
+        """The model as it is now, kept beside the run's checkpoint (``keep_steps``); a resumed run that replays
+        the step writes the same weights again."""
+        path = self.out / KEPT_DIR / f"step{self.global_step}.safetensors"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            save_checkpoint(path, self.model, self.metadata(finished=False) | {"global_step": self.global_step})
+        except OSError as error:
+            raise RamptoolError(f"cannot write {path}: {error.strerror or error}") from None
+
     # ------------------------------------------------------------------ loop
 
     def set_lr(self, t: float) -> float:
@@ -413,6 +429,8 @@ class Trainer:
             model.train()
             loss, stats = self.combiner.train_step(model, self.optimizer, lambda: self.method.loss(model, x, y), x, y)
             self.step += 1
+            if cfg.keep_steps and self.dist.is_main and self.global_step in cfg.keep_steps:
+                self._keep_copy()
             # every stat is a rank's term of a global mean (distributed.global_mean): weighting by the global
             # batch over the number of ranks makes the sums over ranks exact
             share = global_batch / self.dist.world_size

@@ -54,6 +54,11 @@ FINETUNE_METHODS = {
     **{f"ramp-{pairing}-{lam:g}": (f"RAMP ({name}, λ {lam:g})", _ramp(pairing, lam))
        for pairing, name in (("kl", "KL"), ("mse", "MSE"), ("cosine", "cosine")) for lam in (0.5, 1.5)},
 }
+# the training-attack-strength question: the same methods with a 30-step training attack
+STRONG_STEPS = 30
+FINETUNE_METHODS |= {f"{key}-steps{STRONG_STEPS}": (f"{FINETUNE_METHODS[key][0]}, APGD-{STRONG_STEPS}",
+                                                    {**FINETUNE_METHODS[key][1], "attack_steps": STRONG_STEPS})
+                     for key in ("l1", "e-at", "ramp-kl-0.5")}
 RAMP_DEFAULT = "ramp-kl-0.5"  # the fine-tuning defaults (lambda 0.5, KL): chosen before any result was seen
 BASELINES = ("l1", "sat", "avg", "max", "msd", "e-at")
 CORE_METHODS = (*BASELINES, RAMP_DEFAULT)
@@ -84,6 +89,10 @@ class Budget:
     scratch_methods: tuple[str, ...] = tuple(SCRATCH_METHODS)
     corruptions: tuple[str, ...] | None = None  # None: all 15
     evaluation: dict = field(default_factory=dict)
+    finetune_epochs: int = 1
+    single_seed_methods: tuple[str, ...] = ()  # fine-tuned with the first seed only, after every seed's runs
+    curve_steps: tuple[int, ...] = ()  # learning curves: the first seed's fine-tunes keep these steps' models...
+    curve_n: int = 0  # ...and each is evaluated on this many validation points
 
     @property
     def autoattack_grade(self) -> bool:
@@ -94,6 +103,12 @@ FULL = Budget("full", seeds=(0, 1, 2), finetune_subset=10_000, scratch_subset=20
               test_n=1000, corruption_n=500, finetune_methods=CORE_METHODS, scratch_methods=())
 EXTENDED = Budget("extended", seeds=(0, 1, 2), finetune_subset=10_000, scratch_subset=20_000, scratch_epochs=2,
                   test_n=1000, corruption_n=500)
+# The paper's fine-tuning budget (SPEC.md §7): 3 epochs over the first 50,000 training points at batch 128,
+# 3 x 391 = 1,173 optimizer steps, with learning curves along the schedule on validation points.
+PAPER = Budget("paper", seeds=(0, 1, 2), finetune_subset=50_000, scratch_subset=20_000, scratch_epochs=2,
+               test_n=1000, corruption_n=500, finetune_methods=CORE_METHODS, scratch_methods=(), finetune_epochs=3,
+               single_seed_methods=tuple(f"{key}-steps{STRONG_STEPS}" for key in FIGURE_ONE),
+               curve_steps=(78, 156, 391, 782, 1173), curve_n=500)
 QUICK = Budget("quick", seeds=(0, 1), finetune_subset=256, scratch_subset=256, scratch_epochs=1, test_n=24,
                corruption_n=24, finetune_methods=("l1", "e-at", RAMP_DEFAULT), scratch_methods=("ramp-gp",),
                corruptions=("gaussian_noise", "fog"), evaluation={"steps": 5})
@@ -115,11 +130,14 @@ def jobs(budget: Budget, start: str) -> list[Job]:
     """Every training run of ``budget``: the fine-tunes (seed by seed, so that an interrupted study has whole
     seeds), then the scratch runs."""
     planned = []
-    for seed in budget.seeds:
-        for key in budget.finetune_methods:
-            label, fields = FINETUNE_METHODS[key]
-            config = {**FINETUNE_BASE, **fields, "init": start, "subset": budget.finetune_subset, "seed": seed}
-            planned.append(Job(f"finetune/{key}/seed{seed}", "finetune", key, label, seed, config))
+    runs = [(seed, key) for seed in budget.seeds for key in budget.finetune_methods]
+    for seed, key in runs + [(budget.seeds[0], key) for key in budget.single_seed_methods]:
+        label, fields = FINETUNE_METHODS[key]
+        config = {**FINETUNE_BASE, **fields, "init": start, "subset": budget.finetune_subset, "seed": seed,
+                  "epochs": budget.finetune_epochs}
+        if budget.curve_steps and seed == budget.seeds[0]:
+            config["keep_steps"] = list(budget.curve_steps)
+        planned.append(Job(f"finetune/{key}/seed{seed}", "finetune", key, label, seed, config))
     for key in budget.scratch_methods:
         label, fields = SCRATCH_METHODS[key]
         config = {**SCRATCH_BASE, **fields, "subset": budget.scratch_subset, "epochs": budget.scratch_epochs,

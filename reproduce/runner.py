@@ -6,15 +6,16 @@ evaluations share out the test points (``ramptool.distributed``), and rank 0 wri
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ramptool.threat import DEFAULT_EPS
+from ramptool.trainer import KEPT_DIR
 from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, say, train_run
 from reproduce.plan import DATASET, START, Budget, Job, jobs
-from reproduce.splits import test_points
+from reproduce.splits import test_points, validation_points
 
 START_FOLDER = "start"
 
@@ -31,6 +32,7 @@ class Measured:
     seconds_per_epoch: float | None
     images_per_second: float | None
     evaluation: dict  # the evaluation report (settings, seconds, ...)
+    curve: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> accuracy on validation points
 
 
 def training_speed(run: Path) -> tuple[float, float]:
@@ -47,6 +49,7 @@ def run(budget: Budget, root: Path, start: Path = START, device: str = "auto") -
     eps = DEFAULT_EPS[DATASET]
     x, y = test_points(budget.test_n)
     x_corrupt, y_corrupt = test_points(budget.corruption_n)
+    x_val, y_val = validation_points(budget.curve_n) if budget.curve_steps else (None, None)
     models = [(None, Path(start), root / START_FOLDER)] + [(job, root / job.folder, root / job.folder)
                                                            for job in planned]
     measured = []
@@ -59,7 +62,13 @@ def run(budget: Budget, root: Path, start: Path = START, device: str = "auto") -
         corruptions = corruption_run(ckpt, folder / f"corruptions{budget.corruption_n}", x_corrupt, y_corrupt, log,
                                      budget.corruptions)
         speed = training_speed(ckpt) if job is not None else (None, None)
+        curve = {}
+        if x_val is not None and (job is None or "keep_steps" in job.config):
+            kept = {0: ckpt} if job is None else {step: ckpt / KEPT_DIR / f"step{step}.safetensors"
+                                                 for step in budget.curve_steps}
+            curve = {step: evaluate_run(path, folder / "curve" / f"step{step}-val{budget.curve_n}", x_val, y_val,
+                                        eps, log)["report"]["accuracy"] for step, path in kept.items()}
         measured.append(Measured(job, evaluation["report"]["accuracy"], read_flags(folder / f"test{budget.test_n}",
                                                                                    NORMS),
-                                 corruptions["report"]["mean"], *speed, evaluation["report"]))
+                                 corruptions["report"]["mean"], *speed, evaluation["report"], curve))
     return measured
