@@ -23,7 +23,7 @@ import torch
 from ramptool import distributed
 from ramptool.trainer import resolve_device
 from reproduce import investigate, results
-from reproduce.jobs import JobLog
+from reproduce.jobs import JobLog, checkpoint_key
 from reproduce.plan import EXTENDED, FULL, PAPER, QUICK, START
 from reproduce.runner import run
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     where = distributed.setup(resolve_device(args.device))
     try:
-        measured = run(budget, out, Path(args.start), args.device)
+        # relative to the checkout where it is inside it: a resumed run's saved --ckpt then matches in another checkout
+        measured = run(budget, out, Path(checkpoint_key(Path(args.start))), args.device)
         if where.is_main:
             launcher = (["torchrun", "--standalone", "--nproc_per_node", str(where.world_size)]
                         if distributed.launched() else ["python"])
