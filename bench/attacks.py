@@ -22,13 +22,14 @@ import torch
 import torch.nn as nn
 from pyautoattack.autopgd_base import APGDAttack
 
-from ramptool.checkpoint import load_model
-from ramptool.data import load_split
+from ramptool.checkpoints.loading import load_model
+from ramptool.data.datasets import load_split
 from ramptool.evaluation.passes import PassCounter
 from ramptool.models.small_cnn import SmallCNN
-from ramptool.plugins import get, registry
+from ramptool.plugins.registry import get, registry
 from ramptool.threat import DEFAULT_EPS
-from ramptool.trainer import TrainConfig, train
+from ramptool.training.config import TrainConfig
+from ramptool.training.trainer import train
 
 EPS = DEFAULT_EPS["fashion-mnist"]
 # the module, not the function of the same name that ramptool.attacks re-exports in its place

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ramptool.data import batch_loader, default_workers, load_split
+from ramptool.data.batches import batch_loader, default_workers
+from ramptool.data.datasets import load_split
 
 
 def write_jpeg_tree(root: Path, images: int, size: int, classes: int = 10) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ramptool.checkpoint import load_checkpoint
-from ramptool.data import load_split
+from ramptool.checkpoints.loading import load_checkpoint
+from ramptool.data.datasets import load_split
 from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import FLAGS_FILE, evaluate_union
 from ramptool.threat import DEFAULT_EPS

@@ -21,7 +21,7 @@ import torch
 
 import ramptool
 from ramptool.attacks.unseen import changed_pixels, sparse_rs
-from ramptool.data import load_split
+from ramptool.data.datasets import load_split
 
 CHECKPOINT = "recipes/checkpoints/fmnist-linf-at.safetensors"
 

@@ -22,13 +22,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ramptool import distributed
-from ramptool.config import RECIPES_DIR
-from ramptool.hookspecs import hookimpl
-from ramptool.methods import RAMP
-from ramptool.plugins import build_plugin_manager, reset_registry
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.registry import build_plugin_manager, reset_registry
+from ramptool.runtime import distributed
 from ramptool.threat import parse_eps
-from ramptool.trainer import TrainConfig, Trainer
+from ramptool.training.config import TrainConfig
+from ramptool.training.methods import RAMP
+from ramptool.training.recipes import RECIPES_DIR
+from ramptool.training.trainer import Trainer
 
 SHIPPED_LINF_AT = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 import ramptool
-from ramptool.data import load_split
+from ramptool.data.datasets import load_split
 from ramptool.evaluation.unseen import ADVERSARIES, DEFAULT_QUERIES, DEFAULT_STEPS, evaluate_unseen
 
 CHECKPOINT = "recipes/checkpoints/fmnist-linf-at.safetensors"

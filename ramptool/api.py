@@ -35,13 +35,14 @@ import torch
 
 from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
 from ramptool.attacks.pgd import steepest_direction
-from ramptool.combiners import Combiner, checked_backward
-from ramptool.data import DatasetSpec, FolderSplit, TensorSplit
+from ramptool.data.spec import DatasetSpec, FolderSplit, TensorSplit
 from ramptool.errors import RamptoolError
-from ramptool.hookspecs import API_VERSION, hookimpl
-from ramptool.methods import MethodContext, TrainingMethod, eval_mode
-from ramptool.plugins import get
+from ramptool.plugins.hookspecs import API_VERSION, hookimpl
+from ramptool.plugins.registry import get
+from ramptool.runtime.device import eval_mode
 from ramptool.threat import lp_norm, project
+from ramptool.training.combiners import Combiner, checked_backward
+from ramptool.training.methods import MethodContext, TrainingMethod
 
 
 class AttackFunction(Protocol):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ramptool import distributed
-from ramptool.trainer import resolve_device
+from ramptool.runtime import distributed
+from ramptool.runtime.device import resolve_device
 from reproduce import investigate, results
 from reproduce.jobs import JobLog, checkpoint_key
 from reproduce.plan import EXTENDED, FULL, PAPER, QUICK, START

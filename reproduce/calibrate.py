@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ramptool.checkpoint import atomic_write
-from ramptool.pair import choose_pair, save_heatmap
+from ramptool.runtime.files import atomic_write
+from ramptool.training.keypair import choose_pair
+from ramptool.workflows.pair import save_heatmap
 from reproduce.jobs import NORMS, JobLog, evaluate_run, train_run
 from reproduce.splits import DATASET, TRAIN_POOL, validation_points
 

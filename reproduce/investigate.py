@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ramptool import distributed
+from ramptool.runtime import distributed
+from ramptool.runtime.device import resolve_device
 from ramptool.threat import DEFAULT_EPS
-from ramptool.trainer import resolve_device
 from reproduce.jobs import NORMS, JobLog, evaluate_run, read_flags, say, train_run, training_attack_run, write_json
 from reproduce.plan import DATASET, FINETUNE_BASE, FINETUNE_METHODS, FULL, PAIR, RAMP_DEFAULT, START
 from reproduce.splits import validation_points

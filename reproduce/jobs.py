@@ -16,12 +16,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ramptool import distributed
 from ramptool.attacks.apgd import apgd
-from ramptool.checkpoint import STATE_FILE, atomic_write, load_checkpoint, run_finished
+from ramptool.checkpoints.format import STATE_FILE, run_finished
+from ramptool.checkpoints.loading import load_checkpoint
 from ramptool.evaluation.flags import union_flags
 from ramptool.evaluation.union import FLAGS_FILE, evaluate_union, fingerprint
-from ramptool.trainer import TrainConfig, train
+from ramptool.runtime import distributed
+from ramptool.runtime.files import atomic_write
+from ramptool.training.config import TrainConfig
+from ramptool.training.trainer import train
 from reproduce.splits import DATASET
 
 NORMS = ("linf", "l2", "l1")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ramptool.config import RECIPES_DIR
+from ramptool.training.recipes import RECIPES_DIR
 
 DATASET = "fashion-mnist"
 START = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"

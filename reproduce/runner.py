@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ramptool.threat import DEFAULT_EPS
-from ramptool.trainer import KEPT_DIR
+from ramptool.training.trainer import KEPT_DIR
 from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, say, train_run
 from reproduce.plan import DATASET, START, Budget, Job, jobs
 from reproduce.splits import test_points, validation_points

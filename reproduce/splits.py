@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ramptool.data import load_split
+from ramptool.data.datasets import load_split
 
 DATASET = "fashion-mnist"
 TRAIN_POOL = 50_000  # training indices below this train models; the 10,000 above are the validation pool

@@ -32,7 +32,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def fmnist_test():
     """The first 256 Fashion-MNIST test points as [0,1] tensors."""
-    from ramptool.data import load_split
+    from ramptool.data.datasets import load_split
 
     return load_split("fashion-mnist", "test", subset=256).tensors()
 
@@ -40,7 +40,8 @@ def fmnist_test():
 @pytest.fixture(scope="session")
 def clean_model_dir(tmp_path_factory):
     """A small CNN trained clean for one epoch on 6000 Fashion-MNIST points (~10 s), as a ramptool run folder."""
-    from ramptool.trainer import TrainConfig, train
+    from ramptool.training.config import TrainConfig
+    from ramptool.training.trainer import train
 
     out = tmp_path_factory.mktemp("clean_model")
     train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=6000, method="clean", optimizer="adam",
@@ -51,7 +52,7 @@ def clean_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def clean_model(clean_model_dir):
-    from ramptool.checkpoint import load_model
+    from ramptool.checkpoints.loading import load_model
 
     return load_model(clean_model_dir)
 

@@ -18,12 +18,12 @@ from ramptool.attacks.apgd import apgd_joint, checkpoint_schedule, large_eps_sta
 from ramptool.attacks.base import autoattack_start, point_noise
 from ramptool.attacks.losses import dlr, dlr_targeted
 from ramptool.attacks.unseen import changed_pixels
-from ramptool.checkpoint import load_model
+from ramptool.checkpoints.loading import load_model
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.suite import AUTOATTACK_SETTINGS, AUTOATTACK_STEPS, FAB_TARGETS
 from ramptool.evaluation.unseen import DEFAULT_BUDGETS
 from ramptool.models.small_cnn import SmallCNN
-from ramptool.plugins import get, registry
+from ramptool.plugins.registry import get, registry
 from ramptool.threat import lp_norm
 
 ATTACK_NAMES = registry().names("attack")

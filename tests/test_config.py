@@ -6,20 +6,13 @@ import json
 import pytest
 import torch
 
-from ramptool.checkpoint import read_metadata, read_weights
+from ramptool.checkpoints.format import read_metadata, read_weights
 from ramptool.cli import main
-from ramptool.config import (
-    FIELDS,
-    RECIPES_DIR,
-    TrainConfig,
-    build_train_config,
-    flag_of,
-    knob_of,
-    recipe_keys,
-    shipped_recipes,
-)
 from ramptool.errors import RamptoolError
-from ramptool.trainer import train
+from ramptool.training.config import FIELDS, TrainConfig, flag_of, knob_of
+from ramptool.training.recipes import RECIPES_DIR, recipe_keys, shipped_recipes
+from ramptool.training.sources import build_train_config
+from ramptool.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

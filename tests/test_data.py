@@ -10,14 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ramptool.data import (
-    DEBIAN_FASHION_MNIST,
-    TensorSplit,
-    augment_batch,
-    iterate_batches,
-    load_split,
-    num_batches,
-)
+from ramptool.data.batches import augment_batch, iterate_batches, num_batches
+from ramptool.data.datasets import DEBIAN_FASHION_MNIST, load_split
+from ramptool.data.spec import TensorSplit
 from ramptool.errors import RamptoolError
 
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

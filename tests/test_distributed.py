@@ -14,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ramptool import distributed
-from ramptool.checkpoint import read_metadata, read_weights
+from ramptool.checkpoints.format import read_metadata, read_weights
 from ramptool.cli import main
-from ramptool.data import EpochBatches, TensorSplit, batch_loader, dataset_spec, load_split
+from ramptool.data.batches import EpochBatches, batch_loader
+from ramptool.data.datasets import dataset_spec, load_split
+from ramptool.data.spec import TensorSplit
 from ramptool.errors import RamptoolError
-from ramptool.trainer import TrainConfig, train
+from ramptool.runtime import distributed
+from ramptool.training.config import TrainConfig
+from ramptool.training.trainer import train
 
 SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
 COMMON = ["--pair", "linf,l1", "--batch-size", "64", "--attack-steps", "2", "--device", "cpu", "--no-progress"]
@@ -139,7 +142,8 @@ def test_image_folder_takes_its_size_and_its_random_crops_do_not_depend_on_worke
 
 
 def test_a_folder_split_of_float_images_as_plugins_write_them_still_loads():
-    from ramptool.data import FolderSplit, to_unit_float
+    from ramptool.data.batches import to_unit_float
+    from ramptool.data.spec import FolderSplit
 
     images = torch.rand(5, 3, 4, 4)
     split = FolderSplit(torch.utils.data.TensorDataset(images, torch.arange(5)), num_classes=5)
@@ -172,7 +176,7 @@ def test_one_process_sees_the_distributed_helpers_as_the_identity():
 
 
 def test_too_small_a_last_batch_for_the_processes_is_a_clear_error(tmp_path, monkeypatch):
-    from ramptool.trainer import _check_every_rank_gets_points
+    from ramptool.training.trainer import _check_every_rank_gets_points
 
     _check_every_rank_gets_points(130, 64, 2)
     with pytest.raises(RamptoolError, match="at least 2 points in every global batch"):

@@ -11,10 +11,11 @@ import torch
 from test_plugin_api import EPS, quick_config, registered
 
 from ramptool import plugins
-from ramptool.checkpoint import load_model, read_metadata
-from ramptool.data import load_split
+from ramptool.checkpoints.format import read_metadata
+from ramptool.checkpoints.loading import load_model
+from ramptool.data.datasets import load_split
 from ramptool.evaluation.union import evaluate_union
-from ramptool.trainer import train
+from ramptool.training.trainer import train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 
 import ramptool
-from ramptool.checkpoint import load_model
-from ramptool.cli_eval import _test_points, parse_n_examples
+from ramptool.checkpoints.loading import load_model
+from ramptool.cli.eval import _test_points, parse_n_examples
 from ramptool.errors import RamptoolError
 from ramptool.evaluation import suite as suite_module
 from ramptool.evaluation.flags import union_flags
@@ -411,7 +411,8 @@ def test_cli_eval_curve_rejects_bad_eps_values(clean_model_dir, tmp_path, capsys
 
 
 def test_per_epoch_evaluation_is_the_default_autoattack_grade_one(tmp_path, fmnist_test):
-    from ramptool.trainer import TrainConfig, train
+    from ramptool.training.config import TrainConfig
+    from ramptool.training.trainer import train
 
     out = tmp_path / "run"
     train(TrainConfig(out=str(out), dataset="fashion-mnist", subset=256, method="clean", optimizer="adam", lr=1e-3,

@@ -10,22 +10,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ramptool.checkpoint import (
-    atomic_write,
-    file_sha256,
-    load_checkpoint,
-    read_metadata,
-    read_weights,
-    save_checkpoint,
-    sidecar_path,
-)
+from ramptool.checkpoints.export import sidecar_path
+from ramptool.checkpoints.format import read_metadata, read_weights, save_checkpoint
+from ramptool.checkpoints.loading import load_checkpoint
 from ramptool.cli import app
-from ramptool.data import CIFAR10_MEAN, CIFAR10_STD
+from ramptool.data.datasets import CIFAR10_MEAN, CIFAR10_STD
 from ramptool.errors import RamptoolError
 from ramptool.models import Normalized, bind_arch_options, build_model
 from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.small_cnn import SmallCNN
-from ramptool.options import parse_assignments
+from ramptool.plugins.options import parse_assignments
+from ramptool.runtime.files import atomic_write, file_sha256
 
 FMNIST_METADATA = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [1, 28, 28],
                    "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist", "method": "ramp", "epochs": 3,
@@ -399,7 +394,7 @@ def test_save_checkpoint_failing_midway_keeps_the_previous_checkpoint(tmp_path, 
             handle.write(previous[:100])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ramptool.checkpoint.save_file", interrupted_save_file)
+    monkeypatch.setattr("ramptool.checkpoints.format.save_file", interrupted_save_file)
     with torch.no_grad():
         model.backbone.features[0].weight.zero_()
     with pytest.raises(KeyboardInterrupt):

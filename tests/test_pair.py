@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from ramptool.errors import RamptoolError
-from ramptool.pair import choose_pair, resolve_auto_pair
-from ramptool.trainer import TrainConfig
+from ramptool.training.config import TrainConfig
+from ramptool.training.keypair import choose_pair
+from ramptool.workflows.pair import resolve_auto_pair
 
 # R[model norm][attack norm], shaped like the paper's CIFAR-10 standard-eps outcome: (linf, l1)
 PAPER_LIKE = {

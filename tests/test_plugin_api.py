@@ -10,15 +10,16 @@ import torch
 import torch.nn.functional as F
 
 import ramptool.api as api
-from ramptool.checkpoint import read_metadata
-from ramptool.config import build_train_config
+from ramptool.checkpoints.format import read_metadata
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.family import family_flags
 from ramptool.evaluation.flags import clean_flags
 from ramptool.evaluation.union import evaluate_union, robustness_curve
-from ramptool.options import bind, options_of, parse_assignments
-from ramptool.plugins import Registry, build_plugin_manager, reset_registry
-from ramptool.trainer import TrainConfig, train
+from ramptool.plugins.options import bind, options_of, parse_assignments
+from ramptool.plugins.registry import Registry, build_plugin_manager, reset_registry
+from ramptool.training.config import TrainConfig
+from ramptool.training.sources import build_train_config
+from ramptool.training.trainer import train
 
 EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ramptool import hookimpl
-from ramptool.checkpoint import read_metadata, read_weights
+from ramptool.checkpoints.format import read_metadata, read_weights
 from ramptool.errors import RamptoolError
-from ramptool.plugins import Registry, build_plugin_manager
+from ramptool.plugins.registry import Registry, build_plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = REPO / "plugins" / "ramptool-example"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ramptool.config import build_train_config
+from ramptool.training.sources import build_train_config
 from reproduce.plan import EXTENDED, FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs
 from reproduce.stats import mcnemar_p, mean_std, paired_comparison
 

@@ -10,9 +10,11 @@ import torch
 from test_data import write_cifar10_python
 from test_models_checkpoint import randomize_batchnorm
 
-from ramptool.checkpoint import file_sha256, load_checkpoint, read_metadata, read_weights
+from ramptool.checkpoints.format import read_metadata, read_weights
+from ramptool.checkpoints.loading import load_checkpoint
 from ramptool.errors import RamptoolError
-from ramptool.robustbench import import_robustbench, parse
+from ramptool.models.robustbench import import_robustbench, parse
+from ramptool.runtime.files import file_sha256
 
 # the smallest zoo entries of the two families at the top of the leaderboard (both WRN-28-10)
 WIDE_RESNET = "robustbench:cifar10/Linf/Carmon2019Unlabeled"  # WideResNet with TRADES' unused sub_block1

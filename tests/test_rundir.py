@@ -9,12 +9,13 @@ import sys
 import pytest
 import torch
 
-from ramptool.checkpoint import atomic_write
 from ramptool.cli import main
 from ramptool.errors import RamptoolError, TrainingDiverged
-from ramptool.methods import Clean
-from ramptool.rundir import SET_ASIDE, set_aside
-from ramptool.trainer import RUN_FILES, TrainConfig, train
+from ramptool.runtime.files import atomic_write
+from ramptool.runtime.rundir import SET_ASIDE, set_aside
+from ramptool.training.config import TrainConfig
+from ramptool.training.methods import Clean
+from ramptool.training.trainer import RUN_FILES, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,7 +116,7 @@ def test_a_writer_killed_mid_write_leaves_no_orphan_after_the_next_start(tmp_pat
 
 
 def test_names_from_user_paths_stay_inside_out(tmp_path, clean_model_dir, capsys):
-    from ramptool.cli_eval import checkpoint_names
+    from ramptool.cli.eval import checkpoint_names
 
     nested = tmp_path / "runs" / "x"
     (nested / "a").mkdir(parents=True)
@@ -156,10 +157,10 @@ def test_a_tampered_state_is_one_clear_error(tmp_path, tamper, message):
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    import ramptool.trainer
-    from ramptool.checkpoint import read_metadata
+    import ramptool.training.trainer
+    from ramptool.checkpoints.format import read_metadata
 
-    saves, save_checkpoint = [], ramptool.trainer.save_checkpoint
+    saves, save_checkpoint = [], ramptool.training.trainer.save_checkpoint
 
     def disk_fills_up(path, model, metadata):
         saves.append(path)
@@ -167,7 +168,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         save_checkpoint(path, model, metadata)
 
-    monkeypatch.setattr(ramptool.trainer, "save_checkpoint", disk_fills_up)
+    monkeypatch.setattr(ramptool.training.trainer, "save_checkpoint", disk_fills_up)
     with pytest.raises(RamptoolError, match="No space left on device; the previous checkpoint is intact"):
         train(tiny(tmp_path, epochs=2))
     assert read_metadata(tmp_path)["epoch"] == 1

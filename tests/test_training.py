@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ramptool.checkpoint import load_checkpoint, read_metadata, read_weights
-from ramptool.combiners import EpochGradientProjection, combine, project_gradient
+from ramptool.checkpoints.format import read_metadata, read_weights
+from ramptool.checkpoints.loading import load_checkpoint
 from ramptool.errors import RamptoolError, TrainingDiverged
-from ramptool.methods import EAT, SAT, MethodContext
-from ramptool.pairing import cosine_pairing, kl_pairing, mse_pairing
-from ramptool.trainer import TrainConfig, TrainingInterrupted, train
+from ramptool.training.combiners import EpochGradientProjection, combine, project_gradient
+from ramptool.training.config import TrainConfig
+from ramptool.training.methods import EAT, SAT, MethodContext
+from ramptool.training.pairing import cosine_pairing, kl_pairing, mse_pairing
+from ramptool.training.trainer import TrainingInterrupted, train
 
 EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
 
@@ -197,7 +199,7 @@ class _NanAfterFirstEpoch:
     @staticmethod
     @hookimpl
     def register_methods():
-        from ramptool.methods import Clean
+        from ramptool.training.methods import Clean
 
         class NanLater(Clean):
             calls = 0
@@ -264,8 +266,8 @@ def test_cli_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, message)
 
 @pytest.mark.parametrize("pair_on", ["q-correct", "all"])
 def test_loss_of_ramp_equals_max_plus_lambda_times_pairing(pair_on):
-    from ramptool.methods import RAMP
     from ramptool.models import build_model
+    from ramptool.training.methods import RAMP
 
     torch.manual_seed(0)
     model = build_model("small-cnn", 10, (1, 28, 28), (0.5,), (0.5,))
@@ -295,7 +297,7 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 @pytest.mark.parametrize("method_name", ["ramp", "max", "avg"])
 def test_batching_the_attacks_of_several_norms_changes_neither_loss_nor_gradients(method_name):
-    from ramptool.plugins import get
+    from ramptool.plugins.registry import get
 
     torch.manual_seed(0)
     # BatchNorm: the batched attack must still run in eval mode, where a sample's output ignores its batch
@@ -383,7 +385,7 @@ def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_pa
 
 @pytest.mark.usefixtures("one_thread")
 def test_finetune_takes_the_checkpoints_dataset_and_refuses_other_inputs(tmp_path):
-    from ramptool.checkpoint import save_checkpoint
+    from ramptool.checkpoints.format import save_checkpoint
     from ramptool.models import build_model
 
     model = build_model("small-cnn", 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)

@@ -131,9 +131,10 @@ def test_zero_parameters_leave_the_image_as_the_threat_model_defines():
 
 
 def test_registered_as_attacks_usable_for_training(shipped, tmp_path):
-    from ramptool.checkpoint import read_metadata
-    from ramptool.data import load_split
-    from ramptool.trainer import TrainConfig, train
+    from ramptool.checkpoints.format import read_metadata
+    from ramptool.data.datasets import load_split
+    from ramptool.training.config import TrainConfig
+    from ramptool.training.trainer import train
 
     assert attack_for("uar", "fog").norm == "fog" and attack_for("sparse-rs", "l0").norm == "l0"
     summary = train(TrainConfig(out=str(tmp_path), init=str(SHIPPED), method="at", attack="uar", norms=["elastic"],

@@ -6,8 +6,11 @@ from ramptool.attacks.msd import msd
 from ramptool.attacks.pgd import fgsm_rs, pgd
 from ramptool.attacks.unseen import unseen_attacks
 from ramptool.errors import RamptoolError
-from ramptool.hookspecs import hookimpl
-from ramptool.options import bind
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.options import bind
+from ramptool.plugins.registry import components, expect
+
+expect("attack", Attack)
 
 
 @hookimpl
@@ -26,11 +29,9 @@ def register_attacks():
 
 def attack_families() -> dict[str, list[str]]:
     """Every attack family (registered attacks named ``{family}-{norm}``) and the norms it covers."""
-    from ramptool.plugins import registry
-
     families: dict[str, list[str]] = {}
-    for name, component in registry().components["attack"].items():
-        norm = component.obj.norm
+    for name, attack in components("attack").items():
+        norm = attack.norm
         if norm and name.endswith(f"-{norm}"):
             families.setdefault(name[:-len(norm) - 1], []).append(norm)
     return families
@@ -38,16 +39,14 @@ def attack_families() -> dict[str, list[str]]:
 
 def attack_for(family: str, norm: str) -> Attack:
     """The registered ``{family}-{norm}`` attack, e.g. ``attack_for('apgd', 'l1')``."""
-    from ramptool.plugins import registry
-
-    found = registry().components["attack"].get(f"{family}-{norm}")
+    found = components("attack").get(f"{family}-{norm}")
     if found is None:
         families = attack_families()
         if family in families:
             raise RamptoolError(f"attack family {family!r} has no {norm} attack (no attack '{family}-{norm}' is "
                                 f"registered); it covers {', '.join(families[family])}")
         raise RamptoolError(f"unknown attack family {family!r}; known: {', '.join(sorted(families))}")
-    return found.obj
+    return found
 
 
 def bind_family_options(family: str, norms: list[str], given: dict | None) -> dict:
@@ -60,9 +59,7 @@ def bind_family_options(family: str, norms: list[str], given: dict | None) -> di
 
 def known_norms() -> list[str]:
     """Every norm some registered attack works in (plugins that add a norm take part)."""
-    from ramptool.plugins import registry
-
-    return sorted({c.obj.norm for c in registry().components["attack"].values() if c.obj.norm})
+    return sorted({attack.norm for attack in components("attack").values() if attack.norm})
 
 
 __all__ = ["Attack", "AttackResult", "apgd", "apgd_joint", "pgd", "fgsm_rs", "msd", "input_gradients_only",

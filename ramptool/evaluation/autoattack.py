@@ -16,7 +16,8 @@ import warnings
 import torch
 
 from ramptool.errors import RamptoolError
-from ramptool.evaluation.flags import clean_flags, logits_of, model_device
+from ramptool.evaluation.flags import clean_flags, logits_of
+from ramptool.runtime.device import model_device
 
 AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 VERSIONS = ("fast", "standard")

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ramptool import distributed
-from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
+from ramptool.runtime import distributed
+from ramptool.runtime.files import atomic_write
 
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",

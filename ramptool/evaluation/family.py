@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ramptool.attacks import attack_for
-from ramptool.evaluation.flags import clean_flags, logits_of, model_device
-from ramptool.methods import eval_mode
+from ramptool.evaluation.flags import clean_flags, logits_of
+from ramptool.runtime.device import eval_mode, model_device
 
 
 def family_adversarial(model, x: torch.Tensor, y: torch.Tensor, family: str, norm: str, eps: float,

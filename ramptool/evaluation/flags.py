@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ramptool.errors import RamptoolError
+from ramptool.runtime.device import model_device
 
 
 def union_flags(flags: dict[str, torch.Tensor], norms=None) -> torch.Tensor:
@@ -31,11 +32,6 @@ def accuracies(flags: dict[str, torch.Tensor], norms=None) -> dict[str, float]:
 # how far past eps (relative, and absolute) a counted adversarial point may be: float rounding of the
 # projections, nothing more
 BALL_TOLERANCE = 1e-5
-
-
-def model_device(model) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from ramptool.checkpoint import atomic_write  # noqa: E402
 from ramptool.evaluation.suite import UPPER_BOUND  # noqa: E402
+from ramptool.runtime.files import atomic_write
 
 NORM_ORDER = ("linf", "l2", "l1")
 ATTACK_LABELS = {"apgd": "APGD-CE + APGD-T, AutoAttack's settings on ramptool's APGD",
@@ -73,8 +73,8 @@ def provenance(checkpoint=None, device=None) -> dict:
 
     import torch
 
-    from ramptool import __version__
     from ramptool.evaluation.autoattack import installed_version
+    from ramptool.version import __version__
 
     record = {"ramptool": __version__, "torch": torch.__version__, "autoattack": installed_version(),
               "python": platform.python_version(), "platform": platform.platform(),
@@ -83,7 +83,7 @@ def provenance(checkpoint=None, device=None) -> dict:
         record["device"] = str(device) if str(device) == "cpu" or not torch.cuda.is_available() else \
             f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     if checkpoint is not None:
-        from ramptool.checkpoint import resolve
+        from ramptool.checkpoints.format import resolve
 
         checkpoint = resolve(checkpoint)  # a run folder means its model file
         digest = hashlib.sha256()

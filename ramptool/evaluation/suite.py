@@ -27,7 +27,7 @@ import torch
 
 from ramptool.attacks.base import per_sample
 from ramptool.errors import RamptoolError
-from ramptool.evaluation.flags import model_device
+from ramptool.runtime.device import model_device
 
 GRADE_AUTOATTACK = "AutoAttack"
 GRADE_AUTOATTACK_LEVEL = "AutoAttack-grade"

@@ -28,12 +28,12 @@ from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ramptool import distributed
-from ramptool.checkpoint import atomic_write
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.flags import accuracies, logits_of, verified_successes
 from ramptool.evaluation.passes import PassCounter
 from ramptool.evaluation.suite import UPPER_BOUND, VERSIONS, RunContext, get_suite, plan, run_label, settings_summary
+from ramptool.runtime import distributed
+from ramptool.runtime.files import atomic_write
 
 FLAGS_FILE = "flags.safetensors"
 ADVERSARIAL_PREFIX = "adversarial/"
@@ -365,8 +365,9 @@ def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[s
 def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu", **loading):
     """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on;
     ``loading``: normalize, arch_options and model_dir, as ``load_checkpoint`` takes them."""
-    from ramptool.checkpoint import load_checkpoint, read_metadata
-    from ramptool.data import dataset_spec, get_dataset
+    from ramptool.checkpoints.format import read_metadata
+    from ramptool.checkpoints.loading import load_checkpoint
+    from ramptool.data.datasets import dataset_spec, get_dataset
 
     metadata = read_metadata(ckpt)
     name = dataset or (metadata or {}).get("dataset")

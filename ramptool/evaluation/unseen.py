@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ramptool import distributed
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.family import family_flags
 from ramptool.evaluation.flags import accuracies, clean_flags
@@ -38,6 +37,7 @@ from ramptool.evaluation.union import (
     save_flags,
     warn,
 )
+from ramptool.runtime import distributed
 from ramptool.threat import parse_number
 
 ADVERSARIES = ("l0", "fog", "snow", "gabor", "elastic", "jpeg-linf")

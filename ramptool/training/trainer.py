@@ -24,33 +24,16 @@ from pathlib import Path
 
 import torch
 
-from ramptool import distributed
-from ramptool.checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    load_checkpoint,
-    load_state,
-    recorded_normalize,
-    remove_orphans,
-    run_finished,
-    save_checkpoint,
-    save_state,
-)
-from ramptool.config import TrainConfig, given_values, resumed_values
-from ramptool.data import (
-    batch_loader,
-    batch_seed,
-    dataset_spec,
-    default_workers,
-    iterate_batches,
-    load_split,
-    num_batches,
-    to_unit_float,
-)
+from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_finished, save_checkpoint, save_state
+from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
+from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
+from ramptool.data.datasets import dataset_spec, load_split
 from ramptool.errors import RamptoolError
-from ramptool.methods import MethodContext
-from ramptool.plugins import bind_options, get
-from ramptool.rundir import (
+from ramptool.plugins.registry import get
+from ramptool.runtime import distributed
+from ramptool.runtime.device import resolve_device
+from ramptool.runtime.files import remove_orphans
+from ramptool.runtime.rundir import (
     FolderLock,
     discard_set_aside,
     is_writer,
@@ -58,8 +41,11 @@ from ramptool.rundir import (
     restore_set_aside,
     set_aside,
 )
-from ramptool.schedules import learning_rate
-from ramptool.tensorboard import TensorboardLog
+from ramptool.runtime.tensorboard import TensorboardLog
+from ramptool.training.config import TrainConfig
+from ramptool.training.methods import MethodContext
+from ramptool.training.resolve import is_resolved, resolve_config, resolve_resumed, trained_norms
+from ramptool.training.schedules import learning_rate
 
 __all__ = ["TrainConfig", "Trainer", "train"]
 
@@ -70,16 +56,6 @@ STATE_KEYS = ("model", "optimizer", "combiner", "method", "epoch", "step", "rng"
 # a fine-tune checks its clean accuracy on this many test points before it starts and after every epoch
 CLEAN_CHECK_POINTS = 1000
 CLEAN_DROP_WARNING = 0.10
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RamptoolError("--device cuda asked for, but no CUDA device is available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise RamptoolError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -94,31 +70,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     raise RamptoolError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
-
-
-def trained_norms(cfg: TrainConfig) -> list[str]:
-    uses = get("method", cfg.method).uses
-    if uses == "none":
-        return []
-    if uses == "pair":
-        return list(cfg.pair or [])
-    return list(cfg.norms)
-
-
-def bind_component_options(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the options of its method, combiner, pairing loss, attack family (each member it trains
-    with) and backbone checked against what each declares, and typed; a mistake is one error line."""
-    from ramptool.attacks import bind_family_options
-    from ramptool.models import bind_arch_options
-
-    attack_options = bind_family_options(cfg.attack, trained_norms(cfg), cfg.attack_options)
-    # a ramptool checkpoint to fine-tune records its backbone: loading it checks given options against that
-    arch_options = cfg.arch_options if cfg.init and not cfg.arch else bind_arch_options(cfg.arch or "small-cnn",
-                                                                                        cfg.arch_options)
-    return dataclasses.replace(cfg, attack_options=attack_options, arch_options=arch_options,
-                               method_options=bind_options("method", cfg.method, cfg.method_options),
-                               combiner_options=bind_options("combiner", cfg.combiner, cfg.combiner_options),
-                               pairing_options=bind_options("pairing-loss", cfg.pairing, cfg.pairing_options))
 
 
 def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -166,9 +117,13 @@ class Trainer:
     the new run's first checkpoint."""
 
     def __init__(self, cfg: TrainConfig):
+        if not (cfg.resume or is_resolved(cfg)):
+            raise RamptoolError("the Trainer takes a resolved configuration: pass it through "
+                                "ramptool.training.resolve_config first (train() does)")
+        if cfg.pair == "auto":
+            raise RamptoolError("--pair auto is resolved before training, by ramptool.workflows.pair."
+                                "resolve_auto_pair (the CLI does it)")
         self.out = Path(cfg.out)
-        if not cfg.resume:  # a new run's configuration is checked before its folder is created
-            cfg = bind_component_options(cfg)
         self.lock = FolderLock(self.out).acquire() if is_writer() else None
         try:
             self._setup(cfg)
@@ -186,8 +141,7 @@ class Trainer:
             remove_orphans(self.out)
         resumed_state = None
         if cfg.resume:  # after the recovery above: the run to continue may be one an --overwrite had set aside
-            given = given_values(cfg)  # what the caller set; the rest comes from the saved run
-            cfg = bind_component_options(TrainConfig(**resumed_values(given, {name: name for name in given})))
+            cfg = resolve_resumed(cfg)
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
         if cfg.resume:
             resumed_state = load_state(self.out / STATE_FILE)
@@ -201,12 +155,6 @@ class Trainer:
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
         _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
-        if cfg.pair == "auto":
-            from ramptool.pair import resolve_auto_pair
-
-            cfg.pair = resolve_auto_pair(cfg, cfg.pair_from)
-            if self.dist.is_main:
-                print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
         self.workers = cfg.workers if cfg.workers is not None else default_workers(
             self.train_data, self.device, self.dist.local_world_size)
         self.init_metadata = {}
@@ -352,7 +300,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         from ramptool.evaluation.union import evaluate_union
-        from ramptool.methods import eval_mode
+        from ramptool.runtime.device import eval_mode
 
         x, y = self.eval_data.tensors()
         norms = [n for n in ("linf", "l2", "l1") if n in self.cfg.eps] or list(self.cfg.eps)
@@ -371,7 +319,7 @@ class Trainer:
     @torch.no_grad()
     def clean_accuracy(self) -> float:
         """Clean accuracy on the fine-tune's check points (the first CLEAN_CHECK_POINTS test points)."""
-        from ramptool.methods import eval_mode
+        from ramptool.runtime.device import eval_mode
 
         correct = 0
         with eval_mode(self.model):
@@ -521,4 +469,5 @@ def _progress(enabled: bool):
 
 
 def train(cfg: TrainConfig) -> dict:
-    return Trainer(cfg).run()
+    """Resolve ``cfg`` (``resolve_config``) and run it."""
+    return Trainer(resolve_config(cfg)).run()

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from ramptool.errors import RamptoolError
-from ramptool.options import parse_assignments
+from ramptool.plugins.options import parse_assignments
 
 eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -35,8 +35,8 @@ def _positive(value: int, flag: str) -> int:
 
 def _device(name: str):
     """The device of this process (under torchrun: its rank's GPU); only rank 0 prints."""
-    from ramptool.distributed import setup
-    from ramptool.trainer import resolve_device
+    from ramptool.runtime.device import resolve_device
+    from ramptool.runtime.distributed import setup
 
     where = setup(resolve_device(name))
     console.quiet = not where.is_main
@@ -44,7 +44,7 @@ def _device(name: str):
 
 
 def _is_main() -> bool:
-    from ramptool.distributed import is_main
+    from ramptool.runtime.distributed import is_main
 
     return is_main()
 
@@ -72,9 +72,9 @@ def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
     """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
     file's stem, or the zoo model's name), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a
     safe path component."""
-    from ramptool.checkpoint import MODEL_FILE, resolve
-    from ramptool.robustbench import is_zoo_name
-    from ramptool.rundir import safe_name
+    from ramptool.checkpoints.format import MODEL_FILE, resolve
+    from ramptool.models.robustbench import is_zoo_name
+    from ramptool.runtime.rundir import safe_name
 
     if not paths:
         raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
@@ -100,7 +100,7 @@ def _locks_out(command):
 
     @functools.wraps(command)
     def locked(**options):
-        from ramptool.rundir import writer_lock
+        from ramptool.runtime.rundir import writer_lock
 
         with writer_lock(options["out"]):
             return command(**options)
@@ -122,7 +122,7 @@ def parse_n_examples(text: str) -> int | None:
 def _test_points(dataset: str, data_dir, n_examples: str | int, sample_seed, metadata: dict):
     """The test points at the checkpoint's resolution (image folders can be read at any): the first N, a seeded
     random N, or all of them."""
-    from ramptool.data import get_dataset, load_split
+    from ramptool.data.datasets import get_dataset, load_split
 
     subset = parse_n_examples(str(n_examples))
     if subset is None and sample_seed is not None:
@@ -165,7 +165,7 @@ def save_adversarial(folder: Path, name: str, report: dict, x, y, provenance_rec
 
     from safetensors.torch import save_file
 
-    from ramptool.checkpoint import atomic_write
+    from ramptool.runtime.files import atomic_write
 
     tensors = {}
     for norm, found in report.pop("adversarial").items():
@@ -215,7 +215,7 @@ def union(
     from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
     from ramptool.evaluation.suite import get_suite
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
-    from ramptool.progress import task_progress
+    from ramptool.runtime.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms
 
     checkpoints = checkpoint_names(ckpt)
@@ -301,7 +301,7 @@ def corruptions(
         write_corruption_report,
     )
     from ramptool.evaluation.union import load_for_evaluation
-    from ramptool.progress import task_progress
+    from ramptool.runtime.progress import task_progress
 
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
@@ -393,7 +393,7 @@ def curve(
     from ramptool.evaluation.report import curve_table, write_curve_report
     from ramptool.evaluation.suite import get_suite
     from ramptool.evaluation.union import load_for_evaluation, robustness_curve
-    from ramptool.progress import task_progress
+    from ramptool.runtime.progress import task_progress
     from ramptool.threat import parse_eps, parse_norms, parse_number
 
     checkpoints = checkpoint_names(ckpt)
@@ -470,7 +470,7 @@ def unseen(
         parse_adversaries,
         parse_budgets,
     )
-    from ramptool.progress import task_progress
+    from ramptool.runtime.progress import task_progress
 
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)

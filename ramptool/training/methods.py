@@ -22,12 +22,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ramptool import distributed
 from ramptool.attacks import attack_for
 from ramptool.attacks.base import AttackResult
 from ramptool.errors import RamptoolError
-from ramptool.hookspecs import hookimpl
-from ramptool.plugins import get
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.registry import get
+from ramptool.runtime import distributed
+from ramptool.runtime.device import eval_mode
 from ramptool.threat import check_inside
 
 
@@ -46,17 +47,6 @@ class MethodContext:
     pairing_options: dict = field(default_factory=dict)
     autocast: contextlib.AbstractContextManager | None = None
     batch_attacks: bool = False  # several norms' attack iterates through the model as one batch (see attack_all)
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """The model in eval mode inside the block, back in the mode it had after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _in_input_dtype(result: AttackResult, x) -> AttackResult:

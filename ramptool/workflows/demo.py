@@ -15,14 +15,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ramptool.checkpoint import load_checkpoint, run_finished
-from ramptool.config import RECIPES_DIR, build_train_config
-from ramptool.data import load_split
+from ramptool.checkpoints.format import run_finished
+from ramptool.checkpoints.loading import load_checkpoint
+from ramptool.data.datasets import load_split
 from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
 from ramptool.evaluation.union import evaluate_union
-from ramptool.progress import task_progress
+from ramptool.runtime.progress import task_progress
 from ramptool.threat import DEFAULT_EPS
-from ramptool.trainer import train
+from ramptool.training.recipes import RECIPES_DIR
+from ramptool.training.sources import build_train_config
+from ramptool.training.trainer import train
 
 PRETRAINED = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
 OUT = Path("runs/demo")

@@ -15,18 +15,19 @@ from typing import Any
 
 import pluggy
 
-from ramptool import hookspecs
 from ramptool.errors import RamptoolError
-from ramptool.options import bind, options_of
+from ramptool.plugins import hookspecs
+from ramptool.plugins.options import bind, options_of
 
-DEFAULT_PLUGINS = (
-    "ramptool.attacks",
-    "ramptool.pairing",
-    "ramptool.combiners",
-    "ramptool.models",
-    "ramptool.data",
-    "ramptool.methods",
-)
+# the name each built-in plugin has in `ramptool plugins` -> its module (the names predate the subpackages and stay)
+DEFAULT_PLUGINS = {
+    "ramptool.attacks": "ramptool.attacks",
+    "ramptool.pairing": "ramptool.training.pairing",
+    "ramptool.combiners": "ramptool.training.combiners",
+    "ramptool.models": "ramptool.models",
+    "ramptool.data": "ramptool.data.datasets",
+    "ramptool.methods": "ramptool.training.methods",
+}
 
 ENTRY_POINT_GROUP = "ramptool"
 
@@ -76,17 +77,24 @@ class Skipped:
         return f"warning: skipping plugin {self.plugin!r}{where}: {self.reason}"
 
 
+# kind -> the class a component of that kind must be an instance of; the layers that define those classes declare
+# them (``expect``) when they are imported, which building the plugin manager does before any hook is called
+EXPECTED: dict[str, type] = {}
+
+
+def expect(kind: str, cls: type) -> None:
+    """Components of ``kind`` must be ``cls`` instances: a plugin's that are not are skipped with a warning."""
+    EXPECTED[kind] = cls
+
+
 def _problem_with(kind: str, provided) -> str | None:
     """Why a hook's answer cannot be registered, or None when it can."""
-    from ramptool.attacks.base import Attack
-    from ramptool.data import DatasetSpec
-
     if not isinstance(provided, dict):
         return f"returned a {type(provided).__name__}, not a dict name -> {kind}"
     for name, obj in provided.items():
         if not isinstance(name, str) or not name:
             return f"returned the name {name!r}; names are non-empty strings"
-        expected = {"attack": Attack, "dataset": DatasetSpec}.get(kind)
+        expected = EXPECTED.get(kind)
         if expected is not None and not isinstance(obj, expected):
             return f"{kind} {name!r} is a {type(obj).__name__}, not a ramptool.api.{expected.__name__}"
         if expected is None and not callable(obj):
@@ -148,6 +156,10 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        """Every registered component of ``kind``: name -> the component itself."""
+        return {name: component.obj for name, component in sorted(self.components[kind].items())}
+
     def all(self) -> list[Component]:
         return [c for kind in KINDS for c in sorted(self.components[kind].values(), key=lambda c: c.name)]
 
@@ -161,8 +173,8 @@ def build_plugin_manager(entry_points: bool = True) -> PluginManager:
     do not are listed in its ``skipped``."""
     manager = PluginManager()
     manager.add_hookspecs(hookspecs)
-    for module_name in DEFAULT_PLUGINS:
-        manager.register(importlib.import_module(module_name), name=module_name)
+    for plugin_name, module_name in DEFAULT_PLUGINS.items():
+        manager.register(importlib.import_module(module_name), name=plugin_name)
     if entry_points:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
@@ -203,6 +215,11 @@ def reset_registry(manager: pluggy.PluginManager | None = None) -> Registry:
 def get(kind: str, name: str) -> Any:
     """The component registered as ``name`` of ``kind`` (one of ``KINDS``); unknown names are an error."""
     return registry().get(kind, name)
+
+
+def components(kind: str) -> dict[str, Any]:
+    """Every registered component of ``kind`` (one of ``KINDS``): name -> the component."""
+    return registry().of_kind(kind)
 
 
 def bind_options(kind: str, name: str, given: dict | None) -> dict:

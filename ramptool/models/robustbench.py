@@ -161,7 +161,7 @@ def offline() -> bool:
 
 def load(spec: str, model_dir=None) -> tuple[nn.Module, dict]:
     """(RobustBench's eval-mode network with its weights, ramptool metadata recording where they came from)."""
-    from ramptool.checkpoint import file_sha256
+    from ramptool.runtime.files import file_sha256
 
     model = parse(spec)
     robustbench = import_robustbench()

@@ -15,6 +15,7 @@ checks in ``__post_init__``.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import re
@@ -25,12 +26,12 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from ramptool.attacks import attack_families, known_norms
 from ramptool.errors import RamptoolError
-from ramptool.schedules import SCHEDULES
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+from ramptool.plugins.options import parse_assignments
+from ramptool.plugins.registry import registry
+from ramptool.threat import parse_eps, parse_norms, parse_number
+from ramptool.training.schedules import SCHEDULES
 
 # Defaults of the fields whose default depends on the mode (fine-tuning = ``init`` is set) and on the dataset:
 # the paper's CIFAR-10 settings (docs/METHOD.md#training-settings-and-reference-numbers), which a dataset
@@ -104,12 +105,20 @@ def knob(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSI
     return field(default=default, default_factory=default_factory, metadata={"knob": Knob(help, **spec)})
 
 
+# Whether conversion checks names against the plugin registry. ``TrainConfig(...)`` does not: constructing a
+# configuration loads no plugin and reads no file. ``build_train_config`` and ``resolve_config`` do.
+CHECK_REGISTERED: contextvars.ContextVar[bool] = contextvars.ContextVar("check_registered", default=True)
+
+
+def _known_norms() -> list[str] | None:
+    """The norms of the registered attacks, or None (any well-formed name) while the registry is not consulted."""
+    return known_norms() if CHECK_REGISTERED.get() else None
+
+
 def registered(kind: str) -> Callable[[], list[str]]:
     """Choices that are the names registered for a component kind (plugins included), looked up when checked."""
 
     def names() -> list[str]:
-        from ramptool.plugins import registry
-
         return registry().names(kind)
 
     return names
@@ -117,16 +126,11 @@ def registered(kind: str) -> Callable[[], list[str]]:
 
 def attack_family_names() -> list[str]:
     """Families ``F`` with a registered ``F-<norm>`` attack (``--attack apgd`` means apgd-linf, apgd-l2, ...)."""
-    from ramptool.attacks import attack_families
-
     return sorted(attack_families())
 
 
 def norm_list(value: Any, text: bool) -> list[str]:
     """'linf,l1', ['linf', 'l1'] -> ['linf', 'l1'], each a norm some registered attack works in."""
-    from ramptool.attacks import known_norms
-    from ramptool.threat import parse_norms
-
     if isinstance(value, str):
         joined = value
     elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
@@ -134,7 +138,7 @@ def norm_list(value: Any, text: bool) -> list[str]:
     else:
         raise Invalid("a list of norms such as linf,l1")
     try:
-        return parse_norms(joined, known_norms())
+        return parse_norms(joined, _known_norms())
     except RamptoolError as error:
         raise Invalid(detail=str(error)) from None
 
@@ -151,16 +155,13 @@ def norm_pair(value: Any, text: bool) -> list[str] | str:
 
 def eps_table(value: Any, text: bool) -> dict[str, float]:
     """'linf=8/255,l2=0.5' or {linf = 0.1} -> {'linf': 0.0314, 'l2': 0.5}: positive finite numbers."""
-    from ramptool.attacks import known_norms
-    from ramptool.threat import parse_eps
-
     if isinstance(value, dict):
         if not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value.values()):
             raise Invalid("norm = value entries with numbers, e.g. linf=8/255,l2=0.5")
     elif not isinstance(value, str):
         raise Invalid("norm=value entries, e.g. linf=8/255,l2=0.5")
     try:
-        return parse_eps(value, None, known_norms())
+        return parse_eps(value, None, _known_norms())
     except RamptoolError as error:
         raise Invalid(detail=str(error)) from None
 
@@ -312,26 +313,12 @@ class TrainConfig:
     progress: bool = knob(True, "Show a progress bar on a terminal.", recipe=False, on_resume="free")
 
     def __post_init__(self):
-        for spec in dataclasses.fields(self):
-            setattr(self, spec.name, convert(spec.name, getattr(self, spec.name), PYTHON))
-        if not self.resume:  # a resumed run takes the rest from the run saved in ``out``
-            self._fill_defaults()
-
-    def _fill_defaults(self) -> None:
-        from ramptool.checkpoint import read_metadata
-        from ramptool.data import get_dataset
-        from ramptool.threat import DEFAULT_EPS
-
-        if self.dataset is None:  # a fine-tune continues on the data its checkpoint was trained on
-            known = (read_metadata(self.init) or {}).get("dataset") if self.init else None
-            self.dataset = convert("dataset", known or "fashion-mnist", Source(f"checkpoint {self.init}"))
-        spec = get_dataset(self.dataset)
-        defaults = {**MODE_DEFAULTS[self.mode], **spec.hyperparameters.get(self.mode, {})}
-        source = Source(f"dataset {self.dataset}'s defaults")
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, convert(name, value, source))
-        self.eps = {**DEFAULT_EPS.get(self.dataset, {}), **self.eps}
+        unchecked = CHECK_REGISTERED.set(False)  # names of plugins' components are checked by resolve_config
+        try:
+            for spec in dataclasses.fields(self):
+                setattr(self, spec.name, convert(spec.name, getattr(self, spec.name), PYTHON))
+        finally:
+            CHECK_REGISTERED.reset(unchecked)
 
     @property
     def mode(self) -> str:
@@ -396,7 +383,7 @@ def _in_range(value: float, spec: Knob) -> bool:
 
 
 def _choices(spec: Knob) -> list[str] | None:
-    if spec.choices is None:
+    if spec.choices is None or (callable(spec.choices) and not CHECK_REGISTERED.get()):
         return None
     return list(spec.choices() if callable(spec.choices) else spec.choices)
 
@@ -413,8 +400,6 @@ def _convert(name: str, value: Any, source: Source) -> Any:
         return spec.parse(value, source.text)
     if is_option_table(name):
         if source.text and isinstance(value, (list, tuple)):
-            from ramptool.options import parse_assignments
-
             return parse_assignments(list(value), flag_of(name))
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise Invalid("a table of name = value options")
@@ -428,8 +413,6 @@ def _convert(name: str, value: Any, source: Source) -> Any:
     if kind in (int, float):
         phrase = _number_phrase(kind.__name__, spec)
         if source.text and isinstance(value, str):
-            from ramptool.threat import parse_number
-
             try:
                 value = int(value) if kind is int else parse_number(value)
             except (ValueError, RamptoolError):
@@ -467,222 +450,9 @@ def convert(name: str, value: Any, source: Source, key: str | None = None) -> An
         raise source.fail(name, key, f" must be {problem.requirement}, got {_shown(value, source)}") from None
 
 
-# ------------------------------------------------------------------------------------------------ recipes
-
-def shipped_recipes() -> dict[str, Path]:
-    """Recipes that ship inside the package, by name (file stem)."""
-    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.toml"))}
-
-
-def find_recipe(given: str | Path) -> Path:
-    """A recipe file, or the name of a shipped one (``ramptool recipes`` lists them)."""
-    path = Path(given).expanduser()
-    if path.is_file():
-        return path
-    shipped = shipped_recipes()
-    if str(given) in shipped:
-        return shipped[str(given)]
-    names = ", ".join(shipped) or "none"
-    raise RamptoolError(f"recipe not found: {given} (neither a file nor a shipped recipe; shipped: {names})")
-
-
-META_KEYS = ("command", "description")
-
-
-def recipe_keys() -> dict[str, str]:
-    """Recipe key (normalised to underscores) -> field name: the field's own name and its flag's name."""
-    keys = {}
-    for name in FIELDS:
-        spec = knob_of(name)
-        if spec.recipe:
-            keys[name] = name
-            keys[flag_of(name).lstrip("-").replace("-", "_")] = name
-    return keys
-
-
-def read_recipe(given: str | Path) -> tuple[Path, dict[str, tuple[str, Any]]]:
-    """(the recipe's path, {field name: (key as written, value)}), keys checked, values not yet converted."""
-    path = find_recipe(given)
-    try:
-        with open(path, "rb") as handle:
-            recipe = tomllib.load(handle)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise RamptoolError(f"recipe {path} is not valid TOML: {error}") from None
-    except OSError as error:
-        raise RamptoolError(f"recipe {path} cannot be read: {error.strerror or error}") from None
-    keys, entries = recipe_keys(), {}
-    for key, value in recipe.items():
-        if key in META_KEYS:
-            continue
-        name = keys.get(key.replace("-", "_"))
-        if name is None:
-            raise RamptoolError(f"recipe {path}: unknown key {key!r}")
-        if name in entries:
-            raise RamptoolError(f"recipe {path}: {entries[name][0]!r} and {key!r} set the same thing")
-        entries[name] = (key, value)
-    return path, entries
-
-
-def recipe_description(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return str(tomllib.load(handle).get("description", ""))
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return "(unreadable)"
-
-
-# ------------------------------------------------------------------------------------------------ the entry
-
-def build_train_config(flags: dict[str, Any] | None = None, recipe: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The one way from user input to a TrainConfig. Precedence, lowest first: TrainConfig's (and the dataset's)
-    defaults, the recipe (a path or a shipped recipe's name), ``overrides`` (Python values), ``flags``
-    (command-line text; None = not given). With ``resume`` set, the run saved in ``out`` supplies the rest, and
-    any given value that differs from it is an error listing them all (only ``on_resume`` "free" fields may
-    change, and "extend" ones grow)."""
-    layers: list[tuple[str, Any, Source, str]] = []  # (field, value, source, key), lowest precedence first
-    if recipe is not None:
-        path, entries = read_recipe(recipe)
-        source = Source(f"recipe {path}", base=path.resolve().parent)
-        layers += [(name, value, source, key) for name, (key, value) in entries.items()]
-    for name, value in (overrides or {}).items():
-        if name not in FIELDS:
-            raise ConfigError(f"TrainConfig has no field {name!r}")
-        layers.append((name, value, PYTHON, name))
-    layers += [(name, value, COMMAND_LINE, flag_of(name)) for name, value in (flags or {}).items()
-               if value is not None and value != []]
-    values: dict[str, Any] = {}
-    labels: dict[str, str] = {}
-    for name, value, source, key in layers:
-        converted = convert(name, value, source, key)
-        if is_option_table(name) and name in values:  # option tables merge, key by key
-            converted = {**values[name], **converted}
-        values[name], labels[name] = converted, source.describe(name, key)
-    if "out" not in values:
-        raise ConfigError("--out DIR is required (the run folder; it is never wiped)")
-    if values.get("resume"):
-        return TrainConfig(**resumed_values(values, labels))
-    return TrainConfig(**values)
-
-
-def given_values(cfg: TrainConfig) -> dict[str, Any]:
-    """The fields of a Python-built config that differ from their declared defaults (what its author set)."""
-    return {name: getattr(cfg, name) for name in FIELDS
-            if name in ("out", "resume") or getattr(cfg, name) != default_of(name)}
-
-
-def read_saved_run(out: str | Path) -> dict[str, Any]:
-    """The configuration saved in ``out``'s state.pt, converted and checked."""
-    from ramptool.checkpoint import STATE_FILE, load_state
-
-    path = Path(out) / STATE_FILE
-    if not path.exists():
-        raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
-    state = load_state(path, mmap=True)
-    saved = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(saved, dict):
-        raise RamptoolError(f"{path} is not a ramptool training state (no saved configuration)")
-    unknown = sorted(set(saved) - set(FIELDS))
-    if unknown:
-        raise RamptoolError(f"{path}: unknown setting {unknown[0]!r} (written by another ramptool version?)")
-    source = Source(str(path))
-    return {name: convert(name, value, source) for name, value in saved.items()}
-
-
-def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """The saved run's configuration with the changes ``--resume`` allows; anything else given must match it."""
-    if given.get("overwrite"):
-        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: choose one")
-    saved = read_saved_run(given["out"])
-    conflicts, changes = [], {}
-    for name, value in given.items():
-        rule, before = knob_of(name).on_resume, saved.get(name, default_of(name))
-        if rule == "free" or (rule == "extend" and value >= before):
-            changes[name] = value
-        elif _comparable(value) != _comparable(before):
-            conflicts.append(f"{labels[name]} {_plain(value)} (saved: {_plain(before)})")
-    if conflicts:
-        what = "differs" if len(conflicts) == 1 else "differ"
-        grow = ", ".join(flag_of(n) for n in FIELDS if knob_of(n).on_resume == "extend")
-        free = ", ".join(flag_of(n) for n in FIELDS
-                         if knob_of(n).on_resume == "free" and n not in ("out", "resume", "overwrite"))
-        raise ConfigError(f"--resume continues the run saved in {given['out']} as it was configured, but "
-                          f"{'; '.join(conflicts)} {what} from it. Drop {'it' if len(conflicts) == 1 else 'them'} "
-                          f"({grow} may grow, to extend the run; {free} may change), or start a new run with "
-                          f"another --out or --overwrite")
-    return {**saved, **changes, "resume": True}
-
-
-def _comparable(value: Any) -> Any:
-    """Option tables from the command line hold text until the component types them: '0.5' equals a saved 0.5."""
-    if not isinstance(value, dict):
-        return value
-    from ramptool.options import guess_value
-
-    return {key: guess_value(v) if isinstance(v, str) else v for key, v in value.items()}
-
-
 def _plain(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     if isinstance(value, dict):
         return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-# ------------------------------------------------------------------------------------------------ the CLI
-
-def help_text(name: str) -> str:
-    """A field's help with its default, written as typer writes every other option's: ``[default: 1]``,
-    ``[default: (the dataset's)]`` for a default that depends on context, ``[default: progress]`` for a flag."""
-    spec, default = knob_of(name), default_of(name)
-    if is_option_table(name):
-        return f"{spec.help} Repeatable; `ramptool plugins -v` lists each component's options."
-    if default is MISSING:
-        return f"{spec.help} [required]"
-    if spec.shown_default is not None:
-        shown = f"({spec.shown_default})"
-    elif isinstance(default, bool):
-        if spec.flag and "/" not in spec.flag:  # a lone switch such as --resume: off unless given
-            return spec.help
-        shown = (flag_of(name) if default else _negative_flag(name)).lstrip("-")
-    elif default in (None, {}, []):
-        return spec.help
-    else:
-        shown = _plain(default)
-    return f"{spec.help} [default: {shown}]"
-
-
-def _negative_flag(name: str) -> str:
-    flag = knob_of(name).flag or ""
-    return flag.split("/")[1] if "/" in flag else "--no-" + name.replace("_", "-")
-
-
-def cli_options(exclude: Iterable[str] = ()) -> list[tuple[str, type, Any]]:
-    """(parameter name, annotation, typer.Option) for every CLI knob: values arrive as text (or bool, or a list
-    for a repeatable dict option) and None when not given, so the recipe and the defaults can fill them."""
-    import typer
-    from rich.markup import escape
-
-    options = []
-    for name in FIELDS:
-        spec = knob_of(name)
-        if not spec.cli or name in exclude:
-            continue
-        text = escape(help_text(name))  # typer renders help as rich markup, where [default: 1] would vanish
-        kind, _ = base_type(name)
-        flag = spec.flag or "--" + name.replace("_", "-")
-        if kind is bool:
-            decls = flag if "/" in flag or spec.flag else f"{flag}/--no-{name.replace('_', '-')}"
-            option = typer.Option(None, decls, help=text, show_default=False)
-            options.append((name, bool | None, option))
-        elif is_option_table(name):
-            option = typer.Option(None, flag, help=text, show_default=False, metavar="<name=value>")
-            options.append((name, list[str] | None, option))
-        else:
-            choices = spec.choices if isinstance(spec.choices, tuple) else None
-            metavar = ("<" + "|".join(choices) + ">" if choices else
-                       {int: "<int>", float: "<float>"}.get(kind, "<str>"))
-            option = typer.Option(None, flag, help=text, show_default=False, metavar=metavar)
-            options.append((name, str | None, option))
-    return options

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ramptool import distributed
 from ramptool.errors import RamptoolError, TrainingDiverged
-from ramptool.hookspecs import hookimpl
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.runtime import distributed
 
 
 def checked_backward(loss: torch.Tensor) -> None:

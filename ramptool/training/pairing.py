@@ -9,7 +9,7 @@ returns the mean over that subset; an empty subset gives 0. Gradients flow throu
 import torch
 import torch.nn.functional as F
 
-from ramptool.hookspecs import hookimpl
+from ramptool.plugins.hookspecs import hookimpl
 
 
 def _empty(logits_q: torch.Tensor) -> torch.Tensor:

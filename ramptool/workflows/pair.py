@@ -1,10 +1,6 @@
-"""Key tradeoff pair (docs/METHOD.md#the-key-tradeoff-pair): which two norms RAMP should pair.
-
-Rule: evaluate one single-norm AT model per norm against every norm (R[model][attack]); the two norms whose
-own AT models are least robust against their own attack (lowest R[p][p]) form the pair, and q, the source
-norm whose correctly classified points anchor the pairing loss, is the one of the two with the lower R[q][q].
-When fine-tuning, q is the norm the pretrained model was trained for: if it is one of the pair, r is the other;
-if not, r is the norm the pretrained norm's AT model is least robust against (where it trades off hardest).
+"""``ramptool pair``: the key-pair finder. It trains one single-norm AT model per norm (or takes given ones),
+evaluates each against every norm, and applies the rule of ``ramptool.training.keypair``; ``--pair auto`` is
+resolved here, before a training run starts, never inside the trainer.
 """
 
 from __future__ import annotations
@@ -13,42 +9,7 @@ import json
 from pathlib import Path
 
 from ramptool.errors import RamptoolError
-
-
-def choose_pair(matrix: dict[str, dict[str, float]], fine_tune_from: str | None = None) -> tuple[str, str, str]:
-    """(q, r, evidence) from a robustness matrix R[model norm][attack norm]. Ties on R[p][p] keep the order in
-    which the norms are listed."""
-    norms = list(matrix)
-    if len(norms) < 2:
-        raise RamptoolError("the pair finder needs single-norm AT models for at least two norms")
-    for norm in norms:
-        if norm not in matrix[norm]:
-            raise RamptoolError(f"the {norm}-AT model was not evaluated against {norm}")
-    own = {p: matrix[p][p] for p in norms}
-    ranked = sorted(norms, key=lambda p: (own[p], norms.index(p)))
-    shown = ", ".join(f"R[{p}][{p}]={own[p]:.3f}" for p in ranked)
-    if fine_tune_from is None:
-        q, r = ranked[0], ranked[1]
-        return q, r, f"lowest own-norm robustness: {shown}; q={q} (lowest), r={r}"
-    if fine_tune_from not in own:
-        raise RamptoolError(f"fine-tuning norm {fine_tune_from!r} is not among the evaluated norms {norms}")
-    q = fine_tune_from
-    if q in ranked[:2]:
-        r = ranked[1] if q == ranked[0] else ranked[0]
-        return q, r, f"fine-tuning from a {q} model fixes q={q}; the pair by {shown} is ({ranked[0]}, {ranked[1]})"
-    others = [p for p in norms if p != q]
-    r = min(others, key=lambda p: (matrix[q][p], norms.index(p)))
-    weakest = ", ".join(f"R[{q}][{p}]={matrix[q][p]:.3f}" for p in others)
-    return q, r, (f"fine-tuning from a {q} model fixes q={q}, outside the pair ({ranked[0]}, {ranked[1]}) of "
-                  f"{shown}; r={r}, where the {q} model is least robust ({weakest})")
-
-
-def single_trained_norm(metadata: dict, path: str) -> str:
-    norms = metadata.get("trained_norms") or []
-    if len(norms) != 1:
-        raise RamptoolError(f"{path} was not trained for a single norm (trained_norms={norms}); the pair "
-                            f"finder needs one single-norm AT model per norm")
-    return norms[0]
+from ramptool.training.keypair import choose_pair, single_trained_norm
 
 
 def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
@@ -57,7 +18,7 @@ def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, datas
     """(R[trained norm][attack norm], checkpoint per norm, the attack's label) for one single-norm model per
     norm, under any evaluation attack of ``eval union`` (default: AutoAttack-grade; 'apgd-ce' or an attack
     family give upper bounds, and APGD-CE alone overestimates l1 robustness markedly)."""
-    from ramptool.data import load_split
+    from ramptool.data.datasets import load_split
     from ramptool.evaluation.report import attack_label
     from ramptool.evaluation.union import evaluate_union, load_for_evaluation
 
@@ -99,8 +60,9 @@ def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Pa
 
 def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset, optimizer, lr, out: Path,
                              device, seed, progress=True) -> list[str]:
-    from ramptool.checkpoint import run_finished
-    from ramptool.trainer import TrainConfig, train
+    from ramptool.checkpoints.format import run_finished
+    from ramptool.training.config import TrainConfig
+    from ramptool.training.trainer import train
 
     paths = []
     for norm in norms:
@@ -129,7 +91,7 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
               "grade": get_suite(attack).grade, "steps": steps, "checkpoints": sources,
               "fine_tune_from": fine_tune_from}
     if out is not None:
-        from ramptool.checkpoint import atomic_write
+        from ramptool.runtime.files import atomic_write
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "pair.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
@@ -148,8 +110,8 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
 
     from ramptool.attacks import known_norms
     from ramptool.evaluation.suite import get_suite
+    from ramptool.runtime.device import resolve_device
     from ramptool.threat import parse_eps, parse_norm, parse_norms
-    from ramptool.trainer import resolve_device
 
     known = known_norms()
     get_suite(attack)
@@ -182,12 +144,17 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
     return result
 
 
-def resolve_auto_pair(cfg, pair_from: Path | None) -> list[str]:
-    """`--pair auto`: the pair from pair.json (fine-tuning overrides q with the checkpoint's norm), or run the
-    finder with the training run's own budget."""
+def resolve_auto_pair(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` (resolved) with ``--pair auto`` replaced by the key pair: from ``cfg.pair_from`` (a pair.json;
+    fine-tuning overrides q with the checkpoint's norm), or found with the training run's own budget, in
+    OUT/pair."""
+    return resolve_config(dataclasses.replace(cfg, pair=_auto_pair(cfg, cfg.pair_from)))
+
+
+def _auto_pair(cfg: TrainConfig, pair_from: str | None) -> list[str]:
     fine_tune_from, arch = None, cfg.arch
     if cfg.init:
-        from ramptool.checkpoint import read_metadata
+        from ramptool.checkpoints.format import read_metadata
 
         metadata = read_metadata(cfg.init) or {}
         trained = metadata.get("trained_norms") or []
@@ -205,7 +172,7 @@ def resolve_auto_pair(cfg, pair_from: Path | None) -> list[str]:
         q, r, _ = choose_pair({p: matrix[p] for p in saved.get("norms", list(matrix)) if p in matrix},
                               fine_tune_from)
         return [q, r]
-    from ramptool.trainer import resolve_device
+    from ramptool.runtime.device import resolve_device
 
     out = Path(cfg.out) / "pair"
     norms = [p for p in ("linf", "l2", "l1") if p in cfg.eps]

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ramptool.cli_eval import (
+from ramptool.cli.eval import (
     ARCH_OPTION,
     ARCH_OPTIONS_OPTION,
     MODEL_DIR_OPTION,
@@ -32,7 +32,7 @@ CKPT_HELP = "Checkpoint file, run folder, or robustbench:<dataset>/<threat_model
 
 def _print_version(value: bool) -> None:
     if value:
-        from ramptool import __version__
+        from ramptool.version import __version__
 
         console.print(f"ramptool {__version__}")
         raise typer.Exit()
@@ -46,21 +46,22 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 def _training_command(mode: str):
     """``ramptool train`` / ``finetune``: one option per TrainConfig knob (ramptool.config declares them)."""
-    from ramptool.config import cli_options, knob_of
+    from ramptool.cli.options import cli_options
+    from ramptool.training.config import knob_of
 
     def command(config: str | None = None, **flags):
-        from ramptool.config import build_train_config
-        from ramptool.trainer import train
-
         cfg = build_train_config(flags, recipe=config)
         if mode == "train" and cfg.init and not cfg.resume:
             raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
         if mode == "finetune" and not cfg.init and not cfg.resume:
             raise RamptoolError("finetune needs --ckpt PATH (a ramptool checkpoint, a state_dict with --arch, or "
                                 "robustbench:<dataset>/<threat_model>/<name>)")
+        cfg = resolve_config(cfg)
+        if cfg.pair == "auto":  # the finder trains models of its own: before this run's folder is locked
+            cfg = resolve_auto_pair(cfg)
+            if is_main():
+                console.print(f"key pair: q={cfg.pair[0]}, r={cfg.pair[1]}")
         summary = train(cfg)
-        from ramptool.distributed import is_main
-
         if not is_main():
             return
         last = summary["history"][-1] if summary["history"] else {}
@@ -102,7 +103,7 @@ def print_accuracy_table(rows: dict[str, dict[str, float]], title: str = "robust
 @app.command()
 def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list the options of each component.")):
     """List every registered component (kind, name, providing plugin, description) and any skipped plugin."""
-    from ramptool.plugins import registry
+    from ramptool.plugins.registry import registry
 
     found = registry()
     table = Table(title="ramptool components")
@@ -124,7 +125,7 @@ def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also li
 @app.command()
 def recipes():
     """List the recipes and checkpoints shipped with ramptool (use a recipe by name: --config NAME)."""
-    from ramptool.config import RECIPES_DIR, recipe_description, shipped_recipes
+    from ramptool.training.recipes import RECIPES_DIR, recipe_description, shipped_recipes
 
     table = Table(title=f"shipped recipes ({RECIPES_DIR})")
     for column in ("name", "description"):
@@ -138,7 +139,7 @@ def recipes():
 
 def _export_sidecar(weights_path) -> dict | None:
     """The JSON that ``ramptool export`` wrote beside a weights file, if it is there."""
-    from ramptool.checkpoint import sidecar_path
+    from ramptool.checkpoints.export import sidecar_path
 
     try:
         sidecar = json.loads(sidecar_path(weights_path).read_text())
@@ -154,8 +155,10 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print only the metadata, as JSON."),
 ):
     """Print what input a checkpoint expects, where it came from, and its metadata."""
-    from ramptool import robustbench
-    from ramptool.checkpoint import describe_input, read_metadata, read_weights, resolve, sidecar_path
+    from ramptool.checkpoints.export import sidecar_path
+    from ramptool.checkpoints.format import read_metadata, read_weights, resolve
+    from ramptool.checkpoints.loading import describe_input
+    from ramptool.models import robustbench
 
     if robustbench.is_zoo_name(ckpt):
         metadata = read_metadata(ckpt)
@@ -198,7 +201,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT and its sidecar if they exist."),
 ):
     """Write the bare network as a plain state_dict (no wrapper, no ramptool keys) and a JSON sidecar."""
-    from ramptool.checkpoint import export_checkpoint, sidecar_path
+    from ramptool.checkpoints.export import export_checkpoint, sidecar_path
 
     existing = [p for p in (out, sidecar_path(out)) if p.exists()]
     if existing and not overwrite:
@@ -236,8 +239,8 @@ def pair(
 
     The rule is in docs/METHOD.md#the-key-tradeoff-pair.
     """
-    from ramptool.pair import find_pair_command
-    from ramptool.rundir import writer_lock
+    from ramptool.runtime.rundir import writer_lock
+    from ramptool.workflows.pair import find_pair_command
 
     with writer_lock(out):
         find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,
@@ -250,7 +253,7 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
-    from ramptool import distributed
+    from ramptool.runtime import distributed
 
     try:
         with distributed.guard():

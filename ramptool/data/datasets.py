@@ -1,0 +1,230 @@
+"""The built-in datasets, registered through the same hook as a plugin's (``register_datasets``), and the
+lookup every consumer uses (``get_dataset``, ``load_split``).
+
+Small datasets (Fashion-MNIST, MNIST, CIFAR) are held in memory as uint8 tensors; ImageFolder datasets stream
+from disk. CIFAR's python pickles are read by an unpickler that builds nothing but numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ramptool.data.spec import (
+    IMAGENET_HYPERPARAMETERS,
+    SMALL_GRAYSCALE_HYPERPARAMETERS,
+    DatasetSpec,
+    FolderSplit,
+    TensorSplit,
+    default_data_dir,
+)
+from ramptool.errors import RamptoolError
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.registry import expect, get
+
+expect("dataset", DatasetSpec)
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+def _prepare_debian_fashion_mnist(root: Path) -> None:
+    """Decompress Debian's dataset-fashion-mnist into the layout torchvision reads (ROOT/FashionMNIST/raw)."""
+    raw = root / "FashionMNIST" / "raw"
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        return
+    for archive in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
+        target = raw / archive.name[:-3]
+        if target.exists():
+            continue
+        raw.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        with gzip.open(archive, "rb") as source, open(partial, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+        partial.replace(target)
+
+
+def _torchvision_mnist(cls_name: str, how_to_get: str):
+    def load(split: str, root: Path, download: bool) -> TensorSplit:
+        import torchvision
+
+        if cls_name == "FashionMNIST":
+            _prepare_debian_fashion_mnist(root)
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            dataset = cls(str(root), train=split == "train", download=False)
+        except RuntimeError:
+            if not download:
+                raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'}; {how_to_get}") from None
+            try:
+                dataset = cls(str(root), train=split == "train", download=True)
+            except Exception as error:
+                raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'} and the download "
+                                    f"failed ({type(error).__name__}); {how_to_get}") from None
+        images = dataset.data.unsqueeze(1).contiguous()
+        return TensorSplit(images, dataset.targets.long(), 10)
+
+    return load
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's python format is a pickle: allow only what plain numpy arrays need, so no code can run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+
+
+def _read_cifar_python(path: Path, label_key: bytes):
+    try:
+        with open(path, "rb") as handle:
+            batch = _NumpyOnlyUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise RamptoolError(f"{path} is not a readable CIFAR batch: {error}") from None
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(batch[label_key], dtype=np.int64)
+
+
+def _read_cifar_binary(path: Path, label_bytes: int):
+    record = np.fromfile(path, dtype=np.uint8).reshape(-1, label_bytes + 3072)
+    # CIFAR-100's binary record is (coarse label, fine label, pixels): the fine label is the last label byte
+    return record[:, label_bytes:].reshape(-1, 3, 32, 32), record[:, label_bytes - 1].astype(np.int64)
+
+
+def _cifar(num_classes: int):
+    tv_name = "CIFAR10" if num_classes == 10 else "CIFAR100"
+    if num_classes == 10:
+        py_dir, bin_dir = "cifar-10-batches-py", "cifar-10-batches-bin"
+        py_files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+        bin_files = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+        label_key, label_bytes = b"labels", 1
+    else:
+        py_dir, bin_dir = "cifar-100-python", "cifar-100-binary"
+        py_files, bin_files = {"train": ["train"], "test": ["test"]}, {"train": ["train.bin"], "test": ["test.bin"]}
+        label_key, label_bytes = b"fine_labels", 2
+
+    def read(split: str, root: Path):
+        if all((root / bin_dir / f).exists() for f in bin_files[split]):
+            parts = [_read_cifar_binary(root / bin_dir / f, label_bytes) for f in bin_files[split]]
+        elif all((root / py_dir / f).exists() for f in py_files[split]):
+            parts = [_read_cifar_python(root / py_dir / f, label_key) for f in py_files[split]]
+        else:
+            return None
+        images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return TensorSplit(torch.from_numpy(images.copy()), torch.from_numpy(labels), num_classes)
+
+    def load(split: str, root: Path, download: bool) -> TensorSplit:
+        loaded = read(split, root)
+        if loaded is None and download:
+            import torchvision
+
+            try:
+                getattr(torchvision.datasets, tv_name)(str(root), train=split == "train", download=True)
+            except Exception as error:
+                raise RamptoolError(f"{tv_name} not found under {root} ({py_dir}/ or {bin_dir}/) and the "
+                                    f"download failed ({type(error).__name__}); pass --data-dir DIR holding "
+                                    f"{py_dir}/ from https://www.cs.toronto.edu/~kriz/cifar.html") from None
+            loaded = read(split, root)
+        if loaded is None:
+            raise RamptoolError(f"{tv_name} not found under {root} (looked for {py_dir}/ and {bin_dir}/); "
+                                f"pass --data-dir DIR or allow the download")
+        return loaded
+
+    return load
+
+
+def _image_folder():
+    def load(split: str, root: Path, download: bool, image_size: int = 224) -> FolderSplit:
+        import torchvision
+        from torchvision import transforms
+
+        folder = root / ("train" if split == "train" else "val")
+        if not folder.is_dir():
+            raise RamptoolError(f"no image folder at {folder}; expected {root}/train/<class>/*.jpg and "
+                                f"{root}/val/<class>/*.jpg (pass --data-dir)")
+        if split == "train":
+            transform = transforms.Compose([transforms.RandomResizedCrop(image_size),
+                                            transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+        else:  # ImageNet's evaluation crop: resize to 256/224 of the size, then the central square
+            transform = transforms.Compose([transforms.Resize(int(image_size * 256 / 224)),
+                                            transforms.CenterCrop(image_size), transforms.PILToTensor()])
+        try:
+            dataset = torchvision.datasets.ImageFolder(str(folder))
+        except (FileNotFoundError, RuntimeError) as error:
+            raise RamptoolError(f"cannot read image folder {folder}: {error}") from None
+        return FolderSplit(dataset, len(dataset.classes), transform, random=split == "train")
+
+    return load
+
+
+@hookimpl
+def register_datasets():
+    return {
+        "fashion-mnist": DatasetSpec(
+            _torchvision_mnist("FashionMNIST", "install Debian's dataset-fashion-mnist "
+                               "(apt-get install dataset-fashion-mnist) or allow torchvision's download"),
+            (1, 28, 28), (0.2860,), (0.3530,), 10, "Fashion-MNIST (28x28 grayscale, 10 classes); the default",
+            hyperparameters=SMALL_GRAYSCALE_HYPERPARAMETERS),
+        "mnist": DatasetSpec(
+            _torchvision_mnist("MNIST", "pass --data-dir DIR holding MNIST/raw/*-ubyte or allow the download"),
+            (1, 28, 28), (0.1307,), (0.3081,), 10, "MNIST (28x28 grayscale, 10 classes)",
+            hyperparameters=SMALL_GRAYSCALE_HYPERPARAMETERS),
+        "cifar10": DatasetSpec(_cifar(10), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, 10,
+                               "CIFAR-10 (32x32 RGB, 10 classes), crop+flip augmentation", augment="crop-flip"),
+        "cifar100": DatasetSpec(_cifar(100), (3, 32, 32), CIFAR100_MEAN, CIFAR100_STD, 100,
+                                "CIFAR-100 (32x32 RGB, 100 classes), crop+flip augmentation", augment="crop-flip"),
+        "imagenet": DatasetSpec(_image_folder(), (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, 1000,
+                                "ImageNet as an ImageFolder (train/, val/); resize 256, center-crop 224 "
+                                "(--image-size)", resizable=True, hyperparameters=IMAGENET_HYPERPARAMETERS),
+        "imagefolder": DatasetSpec(_image_folder(), (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, None,
+                                   "Any ImageFolder tree (train/<class>/, val/<class>/), ImageNet transforms "
+                                   "(--image-size)", resizable=True),
+    }
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    return get("dataset", name)
+
+
+def dataset_spec(name: str, image_size: int | None = None) -> DatasetSpec:
+    """The registered dataset at the image size of this run (image folders take any)."""
+    spec = get_dataset(name)
+    if image_size is None or image_size == spec.input_shape[-1]:
+        return spec
+    if not spec.resizable or image_size <= 0:
+        raise RamptoolError(f"dataset {name} has {spec.input_shape[-1]}x{spec.input_shape[-1]} images; "
+                            f"--image-size applies to image folders (imagenet, imagefolder) and must be positive")
+    return dataclasses.replace(spec, input_shape=(spec.input_shape[0], image_size, image_size))
+
+
+def load_split(name: str, split: str, data_dir=None, subset: int | None = None, download: bool = True,
+               sample_seed: int | None = None, image_size: int | None = None):
+    """Load ``split`` ('train' or 'test') of a registered dataset; ``subset`` keeps N points (the first N, or a
+    seeded random N with ``sample_seed``); ``image_size`` resizes image folders."""
+    if split not in ("train", "test"):
+        raise RamptoolError(f"split must be 'train' or 'test', not {split!r}")
+    spec = dataset_spec(name, image_size)
+    root = Path(data_dir) if data_dir else default_data_dir()
+    data = spec.load(split, root, download, **({"image_size": spec.input_shape[-1]} if spec.resizable else {}))
+    if subset is not None:
+        if subset <= 0:
+            raise RamptoolError(f"--subset must be positive, got {subset}")
+        n = min(subset, len(data))
+        if sample_seed is None:
+            indices = torch.arange(n)
+        else:
+            indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(sample_seed))[:n]
+        data = data.subset(indices)
+    return data
