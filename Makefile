@@ -31,7 +31,7 @@ data:
 	fi
 
 demo: setup data
-	$(PY) -m ramptool.demo
+	$(PY) -m ramptool.workflows.demo
 
 # one process per core, data-parallel through torchrun (the plan is sized for 2 cores: about 90 minutes)
 REPRODUCE_PROCS ?= $(shell nproc)

@@ -29,6 +29,7 @@ from ramptool.threat import parse_eps
 from ramptool.training.config import TrainConfig
 from ramptool.training.methods import RAMP
 from ramptool.training.recipes import RECIPES_DIR
+from ramptool.training.resolve import resolve_config
 from ramptool.training.trainer import Trainer
 
 SHIPPED_LINF_AT = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
@@ -90,7 +91,7 @@ def run(name, overrides, args, root):
                       attack_steps=args.steps, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
                       epochs=1, progress=False, device=args.device, overwrite=True,
                       init=None if args.scratch else str(SHIPPED_LINF_AT), **overrides)
-    trainer = Trainer(cfg)
+    trainer = Trainer(resolve_config(cfg))
     counts = count_forwards(trainer.model)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()

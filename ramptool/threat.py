@@ -6,6 +6,7 @@ Every place that reads a norm or an eps from the user goes through ``parse_norm`
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import torch
@@ -27,11 +28,18 @@ DEFAULT_EPS = {
 }
 
 
+ANY_NORM = ("*",)  # ``known`` that accepts any well-formed name: the registry's norms are checked later
+
+
 def parse_norm(text: str, known: tuple[str, ...] | list[str] | None = None) -> str:
     """'Linf', 'linf', 'L2', 'l1' -> canonical lowercase name. Plugin norms pass through if ``known`` lists them."""
     key = text.strip().lower()
     name = _ALIASES.get(key, key)
     allowed = tuple(known) if known is not None else NORMS
+    if allowed == ANY_NORM:
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+            raise RamptoolError(f"not a norm name: {text!r}")
+        return name
     if name not in allowed:
         raise RamptoolError(f"unknown norm {text!r}; use one of: {', '.join(allowed)}")
     return name

@@ -56,9 +56,9 @@ FINETUNE_METHODS = {
 }
 # the training-attack-strength question: the same methods with a 30-step training attack
 STRONG_STEPS = 30
-FINETUNE_METHODS |= {f"{key}-steps{STRONG_STEPS}": (f"{FINETUNE_METHODS[key][0]}, APGD-{STRONG_STEPS}",
-                                                    {**FINETUNE_METHODS[key][1], "attack_steps": STRONG_STEPS})
-                     for key in ("l1", "e-at", "ramp-kl-0.5")}
+STRONG_ATTACK_METHODS = {f"{key}-steps{STRONG_STEPS}": (f"{FINETUNE_METHODS[key][0]}, APGD-{STRONG_STEPS}",
+                                                         {**FINETUNE_METHODS[key][1], "attack_steps": STRONG_STEPS})
+                         for key in ("l1", "e-at", "ramp-kl-0.5")}
 RAMP_DEFAULT = "ramp-kl-0.5"  # the fine-tuning defaults (lambda 0.5, KL): chosen before any result was seen
 BASELINES = ("l1", "sat", "avg", "max", "msd", "e-at")
 CORE_METHODS = (*BASELINES, RAMP_DEFAULT)
@@ -103,7 +103,7 @@ FULL = Budget("full", seeds=(0, 1, 2), finetune_subset=10_000, scratch_subset=20
               test_n=1000, corruption_n=500, finetune_methods=CORE_METHODS, scratch_methods=())
 EXTENDED = Budget("extended", seeds=(0, 1, 2), finetune_subset=10_000, scratch_subset=20_000, scratch_epochs=2,
                   test_n=1000, corruption_n=500)
-# The paper's fine-tuning budget (SPEC.md §7): 3 epochs over the first 50,000 training points at batch 128,
+# The paper's fine-tuning budget: 3 epochs over the first 50,000 training points at batch 128,
 # 3 x 391 = 1,173 optimizer steps, with learning curves along the schedule on validation points.
 PAPER = Budget("paper", seeds=(0, 1, 2), finetune_subset=50_000, scratch_subset=20_000, scratch_epochs=2,
                test_n=1000, corruption_n=500, finetune_methods=CORE_METHODS, scratch_methods=(), finetune_epochs=3,
@@ -132,7 +132,7 @@ def jobs(budget: Budget, start: str) -> list[Job]:
     planned = []
     runs = [(seed, key) for seed in budget.seeds for key in budget.finetune_methods]
     for seed, key in runs + [(budget.seeds[0], key) for key in budget.single_seed_methods]:
-        label, fields = FINETUNE_METHODS[key]
+        label, fields = {**FINETUNE_METHODS, **STRONG_ATTACK_METHODS}[key]
         config = {**FINETUNE_BASE, **fields, "init": start, "subset": budget.finetune_subset, "seed": seed,
                   "epochs": budget.finetune_epochs}
         if budget.curve_steps and seed == budget.seeds[0]:

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ramptool"
 
 # lowest first; a module may import its own subpackage and any layer below its own
 LAYERS = [
-    {"errors", "version", "threat", "_moved"},
+    {"errors", "version"},
+    {"threat", "_moved"},
     {"runtime"},
     {"plugins"},
     {"attacks", "models", "data"},

@@ -1,18 +1,21 @@
 """One validation layer (issue 14): CLI flags, recipes, resumed state and Python become a TrainConfig through the
 same checks; the CLI options derive from TrainConfig; dataset defaults; recipes shipped in the package."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+import ramptool.training.config
 from ramptool.checkpoints.format import read_metadata, read_weights
 from ramptool.cli import main
 from ramptool.errors import RamptoolError
 from ramptool.training.config import FIELDS, TrainConfig, flag_of, knob_of
 from ramptool.training.recipes import RECIPES_DIR, recipe_keys, shipped_recipes
+from ramptool.training.resolve import resolve_config
 from ramptool.training.sources import build_train_config
-from ramptool.training.trainer import train
+from ramptool.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +94,27 @@ def test_python_api_goes_through_the_same_checks(tmp_path):
         TrainConfig(out=str(tmp_path), epochs="3")
     cfg = TrainConfig(out=tmp_path, pair="l1,linf", eps={"l2": "1/2"})
     assert cfg.out == str(tmp_path) and cfg.pair == ["l1", "linf"]
-    assert cfg.eps == {"linf": 0.2, "l2": 0.5, "l1": 10.0}  # the dataset's eps fill the norms not given
+    assert cfg.eps == {"l2": 0.5}  # as given: the defaults come from resolving it
+    assert resolve_config(cfg).eps == {"linf": 0.2, "l2": 0.5, "l1": 10.0}  # the dataset's eps fill the rest
+
+
+def test_constructing_a_config_reads_nothing_and_resolving_it_checks_everything(tmp_path, monkeypatch):
+    def no_registry():
+        raise AssertionError("TrainConfig(...) consulted the plugin registry")
+
+    monkeypatch.setattr(ramptool.training.config, "registry", no_registry)
+    monkeypatch.setattr(ramptool.training.config, "known_norms", no_registry)
+    missing = tmp_path / "nowhere.safetensors"
+    cfg = TrainConfig(out=str(tmp_path / "run"), init=str(missing), method="not-a-method", pair="linf,l1")
+    assert cfg.dataset is None and cfg.lr is None  # nothing filled in: no file was read
+    monkeypatch.undo()
+    with pytest.raises(RamptoolError, match="^TrainConfig: method must be one of: .*got 'not-a-method'$"):
+        resolve_config(cfg)
+    resolved = resolve_config(TrainConfig(out=str(tmp_path / "run"), method="ramp"))
+    assert resolved.dataset == "fashion-mnist" and resolved.lr is not None and resolved.lam == 2.0
+    assert resolve_config(resolved) is resolved  # resolving twice changes nothing
+    with pytest.raises(RamptoolError, match="resolved configuration"):
+        Trainer(TrainConfig(out=str(tmp_path / "run")))
 
 
 def test_every_knob_has_its_flag_default_and_recipe_key(capsys, monkeypatch):
@@ -117,18 +140,19 @@ def test_version_flag(capsys):
 
 
 def test_defaults_come_from_the_dataset_and_the_mode_and_give_way_to_recipe_and_flags(tmp_path):
-    finetune = TrainConfig(out=str(tmp_path), init=str(SHIPPED_CHECKPOINT))
+    finetune = resolve_config(TrainConfig(out=str(tmp_path), init=str(SHIPPED_CHECKPOINT)))
     assert (finetune.optimizer, finetune.lr, finetune.weight_decay) == ("adam", 5e-4, 0.0)
     assert (finetune.lam, finetune.schedule) == (0.5, "piecewise-ft")
-    scratch = TrainConfig(out=str(tmp_path))
+    scratch = resolve_config(TrainConfig(out=str(tmp_path)))
     assert (scratch.optimizer, scratch.lr, scratch.lam, scratch.schedule) == ("adam", 1e-3, 2.0, "cosine")
-    cifar = TrainConfig(out=str(tmp_path), dataset="cifar10")
+    cifar = resolve_config(TrainConfig(out=str(tmp_path), dataset="cifar10"))
     assert (cifar.optimizer, cifar.lr, cifar.weight_decay, cifar.schedule) == ("sgd", 0.05, 5e-4, "static")
     assert cifar.eps["linf"] == pytest.approx(8 / 255)
     recipe = tmp_path / "r.toml"
     recipe.write_text('optimizer = "sgd"\nlr = 0.01\nepochs = 3\n[arch_options]\nwidth = 8\n')
     merged = build_train_config({"out": str(tmp_path), "lr": "0.02", "arch_options": ["depth=2"]}, recipe=recipe)
-    assert (merged.optimizer, merged.lr, merged.epochs, merged.weight_decay) == ("sgd", 0.02, 3, 0.0)
+    assert (merged.optimizer, merged.lr, merged.epochs) == ("sgd", 0.02, 3)
+    assert resolve_config(dataclasses.replace(merged, arch_options={})).weight_decay == 0.0  # the dataset's
     assert merged.arch_options == {"width": 8, "depth": "2"}  # merged key by key; the backbone types "2"
 
 

@@ -1,6 +1,7 @@
 """The key-tradeoff-pair rule (docs/METHOD.md#the-key-tradeoff-pair) on synthetic matrices, and `ramptool pair`
 end to end (issue 7)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from ramptool.errors import RamptoolError
 from ramptool.training.config import TrainConfig
 from ramptool.training.keypair import choose_pair
+from ramptool.training.resolve import resolve_config
 from ramptool.workflows.pair import resolve_auto_pair
 
 # R[model norm][attack norm], shaped like the paper's CIFAR-10 standard-eps outcome: (linf, l1)
@@ -73,11 +75,12 @@ def test_rule_errors_are_clear():
 def test_auto_pair_reads_pair_json_and_applies_the_fine_tuning_override(tmp_path, clean_model_dir):
     saved = {"norms": ["linf", "l2", "l1"], "matrix": PAPER_LIKE}
     (tmp_path / "pair.json").write_text(json.dumps(saved))
-    cfg = TrainConfig(out=str(tmp_path / "run"), eps={"linf": 0.1, "l2": 1.5, "l1": 10.0})
-    assert resolve_auto_pair(cfg, tmp_path / "pair.json") == ["linf", "l1"]
+    cfg = resolve_config(TrainConfig(out=str(tmp_path / "run"), eps={"linf": 0.1, "l2": 1.5, "l1": 10.0},
+                                     pair="auto", pair_from=str(tmp_path / "pair.json")))
+    assert resolve_auto_pair(cfg).pair == ["linf", "l1"]
     with pytest.raises(RamptoolError, match="not a pair.json"):
         (tmp_path / "bad.json").write_text("{}")
-        resolve_auto_pair(cfg, tmp_path / "bad.json")
+        resolve_auto_pair(dataclasses.replace(cfg, pair_from=str(tmp_path / "bad.json")))
 
 
 @pytest.mark.slow

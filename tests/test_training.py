@@ -19,6 +19,7 @@ from ramptool.training.combiners import EpochGradientProjection, combine, projec
 from ramptool.training.config import TrainConfig
 from ramptool.training.methods import EAT, SAT, MethodContext
 from ramptool.training.pairing import cosine_pairing, kl_pairing, mse_pairing
+from ramptool.training.resolve import resolve_config
 from ramptool.training.trainer import TrainingInterrupted, train
 
 EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
@@ -392,7 +393,7 @@ def test_finetune_takes_the_checkpoints_dataset_and_refuses_other_inputs(tmp_pat
     metadata = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [3, 32, 32],
                 "mean": [0.5] * 3, "std": [0.25] * 3, "dataset": "cifar10"}
     save_checkpoint(tmp_path / "cifar.safetensors", model, metadata)
-    cfg = TrainConfig(out=str(tmp_path / "ft"), init=str(tmp_path / "cifar.safetensors"))
+    cfg = resolve_config(TrainConfig(out=str(tmp_path / "ft"), init=str(tmp_path / "cifar.safetensors")))
     assert cfg.dataset == "cifar10" and cfg.eps["linf"] == pytest.approx(8 / 255) and cfg.optimizer == "sgd"
     with pytest.raises(RamptoolError, match=r"takes inputs \(3, 32, 32\), dataset fashion-mnist has \(1, 28, 28\)"):
         train(quick_config(tmp_path / "ft", init=str(tmp_path / "cifar.safetensors")))

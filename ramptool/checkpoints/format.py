@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ramptool.errors import RamptoolError
+from ramptool.models import robustbench
 from ramptool.runtime.files import atomic_write
+from ramptool.version import __version__
 
 METADATA_KEY = "ramptool"
 MODEL_FILE = "model.safetensors"
@@ -24,8 +26,6 @@ REQUIRED_METADATA = {"arch": str, "num_classes": int, "input_shape": list}
 
 
 def save_checkpoint(path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
-    from ramptool.version import __version__
-
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     header = {METADATA_KEY: json.dumps({**metadata, "ramptool_version": __version__}, default=str)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
@@ -58,7 +58,6 @@ def _is_safetensors(path: Path) -> bool:
 def read_metadata(path) -> dict[str, Any] | None:
     """The ramptool metadata of a checkpoint (what ramptool records of a RobustBench zoo model, before its
     weights are read), or None for a plain (foreign) weights file."""
-    from ramptool.models import robustbench
 
     if robustbench.is_zoo_name(path):
         return robustbench.parse(path).metadata()
@@ -66,8 +65,6 @@ def read_metadata(path) -> dict[str, Any] | None:
     if not _is_safetensors(path):
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:

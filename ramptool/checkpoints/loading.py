@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from ramptool.checkpoints.format import check_metadata, read_metadata, read_weights, resolve
+from ramptool.data.datasets import get_dataset
 from ramptool.errors import RamptoolError
+from ramptool.models import Normalized, bind_arch_options, build_model, resolve_normalize, robustbench
 from ramptool.runtime.files import file_sha256
 
 
@@ -47,9 +49,6 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: 
 def foreign_metadata(path: Path, arch: str | None, dataset: str | None = None, num_classes: int | None = None,
                      normalize: str | None = None, arch_options: dict | None = None) -> dict[str, Any]:
     """What a plain state_dict is, from the options given for it: it records nothing itself."""
-    from ramptool.data.datasets import get_dataset
-    from ramptool.models import bind_arch_options, resolve_normalize, robustbench
-
     if arch is None:
         raise RamptoolError(f"{path} is a plain state_dict without ramptool metadata: pass --arch (and --dataset, "
                             f"--normalize) to import it")
@@ -81,9 +80,6 @@ def recorded_normalize(metadata: dict) -> str:
 
 def _check_recorded(path, metadata: dict, arch, normalize, arch_options) -> None:
     """A ramptool checkpoint describes itself: options for plain state_dicts must not contradict it."""
-    from ramptool.data.datasets import get_dataset
-    from ramptool.models import bind_arch_options, resolve_normalize
-
     conflicts = []
     if arch is not None and arch != metadata["arch"]:
         conflicts.append(f"--arch {arch} (it records {metadata['arch']})")
@@ -99,8 +95,6 @@ def _check_recorded(path, metadata: dict, arch, normalize, arch_options) -> None
 
 
 def model_from_metadata(metadata: dict) -> torch.nn.Module:
-    from ramptool.models import build_model
-
     return build_model(metadata["arch"], metadata["num_classes"], metadata["input_shape"], metadata.get("mean"),
                        metadata.get("std"), **metadata.get("arch_options", {}))
 
@@ -111,7 +105,6 @@ def load_checkpoint(ckpt, arch: str | None = None, dataset: str | None = None, d
     (``robustbench:<dataset>/<threat_model>/<model_name>``, weights from ``model_dir``), or a plain state_dict
     (``arch`` needed; ``dataset`` gives the input shape and ``normalize`` the input normalisation, none by
     default). Every model takes [0,1] inputs."""
-    from ramptool.models import Normalized, robustbench
 
     if robustbench.is_zoo_name(ckpt):
         if arch is not None or arch_options or normalize not in (None, "none"):

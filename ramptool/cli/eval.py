@@ -9,14 +9,64 @@ the same files a single process writes.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from safetensors.torch import save_file
 
+from ramptool.checkpoints.format import MODEL_FILE, resolve
+from ramptool.data.datasets import get_dataset, load_split
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.corruptions import (
+    CORRUPTIONS,
+    default_cache_dir,
+    evaluate_corruption_folder,
+    evaluate_corruptions,
+    folder_corruptions,
+    parse_corruptions,
+    parse_severities,
+)
+from ramptool.evaluation.report import (
+    corruption_comparison_table,
+    corruption_table,
+    curve_table,
+    eps_text,
+    print_union_table,
+    print_unseen_table,
+    provenance,
+    write_corruption_comparison,
+    write_corruption_report,
+    write_curve_report,
+    write_union_reports,
+    write_unseen_reports,
+)
+from ramptool.evaluation.suite import get_suite
+from ramptool.evaluation.union import (
+    FLAGS_FILE,
+    evaluate_union,
+    load_for_evaluation,
+    recorded_clean_accuracy,
+    robustness_curve,
+)
+from ramptool.evaluation.unseen import (
+    DEFAULT_QUERIES,
+    DEFAULT_STEPS,
+    corruption_summary,
+    evaluate_unseen,
+    parse_adversaries,
+    parse_budgets,
+)
+from ramptool.models.robustbench import is_zoo_name
 from ramptool.plugins.options import parse_assignments
+from ramptool.runtime.device import resolve_device
+from ramptool.runtime.distributed import is_main, setup
+from ramptool.runtime.files import atomic_write
+from ramptool.runtime.progress import task_progress
+from ramptool.runtime.rundir import safe_name, writer_lock
+from ramptool.threat import parse_eps, parse_norm, parse_norms, parse_number
 
 eval_app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -35,17 +85,12 @@ def _positive(value: int, flag: str) -> int:
 
 def _device(name: str):
     """The device of this process (under torchrun: its rank's GPU); only rank 0 prints."""
-    from ramptool.runtime.device import resolve_device
-    from ramptool.runtime.distributed import setup
-
     where = setup(resolve_device(name))
     console.quiet = not where.is_main
     return where.device
 
 
 def _is_main() -> bool:
-    from ramptool.runtime.distributed import is_main
-
     return is_main()
 
 
@@ -72,10 +117,6 @@ def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
     """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
     file's stem, or the zoo model's name), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a
     safe path component."""
-    from ramptool.checkpoints.format import MODEL_FILE, resolve
-    from ramptool.models.robustbench import is_zoo_name
-    from ramptool.runtime.rundir import safe_name
-
     if not paths:
         raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
     names: dict[str, Path | str] = {}
@@ -100,8 +141,6 @@ def _locks_out(command):
 
     @functools.wraps(command)
     def locked(**options):
-        from ramptool.runtime.rundir import writer_lock
-
         with writer_lock(options["out"]):
             return command(**options)
 
@@ -122,7 +161,6 @@ def parse_n_examples(text: str) -> int | None:
 def _test_points(dataset: str, data_dir, n_examples: str | int, sample_seed, metadata: dict):
     """The test points at the checkpoint's resolution (image folders can be read at any): the first N, a seeded
     random N, or all of them."""
-    from ramptool.data.datasets import get_dataset, load_split
 
     subset = parse_n_examples(str(n_examples))
     if subset is None and sample_seed is not None:
@@ -133,9 +171,6 @@ def _test_points(dataset: str, data_dir, n_examples: str | int, sample_seed, met
 
 def eps_as_given(text: str | None, eps: dict[str, float]) -> dict[str, str]:
     """Each norm's eps as the user wrote it ('8/255'), or as ramptool writes a default one."""
-    from ramptool.evaluation.report import eps_text
-    from ramptool.threat import parse_norm
-
     given = {norm: eps_text(value) for norm, value in eps.items()}
     for part in (text or "").split(","):
         if "=" in part:
@@ -146,7 +181,6 @@ def eps_as_given(text: str | None, eps: dict[str, float]) -> dict[str, str]:
 
 def check_report_folder(out: Path, names, resume: bool, overwrite: bool) -> None:
     """Never replace a finished report, nor the flags of an interrupted evaluation, without being told to."""
-    from ramptool.evaluation.union import FLAGS_FILE
 
     if overwrite or resume:
         return
@@ -161,11 +195,8 @@ def check_report_folder(out: Path, names, resume: bool, overwrite: bool) -> None
 def save_adversarial(folder: Path, name: str, report: dict, x, y, provenance_record: dict) -> Path:
     """The adversarial examples that counted, per norm, next to the clean points and labels they came from:
     ``<norm>/x_adv``, ``<norm>/x``, ``<norm>/label``, ``<norm>/index`` (position among the evaluated points)."""
-    import json
 
-    from safetensors.torch import save_file
 
-    from ramptool.runtime.files import atomic_write
 
     tensors = {}
     for norm, found in report.pop("adversarial").items():
@@ -212,12 +243,6 @@ def union(
     seed: int = typer.Option(0, help="Attack seed (random starts)."),
 ):
     """Clean, per-norm and union accuracy (AutoAttack-grade by default), for one or more checkpoints side by side."""
-    from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
-    from ramptool.evaluation.suite import get_suite
-    from ramptool.evaluation.union import evaluate_union, load_for_evaluation, recorded_clean_accuracy
-    from ramptool.runtime.progress import task_progress
-    from ramptool.threat import parse_eps, parse_norms
-
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
@@ -285,24 +310,6 @@ def corruptions(
     seed: int = typer.Option(0, help="Seed of the random corruptions."),
 ):
     """Accuracy under the 15 common corruptions x 5 severities (imagecorruptions), per corruption and mean."""
-    from ramptool.evaluation.corruptions import (
-        CORRUPTIONS,
-        default_cache_dir,
-        evaluate_corruption_folder,
-        evaluate_corruptions,
-        folder_corruptions,
-        parse_corruptions,
-        parse_severities,
-    )
-    from ramptool.evaluation.report import (
-        corruption_comparison_table,
-        corruption_table,
-        write_corruption_comparison,
-        write_corruption_report,
-    )
-    from ramptool.evaluation.union import load_for_evaluation
-    from ramptool.runtime.progress import task_progress
-
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     if corruption_names:
@@ -344,7 +351,6 @@ def corruptions(
 
 def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[float]]:
     """['linf=1/255,2/255', 'l2=0.25,0.5'] -> {'linf': [...], 'l2': [...]}."""
-    from ramptool.threat import parse_norm, parse_number
 
     values: dict[str, list[float]] = {}
     for entry in entries:
@@ -390,12 +396,6 @@ def curve(
     seed: int = typer.Option(0, help="Attack seed (random starts)."),
 ):
     """Robust accuracy vs eps (AutoAttack-grade by default); warns where it does not fall as eps grows."""
-    from ramptool.evaluation.report import curve_table, write_curve_report
-    from ramptool.evaluation.suite import get_suite
-    from ramptool.evaluation.union import load_for_evaluation, robustness_curve
-    from ramptool.runtime.progress import task_progress
-    from ramptool.threat import parse_eps, parse_norms, parse_number
-
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
@@ -460,18 +460,6 @@ def unseen(
     seed: int = typer.Option(0, help="Seed of the adversaries' random draws."),
 ):
     """Accuracy under unseen adversaries (l0, fog, snow, gabor, elastic, jpeg-linf), their mean and union."""
-    from ramptool.evaluation.report import print_unseen_table, write_unseen_reports
-    from ramptool.evaluation.union import load_for_evaluation, recorded_clean_accuracy
-    from ramptool.evaluation.unseen import (
-        DEFAULT_QUERIES,
-        DEFAULT_STEPS,
-        corruption_summary,
-        evaluate_unseen,
-        parse_adversaries,
-        parse_budgets,
-    )
-    from ramptool.runtime.progress import task_progress
-
     checkpoints = checkpoint_names(ckpt)
     loading = loading_options(normalize, arch_option, model_dir)
     names = parse_adversaries(adversaries)

@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ramptool.checkpoints.export import export_checkpoint, sidecar_path
+from ramptool.checkpoints.format import read_metadata, read_weights, resolve
+from ramptool.checkpoints.loading import describe_input
 from ramptool.cli.eval import (
     ARCH_OPTION,
     ARCH_OPTIONS_OPTION,
@@ -20,7 +23,20 @@ from ramptool.cli.eval import (
     eval_app,
     loading_options,
 )
+from ramptool.cli.options import cli_options
 from ramptool.errors import RamptoolError
+from ramptool.models import robustbench
+from ramptool.plugins.registry import registry
+from ramptool.runtime import distributed
+from ramptool.runtime.distributed import is_main
+from ramptool.runtime.rundir import writer_lock
+from ramptool.training.config import knob_of
+from ramptool.training.recipes import RECIPES_DIR, recipe_description, shipped_recipes
+from ramptool.training.resolve import resolve_config
+from ramptool.training.sources import build_train_config
+from ramptool.training.trainer import train
+from ramptool.version import __version__
+from ramptool.workflows.pair import find_pair_command, resolve_auto_pair
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,8 +48,6 @@ CKPT_HELP = "Checkpoint file, run folder, or robustbench:<dataset>/<threat_model
 
 def _print_version(value: bool) -> None:
     if value:
-        from ramptool.version import __version__
-
         console.print(f"ramptool {__version__}")
         raise typer.Exit()
 
@@ -46,9 +60,6 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 def _training_command(mode: str):
     """``ramptool train`` / ``finetune``: one option per TrainConfig knob (ramptool.config declares them)."""
-    from ramptool.cli.options import cli_options
-    from ramptool.training.config import knob_of
-
     def command(config: str | None = None, **flags):
         cfg = build_train_config(flags, recipe=config)
         if mode == "train" and cfg.init and not cfg.resume:
@@ -103,7 +114,6 @@ def print_accuracy_table(rows: dict[str, dict[str, float]], title: str = "robust
 @app.command()
 def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list the options of each component.")):
     """List every registered component (kind, name, providing plugin, description) and any skipped plugin."""
-    from ramptool.plugins.registry import registry
 
     found = registry()
     table = Table(title="ramptool components")
@@ -125,7 +135,6 @@ def plugins(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also li
 @app.command()
 def recipes():
     """List the recipes and checkpoints shipped with ramptool (use a recipe by name: --config NAME)."""
-    from ramptool.training.recipes import RECIPES_DIR, recipe_description, shipped_recipes
 
     table = Table(title=f"shipped recipes ({RECIPES_DIR})")
     for column in ("name", "description"):
@@ -139,7 +148,6 @@ def recipes():
 
 def _export_sidecar(weights_path) -> dict | None:
     """The JSON that ``ramptool export`` wrote beside a weights file, if it is there."""
-    from ramptool.checkpoints.export import sidecar_path
 
     try:
         sidecar = json.loads(sidecar_path(weights_path).read_text())
@@ -155,11 +163,6 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print only the metadata, as JSON."),
 ):
     """Print what input a checkpoint expects, where it came from, and its metadata."""
-    from ramptool.checkpoints.export import sidecar_path
-    from ramptool.checkpoints.format import read_metadata, read_weights, resolve
-    from ramptool.checkpoints.loading import describe_input
-    from ramptool.models import robustbench
-
     if robustbench.is_zoo_name(ckpt):
         metadata = read_metadata(ckpt)
         files = robustbench.parse(ckpt).weight_files(model_dir or robustbench.DEFAULT_MODEL_DIR)
@@ -201,7 +204,6 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT and its sidecar if they exist."),
 ):
     """Write the bare network as a plain state_dict (no wrapper, no ramptool keys) and a JSON sidecar."""
-    from ramptool.checkpoints.export import export_checkpoint, sidecar_path
 
     existing = [p for p in (out, sidecar_path(out)) if p.exists()]
     if existing and not overwrite:
@@ -239,9 +241,6 @@ def pair(
 
     The rule is in docs/METHOD.md#the-key-tradeoff-pair.
     """
-    from ramptool.runtime.rundir import writer_lock
-    from ramptool.workflows.pair import find_pair_command
-
     with writer_lock(out):
         find_pair_command(ckpts=ckpt, train_models=train_models, dataset=dataset, data_dir=data_dir, arch=arch,
                           norms=norms, eps=eps, epochs=epochs, subset=subset, optimizer=optimizer, lr=lr,
@@ -253,8 +252,6 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
-    from ramptool.runtime import distributed
-
     try:
         with distributed.guard():
             app(args=argv, standalone_mode=True)

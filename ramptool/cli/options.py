@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from dataclasses import MISSING
 from typing import Any
 
+import typer
+from rich.markup import escape
+
 from ramptool.training.config import FIELDS, _plain, base_type, default_of, flag_of, is_option_table, knob_of
 
 
@@ -40,9 +43,6 @@ def _negative_flag(name: str) -> str:
 def cli_options(exclude: Iterable[str] = ()) -> list[tuple[str, type, Any]]:
     """(parameter name, annotation, typer.Option) for every CLI knob: values arrive as text (or bool, or a list
     for a repeatable dict option) and None when not given, so the recipe and the defaults can fill them."""
-    import typer
-    from rich.markup import escape
-
     options = []
     for name in FIELDS:
         spec = knob_of(name)

@@ -54,6 +54,7 @@ def _prepare_debian_fashion_mnist(root: Path) -> None:
 
 def _torchvision_mnist(cls_name: str, how_to_get: str):
     def load(split: str, root: Path, download: bool) -> TensorSplit:
+        # torchvision only where a dataset is read through it
         import torchvision
 
         if cls_name == "FashionMNIST":
@@ -128,6 +129,7 @@ def _cifar(num_classes: int):
     def load(split: str, root: Path, download: bool) -> TensorSplit:
         loaded = read(split, root)
         if loaded is None and download:
+            # torchvision only where a dataset is read through it
             import torchvision
 
             try:
@@ -147,7 +149,10 @@ def _cifar(num_classes: int):
 
 def _image_folder():
     def load(split: str, root: Path, download: bool, image_size: int = 224) -> FolderSplit:
+        # torchvision only where a dataset is read through it
         import torchvision
+
+        # torchvision only where a dataset is read through it
         from torchvision import transforms
 
         folder = root / ("train" if split == "train" else "val")

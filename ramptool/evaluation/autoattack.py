@@ -28,6 +28,7 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
     """(adversary, run(x, y, batch_size) -> (adversarial points, their predicted labels)) with AutoAttack's
     standard settings."""
     try:
+        # imported on first use: its module runs a torch.load-patching side effect ramptool undoes
         import pyautoattack
     except ImportError:
         pyautoattack = None
@@ -40,6 +41,7 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
 
         return adversary, run
     try:
+        # optional: upstream's autoattack, used when installed instead of pyautoattack
         import autoattack
     except ImportError:
         raise RamptoolError("AutoAttack is not installed: pip install pyautoattack") from None
@@ -54,6 +56,7 @@ def _build_adversary(model, norm: str, eps: float, seed: int, device):
 
 def installed_version() -> str | None:
     """The installed AutoAttack distribution and version, for report provenance."""
+    # installed distributions' versions, read only when recorded
     from importlib.metadata import PackageNotFoundError, version
 
     for name in ("pyautoattack", "autoattack"):

@@ -88,6 +88,7 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
     """NHWC uint8 images (1 or 3 channels, any size) -> the same shape, corrupted. Image k is corrupted under a
     seed of (``seed``, corruption, severity, ``first_index`` + k): deterministic, and the same whether it is
     corrupted alone or with others."""
+    # imports scikit-image, scipy and OpenCV (seconds): only the corruption evaluation needs it
     from imagecorruptions import corrupt
 
     if images.ndim != 4 or images.shape[3] not in (1, 3) or images.dtype != np.uint8:
@@ -309,6 +310,7 @@ def _tree_samples(severity_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _read_images(root: Path, files: list[str], channels: int) -> torch.Tensor:
+    # only the corruption evaluation handles images as PIL
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"

@@ -10,6 +10,7 @@ import torch
 
 from ramptool.errors import RamptoolError
 from ramptool.runtime.device import model_device
+from ramptool.threat import lp_norm
 
 
 def union_flags(flags: dict[str, torch.Tensor], norms=None) -> torch.Tensor:
@@ -49,7 +50,6 @@ def clean_flags(model, x, y, batch_size=500) -> torch.Tensor:
 @torch.no_grad()
 def verified_successes(model, x, y, x_adv, norm, eps, batch_size=500) -> torch.Tensor:
     """Per point: ``x_adv`` is a valid adversarial example (in the ball, in the box, misclassified)."""
-    from ramptool.threat import lp_norm
 
     moved = (x_adv != x).flatten(1).any(dim=1)
     in_box = ((x_adv >= 0) & (x_adv <= 1)).flatten(1).all(dim=1)

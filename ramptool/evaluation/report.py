@@ -5,19 +5,25 @@ Every file is written atomically, so an interrupted run never leaves a half-writ
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import math
+import platform
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from ramptool.evaluation.suite import UPPER_BOUND  # noqa: E402
+from ramptool.checkpoints.format import resolve
+from ramptool.evaluation.autoattack import installed_version
+from ramptool.evaluation.suite import UPPER_BOUND
+from ramptool.evaluation.unseen import ADVERSARIES
+from ramptool.evaluation.unseen import UPPER_BOUND as UNSEEN_UPPER_BOUND
 from ramptool.runtime.files import atomic_write
+from ramptool.version import __version__
 
 NORM_ORDER = ("linf", "l2", "l1")
 ATTACK_LABELS = {"apgd": "APGD-CE + APGD-T, AutoAttack's settings on ramptool's APGD",
@@ -37,7 +43,6 @@ def write_text(path: Path, text: str) -> Path:
 
 def save_figure(figure, path: Path) -> Path:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(figure)
     return Path(path)
 
 
@@ -67,15 +72,6 @@ def attack_label(report: dict) -> str:
 
 def provenance(checkpoint=None, device=None) -> dict:
     """Where a number comes from: versions, date, machine, and the checkpoint's sha256."""
-    import datetime
-    import hashlib
-    import platform
-
-    import torch
-
-    from ramptool.evaluation.autoattack import installed_version
-    from ramptool.version import __version__
-
     record = {"ramptool": __version__, "torch": torch.__version__, "autoattack": installed_version(),
               "python": platform.python_version(), "platform": platform.platform(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -83,8 +79,6 @@ def provenance(checkpoint=None, device=None) -> dict:
         record["device"] = str(device) if str(device) == "cpu" or not torch.cuda.is_available() else \
             f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     if checkpoint is not None:
-        from ramptool.checkpoints.format import resolve
-
         checkpoint = resolve(checkpoint)  # a run folder means its model file
         digest = hashlib.sha256()
         with open(checkpoint, "rb") as handle:
@@ -176,7 +170,8 @@ def union_plot_title(reports: dict[str, dict]) -> str:
 
 def plot_union_bars(reports: dict[str, dict], path: Path, columns=None, title: str | None = None) -> Path:
     columns = columns or accuracy_columns(reports)
-    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4.4))
+    figure = Figure(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4.4))
+    axes = figure.subplots()
     width = 0.8 / len(reports)
     for offset, (name, report) in enumerate(reports.items()):
         positions = [i + (offset - (len(reports) - 1) / 2) * width for i in range(len(columns))]
@@ -217,7 +212,8 @@ def plot_curves(curves: dict[str, dict], path: Path) -> Path:
     """One panel per norm, one line per model (each curve starts at its clean accuracy, eps 0)."""
     first = next(iter(curves.values()))
     norms = list(first["eps_values"])
-    figure, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.8), squeeze=False, layout="constrained")
+    figure = Figure(figsize=(4 * len(norms), 3.8), layout="constrained")
+    axes = figure.subplots(1, len(norms), squeeze=False)
     for axis, norm in zip(axes[0], norms):
         for name, curve in curves.items():
             xs = [0.0, *curve["eps_values"][norm]]
@@ -285,7 +281,8 @@ def corruption_table(report: dict, title: str | None = None) -> Table:
 def plot_corruption_heatmap(report: dict, path: Path) -> Path:
     corruptions, severities = list(report["accuracy"]), report["severities"]
     grid = [[100 * report["accuracy"][c][str(s)] for s in severities] for c in corruptions]
-    figure, axes = plt.subplots(figsize=(1.2 + 0.9 * len(severities), 0.9 + 0.38 * len(corruptions)))
+    figure = Figure(figsize=(1.2 + 0.9 * len(severities), 0.9 + 0.38 * len(corruptions)))
+    axes = figure.subplots()
     image = axes.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
     for row, values in enumerate(grid):
         for column, value in enumerate(values):
@@ -341,7 +338,6 @@ def write_corruption_comparison(reports: dict[str, dict], out_dir) -> dict[str, 
 
 def unseen_columns(reports: dict[str, dict]) -> list[str]:
     """clean, the adversaries (in the paper's order), their mean, their union, and the corruption mean if any."""
-    from ramptool.evaluation.unseen import ADVERSARIES
 
     present = {name for report in reports.values() for name in report["adversaries"]}
     columns = ["clean", *[name for name in ADVERSARIES if name in present], "mean", "union"]
@@ -361,10 +357,8 @@ def unseen_settings_line(report: dict) -> str:
 
 
 def print_unseen_table(reports: dict[str, dict], console: Console | None = None) -> None:
-    from ramptool.evaluation.unseen import UPPER_BOUND
-
     console = console or Console()
-    console.print(union_table(reports, title=f"accuracy (%) under unseen adversaries: {UPPER_BOUND}",
+    console.print(union_table(reports, title=f"accuracy (%) under unseen adversaries: {UNSEEN_UPPER_BOUND}",
                               columns=unseen_columns(reports)))
     for name, report in reports.items():
         console.print(f"{name}: {unseen_settings_line(report)}", highlight=False)

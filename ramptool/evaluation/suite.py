@@ -25,8 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ramptool.attacks.base import per_sample
+from ramptool.attacks import attack_families, attack_for, bind_family_options
+from ramptool.attacks.apgd import apgd_joint
+from ramptool.attacks.base import autoattack_start, per_sample, point_noise
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.autoattack import autoattack_adversarial, fab_t_or_square
+from ramptool.evaluation.family import family_adversarial
 from ramptool.runtime.device import model_device
 
 GRADE_AUTOATTACK = "AutoAttack"
@@ -124,12 +128,7 @@ def _batches(n: int, batch_size: int):
 def attack_with_apgd(context: RunContext, runs: list[Run], x, y, index, clean_logits) -> list[torch.Tensor]:
     """AutoAttack runs on ramptool's APGD, several norms' runs of one round jointly (or pyautoattack's FAB-T /
     Square for ``standard``)."""
-    from ramptool.attacks.apgd import apgd_joint
-    from ramptool.attacks.base import autoattack_start, point_noise
-
     if runs[0].attack in ("fab-t", "square"):
-        from ramptool.evaluation.autoattack import fab_t_or_square
-
         return [fab_t_or_square(context.model, x, y, run.norm, context.eps[run.norm], run.attack, context.seed,
                                 context.batch_size) for run in runs]
     device = model_device(context.model)
@@ -164,8 +163,6 @@ def pyautoattack_runs(norm: str, version: str, num_classes: int) -> list[Run]:
 
 
 def attack_with_pyautoattack(context: RunContext, runs: list[Run], x, y, index, clean_logits) -> list[torch.Tensor]:
-    from ramptool.evaluation.autoattack import autoattack_adversarial
-
     return [autoattack_adversarial(context.model, x, y, run.norm, context.eps[run.norm], version=context.version,
                                    batch_size=context.batch_size, seed=context.seed) for run in runs]
 
@@ -177,7 +174,6 @@ def single_apgd_ce_runs(norm: str, version: str, num_classes: int) -> list[Run]:
 def attack_with_single_apgd_ce(context: RunContext, runs: list[Run], x, y, index, clean_logits) -> list[torch.Tensor]:
     """ramptool's registered APGD of each norm (plugin norms included), one run from x, keeping misclassified
     iterates, AutoAttack's initial l1 top-k 0.2."""
-    from ramptool.attacks import attack_for
 
     device = model_device(context.model)
     outs = []
@@ -194,7 +190,6 @@ def attack_with_single_apgd_ce(context: RunContext, runs: list[Run], x, y, index
 
 def attack_with_family(context: RunContext, runs: list[Run], x, y, index, clean_logits) -> list[torch.Tensor]:
     """A registered family's attack, one run per norm, its random draws from the seed (one stream per run)."""
-    from ramptool.evaluation.family import family_adversarial
 
     outs = []
     for run in runs:
@@ -219,7 +214,6 @@ SUITES = {
 def get_suite(name: str, norms: list[str] | None = None, options: dict | None = None) -> Suite:
     """A built-in evaluation, or the registered attack family ``name`` with its ``options`` checked and typed for
     its attack in each of ``norms``."""
-    from ramptool.attacks import attack_families, bind_family_options
 
     if name in SUITES:
         if options:

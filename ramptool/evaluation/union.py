@@ -28,6 +28,9 @@ from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ramptool.checkpoints.format import read_metadata
+from ramptool.checkpoints.loading import load_checkpoint
+from ramptool.data.datasets import dataset_spec, get_dataset
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.flags import accuracies, logits_of, verified_successes
 from ramptool.evaluation.passes import PassCounter
@@ -365,10 +368,6 @@ def robustness_curve(model, x: torch.Tensor, y: torch.Tensor, eps_values: dict[s
 def load_for_evaluation(ckpt, dataset: str | None = None, arch: str | None = None, device="cpu", **loading):
     """(model, metadata, dataset name): the checkpoint, checked against the dataset it will be evaluated on;
     ``loading``: normalize, arch_options and model_dir, as ``load_checkpoint`` takes them."""
-    from ramptool.checkpoints.format import read_metadata
-    from ramptool.checkpoints.loading import load_checkpoint
-    from ramptool.data.datasets import dataset_spec, get_dataset
-
     metadata = read_metadata(ckpt)
     name = dataset or (metadata or {}).get("dataset")
     if name is None:

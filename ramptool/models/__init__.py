@@ -10,9 +10,11 @@ import torch.nn as nn
 from ramptool.errors import RamptoolError
 from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.robustbench import PREFIX as ROBUSTBENCH_PREFIX
+from ramptool.models.robustbench import build_network
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.models.wide_resnet import WideResNet
 from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.registry import bind_options, get
 
 TIMM_PREFIX = "timm:"
 # backbones named by a prefix and a free part: the registry holds one builder per prefix
@@ -104,7 +106,10 @@ def _wide_resnet(depth, width):
 def timm_model(num_classes, in_chans, image_size, timm_name, cifar_stem=False, **options):
     """timm:<name>: any timm architecture (random init; fixed-size models get img_size; cifar_stem=True swaps the
     stem for a 3x3 conv)."""
+    # timm takes about a second to import: only timm: backbones need it
     import timm
+
+    # timm takes about a second to import: only timm: backbones need it
     from timm.models import get_pretrained_cfg_value
 
     try:
@@ -127,7 +132,6 @@ def timm_model(num_classes, in_chans, image_size, timm_name, cifar_stem=False, *
 
 def robustbench_model(num_classes, in_chans, image_size, zoo_name, **options):
     """robustbench:<dataset>/<threat_model>/<name>: a RobustBench zoo architecture, RobustBench's input convention."""
-    from ramptool.models.robustbench import build_network
 
     return build_network(ROBUSTBENCH_PREFIX + zoo_name, num_classes, (in_chans, image_size, image_size), options)
 
@@ -155,14 +159,11 @@ def backbone_name(arch: str) -> str:
 def bind_arch_options(arch: str, given: dict | None) -> dict:
     """``given`` options (``--arch-option``, a recipe, a checkpoint) of the backbone ``arch``, checked against its
     builder and typed."""
-    from ramptool.plugins.registry import bind_options
 
     return bind_options("backbone", backbone_name(arch), given)
 
 
 def build_backbone(arch: str, num_classes: int, in_chans: int, image_size: int, **options) -> nn.Module:
-    from ramptool.plugins.registry import get
-
     options = bind_arch_options(arch, options)
     builder = get("backbone", backbone_name(arch))
     for prefix in PREFIXED_BACKBONES:

@@ -15,6 +15,7 @@ name, so when upstream is absent the bridge registers pyautoattack under that na
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import pickle
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ramptool.errors import RamptoolError
+from ramptool.runtime.files import file_sha256
 
 PREFIX = "robustbench:"
 DEFAULT_MODEL_DIR = "models"  # RobustBench's own default, relative to the working directory
@@ -44,7 +46,10 @@ def import_robustbench():
     """The ``robustbench`` package, importable although its PyPI release names a module it does not install."""
     if "autoattack" not in sys.modules and importlib.util.find_spec("autoattack") is None:
         try:
+            # imported on first use: its module runs a torch.load-patching side effect ramptool undoes
             import pyautoattack
+
+            # imported on first use: its module runs a torch.load-patching side effect ramptool undoes
             import pyautoattack.state
         except ImportError:
             raise RamptoolError(f"robustbench models need pyautoattack and robustbench: {INSTALL_HINT}") from None
@@ -55,7 +60,10 @@ def import_robustbench():
             # robustbench imports timm's deprecated module paths and pkg_resources: not the user's concern
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            # optional dependency (pip install 'ramptool[robustbench]')
             import robustbench
+
+            # optional dependency (pip install 'ramptool[robustbench]')
             import robustbench.utils
     except ImportError as error:
         raise RamptoolError(f"robustbench models need the robustbench package ({error}): {INSTALL_HINT}") from None
@@ -65,6 +73,7 @@ def import_robustbench():
 def _zoo() -> dict:
     """{dataset: {threat model: {model name: entry}}} with plain-string keys."""
     import_robustbench()
+    # optional dependency (pip install 'ramptool[robustbench]')
     from robustbench.model_zoo import model_dicts
 
     return {dataset.value: {threat.value: models for threat, models in by_threat.items()}
@@ -93,6 +102,7 @@ class ZooModel:
 
     def timm_name(self) -> str | None:
         """The timm model name under which robustbench registered this entry, if it did (timm loads its weights)."""
+        # timm takes about a second to import: only timm: backbones need it
         import timm
 
         name = f"{self.name.lower().replace('-', '_')}_{self.dataset}_{self.threat_model.lower()}"
@@ -108,6 +118,7 @@ class ZooModel:
 
     def metadata(self) -> dict:
         """What a ramptool checkpoint records about this model, before any weights are read."""
+        # installed distributions' versions, read only when recorded
         from importlib.metadata import version
 
         input_shape, num_classes = DATASETS[self.dataset]
@@ -128,8 +139,6 @@ def parse(spec: str) -> ZooModel:
     dataset = _pick(parts[0], zoo, "dataset", spec)
     threat_model = _pick(parts[1], zoo[dataset], f"{dataset} threat model", spec)
     if parts[2] not in zoo[dataset][threat_model]:
-        import difflib
-
         close = difflib.get_close_matches(parts[2], list(zoo[dataset][threat_model]), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise RamptoolError(f"{spec}: no model {parts[2]!r} in RobustBench's {dataset}/{threat_model} zoo{hint}")
@@ -149,6 +158,7 @@ def build_network(spec: str, num_classes: int, input_shape, options: dict) -> nn
                             f"{num_classes} classes on {tuple(input_shape)}")
     timm_name = model.timm_name()
     if timm_name is not None:
+        # timm takes about a second to import: only timm: backbones need it
         import timm
 
         return timm.create_model(timm_name, num_classes=classes, pretrained=False)
@@ -161,7 +171,6 @@ def offline() -> bool:
 
 def load(spec: str, model_dir=None) -> tuple[nn.Module, dict]:
     """(RobustBench's eval-mode network with its weights, ramptool metadata recording where they came from)."""
-    from ramptool.runtime.files import file_sha256
 
     model = parse(spec)
     robustbench = import_robustbench()

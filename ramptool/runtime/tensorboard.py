@@ -27,6 +27,7 @@ class TensorboardLog:
 
     def __init__(self, folder):
         try:
+            # optional dependency (pip install 'ramptool[tensorboard]')
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise RamptoolError("--tensorboard needs the tensorboard package: pip install tensorboard") from None

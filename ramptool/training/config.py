@@ -30,7 +30,7 @@ from ramptool.attacks import attack_families, known_norms
 from ramptool.errors import RamptoolError
 from ramptool.plugins.options import parse_assignments
 from ramptool.plugins.registry import registry
-from ramptool.threat import parse_eps, parse_norms, parse_number
+from ramptool.threat import ANY_NORM, parse_eps, parse_norms, parse_number
 from ramptool.training.schedules import SCHEDULES
 
 # Defaults of the fields whose default depends on the mode (fine-tuning = ``init`` is set) and on the dataset:
@@ -110,9 +110,9 @@ def knob(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSI
 CHECK_REGISTERED: contextvars.ContextVar[bool] = contextvars.ContextVar("check_registered", default=True)
 
 
-def _known_norms() -> list[str] | None:
+def _known_norms() -> list[str] | tuple[str, ...]:
     """The norms of the registered attacks, or None (any well-formed name) while the registry is not consulted."""
-    return known_norms() if CHECK_REGISTERED.get() else None
+    return known_norms() if CHECK_REGISTERED.get() else ANY_NORM
 
 
 def registered(kind: str) -> Callable[[], list[str]]:

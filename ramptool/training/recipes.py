@@ -12,7 +12,7 @@ import tomllib
 from ramptool.errors import RamptoolError
 from ramptool.training.config import FIELDS, flag_of, knob_of
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def shipped_recipes() -> dict[str, Path]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ramptool.checkpoints.format import STATE_FILE, load_state
 from ramptool.errors import RamptoolError
+from ramptool.plugins.options import guess_value
 from ramptool.training.config import (
     COMMAND_LINE,
     FIELDS,
@@ -66,7 +68,6 @@ def given_values(cfg: TrainConfig) -> dict[str, Any]:
 
 def read_saved_run(out: str | Path) -> dict[str, Any]:
     """The configuration saved in ``out``'s state.pt, converted and checked."""
-    from ramptool.checkpoints.format import STATE_FILE, load_state
 
     path = Path(out) / STATE_FILE
     if not path.exists():
@@ -110,6 +111,5 @@ def _comparable(value: Any) -> Any:
     """Option tables from the command line hold text until the component types them: '0.5' equals a saved 0.5."""
     if not isinstance(value, dict):
         return value
-    from ramptool.plugins.options import guess_value
 
     return {key: guess_value(v) if isinstance(v, str) else v for key, v in value.items()}

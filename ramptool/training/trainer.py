@@ -23,15 +23,19 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_finished, save_checkpoint, save_state
 from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
 from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
 from ramptool.data.datasets import dataset_spec, load_split
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.union import evaluate_union
+from ramptool.models import build_model, resolve_normalize
 from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
-from ramptool.runtime.device import resolve_device
+from ramptool.runtime.device import eval_mode, resolve_device
 from ramptool.runtime.files import remove_orphans
 from ramptool.runtime.rundir import (
     FolderLock,
@@ -173,8 +177,6 @@ class Trainer:
             self.normalization = {key: self.init_metadata.get(key) for key in ("mean", "std")}
             self.normalization["normalize"] = recorded_normalize(self.init_metadata)
         else:
-            from ramptool.models import build_model, resolve_normalize
-
             self.arch, self.arch_options = cfg.arch or "small-cnn", cfg.arch_options
             label, mean, std = resolve_normalize(cfg.normalize, "dataset", self.spec)
             self.normalization = {"normalize": label, "mean": mean, "std": std}
@@ -299,9 +301,6 @@ class Trainer:
         return lr
 
     def evaluate(self) -> dict:
-        from ramptool.evaluation.union import evaluate_union
-        from ramptool.runtime.device import eval_mode
-
         x, y = self.eval_data.tensors()
         norms = [n for n in ("linf", "l2", "l1") if n in self.cfg.eps] or list(self.cfg.eps)
         with eval_mode(self.model):
@@ -319,7 +318,6 @@ class Trainer:
     @torch.no_grad()
     def clean_accuracy(self) -> float:
         """Clean accuracy on the fine-tune's check points (the first CLEAN_CHECK_POINTS test points)."""
-        from ramptool.runtime.device import eval_mode
 
         correct = 0
         with eval_mode(self.model):
@@ -442,7 +440,6 @@ def _sum_over_ranks(running: dict) -> dict:
 
 def _report_epoch(record: dict, start_clean: float | None) -> None:
     """One line per epoch, readable in a log file where the live progress bar does not render."""
-    from rich.console import Console
 
     parts = [f"epoch {record['epoch']}", f"{record['seconds']:.0f} s", f"{record['img_per_s']:.0f} img/s",
              *(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "acc")))]
@@ -458,11 +455,8 @@ def _report_epoch(record: dict, start_clean: float | None) -> None:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-
     if not enabled or not Console().is_terminal:  # in a log file the per-epoch lines say it all
         return nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[stats]}"))

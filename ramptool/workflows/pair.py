@@ -5,11 +5,28 @@ resolved here, before a training run starts, never inside the trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure
+from rich.markup import escape
+from rich.table import Table
+
+from ramptool.attacks import known_norms
+from ramptool.checkpoints.format import read_metadata, run_finished
+from ramptool.data.datasets import load_split
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.report import attack_label, eps_line
+from ramptool.evaluation.suite import get_suite
+from ramptool.evaluation.union import evaluate_union, load_for_evaluation
+from ramptool.runtime.device import resolve_device
+from ramptool.runtime.files import atomic_write
+from ramptool.threat import parse_eps, parse_norm, parse_norms
+from ramptool.training.config import TrainConfig
 from ramptool.training.keypair import choose_pair, single_trained_norm
+from ramptool.training.resolve import resolve_config
+from ramptool.training.trainer import train
 
 
 def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, dataset: str, data_dir=None,
@@ -18,10 +35,6 @@ def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, datas
     """(R[trained norm][attack norm], checkpoint per norm, the attack's label) for one single-norm model per
     norm, under any evaluation attack of ``eval union`` (default: AutoAttack-grade; 'apgd-ce' or an attack
     family give upper bounds, and APGD-CE alone overestimates l1 robustness markedly)."""
-    from ramptool.data.datasets import load_split
-    from ramptool.evaluation.report import attack_label
-    from ramptool.evaluation.union import evaluate_union, load_for_evaluation
-
     x, y = load_split(dataset, "test", data_dir, n_examples).tensors()
     matrix, sources, label = {}, {}, None
     for path in checkpoints:
@@ -37,14 +50,11 @@ def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, datas
 
 
 def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     models = list(matrix)
     values = [[100 * matrix[m][p] for p in norms] for m in models]
-    fig, ax = plt.subplots(figsize=(1.4 * len(norms) + 2, 1.0 * len(models) + 1.5))
+    fig = Figure(figsize=(1.4 * len(norms) + 2, 1.0 * len(models) + 1.5))
+    ax = fig.subplots()
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(norms)), [f"{p} attack" for p in norms])
     ax.set_yticks(range(len(models)), [f"{m}-AT" for m in models])
@@ -55,15 +65,10 @@ def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Pa
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset, optimizer, lr, out: Path,
                              device, seed, progress=True) -> list[str]:
-    from ramptool.checkpoints.format import run_finished
-    from ramptool.training.config import TrainConfig
-    from ramptool.training.trainer import train
-
     paths = []
     for norm in norms:
         run = out / f"{norm}-at"
@@ -80,9 +85,6 @@ def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset
 
 def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, steps=100, fine_tune_from=None,
               out: Path | None = None, device="cpu", attack: str = "apgd", model_dir=None) -> dict:
-    from ramptool.evaluation.report import eps_line
-    from ramptool.evaluation.suite import get_suite
-
     matrix, sources, label = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps,
                                                device, attack, model_dir)
     q, r, evidence = choose_pair(matrix, fine_tune_from)
@@ -91,8 +93,6 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
               "grade": get_suite(attack).grade, "steps": steps, "checkpoints": sources,
               "fine_tune_from": fine_tune_from}
     if out is not None:
-        from ramptool.runtime.files import atomic_write
-
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "pair.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         title = (f"single-norm AT models vs each attack, {dataset}, n={n_examples}\n{label}\n"
@@ -105,14 +105,6 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
                       n_examples, steps, fine_tune_from, out, device, seed, console, attack="apgd",
                       model_dir=None) -> dict:
     """`ramptool pair`: optionally train the single-norm models, then evaluate and apply the rule."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from ramptool.attacks import known_norms
-    from ramptool.evaluation.suite import get_suite
-    from ramptool.runtime.device import resolve_device
-    from ramptool.threat import parse_eps, parse_norm, parse_norms
-
     known = known_norms()
     get_suite(attack)
     norm_list = parse_norms(norms, known)
@@ -154,8 +146,6 @@ def resolve_auto_pair(cfg: TrainConfig) -> TrainConfig:
 def _auto_pair(cfg: TrainConfig, pair_from: str | None) -> list[str]:
     fine_tune_from, arch = None, cfg.arch
     if cfg.init:
-        from ramptool.checkpoints.format import read_metadata
-
         metadata = read_metadata(cfg.init) or {}
         trained = metadata.get("trained_norms") or []
         fine_tune_from = trained[0] if len(trained) == 1 else None
@@ -172,7 +162,6 @@ def _auto_pair(cfg: TrainConfig, pair_from: str | None) -> list[str]:
         q, r, _ = choose_pair({p: matrix[p] for p in saved.get("norms", list(matrix)) if p in matrix},
                               fine_tune_from)
         return [q, r]
-    from ramptool.runtime.device import resolve_device
 
     out = Path(cfg.out) / "pair"
     norms = [p for p in ("linf", "l2", "l1") if p in cfg.eps]
