@@ -47,6 +47,8 @@ def forwarding(name: str, homes: tuple[str, ...]):
     """A module ``__getattr__`` that finds ``attribute`` in the first of ``homes`` that has it."""
 
     def __getattr__(attribute: str):
+        if attribute.startswith("__"):  # what inspect and pickle probe for: not a moved name
+            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
         for home in homes:
             module = importlib.import_module(home)
             if hasattr(module, attribute):

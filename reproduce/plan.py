@@ -22,6 +22,7 @@ weak evaluation; its numbers mean nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ramptool.training.recipes import RECIPES_DIR
@@ -111,7 +112,12 @@ PAPER = Budget("paper", seeds=(0, 1, 2), finetune_subset=50_000, scratch_subset=
                curve_steps=(78, 156, 391, 782, 1173), curve_n=500)
 QUICK = Budget("quick", seeds=(0, 1), finetune_subset=256, scratch_subset=256, scratch_epochs=1, test_n=24,
                corruption_n=24, finetune_methods=("l1", "e-at", RAMP_DEFAULT), scratch_methods=("ramp-gp",),
-               corruptions=("gaussian_noise", "fog"), evaluation={"steps": 5})
+               corruptions=("gaussian_noise", "fog"), evaluation={"steps": 5}, curve_steps=(1, 2), curve_n=16)
+
+
+def steps_of(budget: Budget) -> int:
+    """Optimizer steps of each fine-tune of ``budget``."""
+    return math.ceil(budget.finetune_subset / FINETUNE_BASE["batch_size"]) * budget.finetune_epochs
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,27 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ramptool.evaluation.report import attack_label, save_figure, write_text  # noqa: E402
-from reproduce.plan import BASELINES, FIGURE_ONE, FINETUNE_METHODS, RAMP_DEFAULT, SCRATCH_METHODS, Budget  # noqa: E402
-from reproduce.runner import Measured  # noqa: E402
-from reproduce.stats import PairedComparison, mean_std, paired_comparison  # noqa: E402
+from ramptool.evaluation.report import attack_label, save_figure, write_text
+from reproduce.plan import (
+    BASELINES,
+    FIGURE_ONE,
+    FINETUNE_METHODS,
+    RAMP_DEFAULT,
+    SCRATCH_METHODS,
+    STRONG_ATTACK_METHODS,
+    Budget,
+    steps_of,
+)
+from reproduce.runner import Measured
+from reproduce.stats import PairedComparison, mean_std, paired_comparison
 
 COLUMNS = ("clean", "linf", "l2", "l1", "union")
 HEADERS = {"clean": "clean", "linf": "l∞", "l2": "l2", "l1": "l1", "union": "union"}
 START_LABEL = "l∞-AT (start)"
+LABELS = {**FINETUNE_METHODS, **STRONG_ATTACK_METHODS}  # method key -> (label, fields)
 
 
 def pct(value: float) -> str:
@@ -118,10 +125,11 @@ def verdict(comparison: PairedComparison) -> str:
 def figure_one(results: Results, path: Path) -> Path:
     """The paper's Fig. 1 at this scale: l∞, l2, l1 and union accuracy of the start model and after one epoch of
     l1-only / E-AT / RAMP fine-tuning (mean over seeds, bars: one standard deviation)."""
-    groups = [(START_LABEL, [results.start])] + [(FINETUNE_METHODS[k][0], results.finetune[k]) for k in FIGURE_ONE
+    groups = [(START_LABEL, [results.start])] + [(LABELS[k][0], results.finetune[k]) for k in FIGURE_ONE
                                                   if k in results.finetune]
     columns = ("linf", "l2", "l1", "union")
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
     width = 0.8 / len(groups)
     for offset, (label, models) in enumerate(groups):
         stats = [mean_std(results.values(models, c)) for c in columns]
@@ -142,17 +150,48 @@ def figure_one(results: Results, path: Path) -> Path:
 def union_figure(results: Results, path: Path) -> Path:
     """Union accuracy of every fine-tuning method, one dot per seed."""
     keys = list(results.finetune)
-    figure, axes = plt.subplots(figsize=(8, 0.35 * len(keys) + 1.2))
+    figure = Figure(figsize=(8, 0.35 * len(keys) + 1.2))
+    axes = figure.subplots()
     for row, key in enumerate(keys):
         values = [100 * v for v in results.values(results.finetune[key], "union")]
         axes.plot(values, [row] * len(values), "o", color="C3" if key.startswith("ramp") else "C0", alpha=0.7)
         axes.plot([sum(values) / len(values)], [row], "|", color="black", markersize=14)
     axes.axvline(100 * results.start.accuracy["union"], color="grey", linestyle=":", label=START_LABEL)
-    axes.set_yticks(range(len(keys)), [FINETUNE_METHODS[k][0] for k in keys])
+    axes.set_yticks(range(len(keys)), [LABELS[k][0] for k in keys])
     axes.invert_yaxis()
     axes.set_xlabel("union accuracy (%) per seed; | mean")
     axes.legend(fontsize=8, loc="lower right")
     return save_figure(figure, path)
+
+
+def curve_figure(results: Results, path: Path) -> Path:
+    """Clean, each norm and union accuracy on the validation points against optimizer steps, one line per method
+    (its first seed); step 0 is the start model."""
+    curves = {key: models[0].curve for key, models in results.finetune.items() if models and models[0].curve}
+    figure = Figure(figsize=(3.1 * len(COLUMNS), 3.2), layout="constrained")
+    axes = figure.subplots(1, len(COLUMNS), sharey=True)
+    for panel, column in zip(axes, COLUMNS):
+        for key, curve in curves.items():
+            steps = [0, *sorted(curve)]
+            values = [results.start.curve.get(0, results.start.accuracy)[column], *(curve[s][column]
+                                                                                  for s in sorted(curve))]
+            panel.plot(steps, [100 * v for v in values], "o-", markersize=3, label=LABELS[key][0])
+        panel.set_title(HEADERS[column])
+        panel.set_xlabel("optimizer steps")
+    axes[0].set_ylabel("accuracy on validation points (%)")
+    axes[-1].legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def curve_table(results: Results) -> list[str]:
+    rows = ["| model | steps | " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
+            "|---|---:|" + "---:|" * len(COLUMNS)]
+    if 0 in results.start.curve:
+        rows.append(f"| {START_LABEL} | 0 | " + " | ".join(pct(results.start.curve[0][c]) for c in COLUMNS) + " |")
+    for key, models in results.finetune.items():
+        for step, accuracy in sorted(models[0].curve.items()) if models else []:
+            rows.append(f"| {LABELS[key][0]} | {step} | " + " | ".join(pct(accuracy[c]) for c in COLUMNS) + " |")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ claims
@@ -187,7 +226,7 @@ def claims(results: Results) -> list[str]:
         better = [k for k, c in outcomes.items() if verdict(c) == "higher"]
         worse = [k for k, c in outcomes.items() if verdict(c) == "lower"]
         tied = [k for k, c in outcomes.items() if verdict(c) == "indistinguishable"]
-        names = lambda keys: ", ".join(FINETUNE_METHODS[k][0] for k in keys) or "none"  # noqa: E731
+        names = lambda keys: ", ".join(LABELS[k][0] for k in keys) or "none"  # noqa: E731
         holds = not worse and not tied
         lines.append(f"- **RAMP has the highest union accuracy after fine-tuning.** Criterion: RAMP's (KL, λ 0.5) "
                      f"union is higher than every baseline's, by a 95% paired interval above 0. Higher than: "
@@ -264,8 +303,9 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
         f"- Machine: {machine_line(log_entries)}.",
         f"- Threat model (the dataset defaults): l∞ {eps['linf']:g}, l2 {eps['l2']:g}, l1 {eps['l1']:g}.",
         "- Start: the shipped l∞-AT small CNN (`recipes/checkpoints/fmnist-linf-at.safetensors`).",
-        f"- Fine-tuning, every method at the same budget: one epoch on the first {budget.finetune_subset:,} training "
-        f"points, Adam lr 5e-4 (piecewise-ft), batch 128, APGD-10 training attacks, pair (l∞, l1) for E-AT and RAMP; "
+        f"- Fine-tuning, every method at the same budget: {budget.finetune_epochs} epoch(s) on the first "
+        f"{budget.finetune_subset:,} training points ({steps_of(budget):,} optimizer steps), Adam lr 5e-4 "
+        f"(piecewise-ft), batch 128, APGD-10 training attacks, pair (l∞, l1) for E-AT and RAMP; "
         f"seeds {', '.join(map(str, budget.seeds))} (the batch order and the random choices; the same start).",
         *([f"- From scratch: {budget.scratch_epochs} epoch(s) on the first {budget.scratch_subset:,} training "
            f"points, Adam lr 1e-3 (cosine), seed {budget.seeds[0]}."] if budget.scratch_methods else []),
@@ -276,10 +316,10 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
         "",
         "| part | minutes |", "|---|---:|", *costs(log_entries), "",
         f"## Fine-tuning the l∞-AT model (mean ± std over {len(budget.seeds)} seeds)", "",
-        *accuracy_table(results, results.finetune, FINETUNE_METHODS, "e-at", with_start=True), "",
+        *accuracy_table(results, results.finetune, LABELS, "e-at", with_start=True), "",
         f"![union accuracy per method]({relative(union_plot)})", "",
         "## RAMP against each baseline (union accuracy, paired)", "",
-        f"A = {FINETUNE_METHODS[RAMP_DEFAULT][0]}, the fine-tuning defaults fixed before any result was seen; "
+        f"A = {LABELS[RAMP_DEFAULT][0]}, the fine-tuning defaults fixed before any result was seen; "
         "B = the baseline. Δ = A − B in points, per seed (paired by seed) and its mean ± std over seeds; the 95% "
         "interval is a paired bootstrap over the test points (2000 resamples, the same points for every seed); "
         "only A : only B counts the points one model keeps in the union and the other loses (McNemar's discordant "
@@ -288,7 +328,7 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
     if RAMP_DEFAULT in results.finetune:
         lines += comparison_header("B")
         ramp = results.finetune[RAMP_DEFAULT]
-        lines += [comparison_row(FINETUNE_METHODS[k][0], results.compare(ramp, results.finetune[k]))
+        lines += [comparison_row(LABELS[k][0], results.compare(ramp, results.finetune[k]))
                   for k in BASELINES if k in results.finetune]
         lines.append("")
     baselines = [k for k in BASELINES if k in results.finetune]
@@ -299,13 +339,19 @@ def render(measured: list[Measured], budget: Budget, provenance: dict, log_entri
                    f"points would be tuning on the test set." if len(variants) > 1 else
                    "RAMP's other pairings and lambdas are in the extended plan (`python -m reproduce --extended`), "
                    "not run for this page.")
-        lines += [f"RAMP (A) against the strongest baseline by mean union, {FINETUNE_METHODS[strongest][0]} (B). "
+        lines += [f"RAMP (A) against the strongest baseline by mean union, {LABELS[strongest][0]} (B). "
                   f"{untuned}", "", *comparison_header("A")]
-        lines += [comparison_row(FINETUNE_METHODS[k][0], results.compare(results.finetune[k],
+        lines += [comparison_row(LABELS[k][0], results.compare(results.finetune[k],
                                                                           results.finetune[strongest]))
                   for k in results.finetune if k.startswith("ramp")]
         lines.append("")
     lines += ["## Fig. 1 at this scale", "", f"![Fig. 1 analogue]({relative(fig_one)})", ""]
+    if any(models and models[0].curve for models in results.finetune.values()):
+        curves = curve_figure(results, figures / "learning-curves.png")
+        lines += [f"## Learning curves (seed {budget.seeds[0]}, {budget.curve_n} validation points)", "",
+                  "Each method's first-seed run keeps its model after these optimizer steps; each is evaluated as "
+                  "above, on validation points (training indices 50,000-59,999, which no model trained on).", "",
+                  f"![learning curves]({relative(curves)})", "", *curve_table(results), ""]
     if results.scratch:
         lines += [f"## From scratch (seed {budget.seeds[0]})", "",
                   *accuracy_table(results, results.scratch, SCRATCH_METHODS, "e-at", with_start=False), ""]

@@ -13,11 +13,12 @@ import torch
 
 from ramptool.threat import DEFAULT_EPS
 from ramptool.training.trainer import KEPT_DIR
-from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, say, train_run
+from reproduce.jobs import NORMS, JobLog, corruption_run, evaluate_run, read_flags, say, train_run, write_json
 from reproduce.plan import DATASET, START, Budget, Job, jobs
 from reproduce.splits import test_points, validation_points
 
 START_FOLDER = "start"
+CURVES_FILE = "curves.json"  # every learning curve: run folder -> step -> accuracy on the validation points
 
 
 @dataclass
@@ -67,8 +68,12 @@ def run(budget: Budget, root: Path, start: Path = START, device: str = "auto") -
             kept = {0: ckpt} if job is None else {step: ckpt / KEPT_DIR / f"step{step}.safetensors"
                                                  for step in budget.curve_steps}
             curve = {step: evaluate_run(path, folder / "curve" / f"step{step}-val{budget.curve_n}", x_val, y_val,
-                                        eps, log)["report"]["accuracy"] for step, path in kept.items()}
+                                        eps, log, **budget.evaluation)["report"]["accuracy"]
+                     for step, path in kept.items()}
         measured.append(Measured(job, evaluation["report"]["accuracy"], read_flags(folder / f"test{budget.test_n}",
                                                                                    NORMS),
                                  corruptions["report"]["mean"], *speed, evaluation["report"], curve))
+    if x_val is not None:
+        curves = {("start" if m.job is None else m.job.folder): m.curve for m in measured if m.curve}
+        write_json(root / CURVES_FILE, {"validation_points": budget.curve_n, "curves": curves})
     return measured

@@ -132,3 +132,33 @@ def test_function_local_imports_say_why(name):
                           for _, statement, local in imports(MODULES[name]) if local and not _has_reason(lines,
                                                                                                          statement)})
     assert unexplained == []
+
+
+def test_the_old_flat_import_paths_still_work_and_warn():
+    import importlib
+    import sys
+
+    import ramptool.training.combiners
+
+    for old in ("ramptool.combiners", "ramptool.checkpoint"):
+        sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="ramptool.combiners is now ramptool.training.combiners"):
+        old_combiners = importlib.import_module("ramptool.combiners")
+    assert old_combiners is ramptool.training.combiners  # patching the old path patches what runs
+    with pytest.warns(DeprecationWarning, match="ramptool.checkpoint is now ramptool.checkpoints.format and"):
+        checkpoint = importlib.import_module("ramptool.checkpoint")  # split in four: each name found in its home
+    with pytest.warns(DeprecationWarning, match="ramptool.checkpoints.loading.load_checkpoint"):
+        from ramptool.checkpoints.loading import load_checkpoint
+
+        assert checkpoint.load_checkpoint is load_checkpoint
+    with pytest.warns(DeprecationWarning, match="ramptool.data.batch_seed is now ramptool.data.batches.batch_seed"):
+        from ramptool.data import batch_seed  # noqa: F401
+    with pytest.raises(AttributeError):
+        checkpoint.no_such_name  # noqa: B018
+
+
+def test_nothing_inside_ramptool_uses_an_old_path():
+    from ramptool._moved import MOVED
+
+    old_paths = [f"{name} -> {target}" for name, targets in GRAPH.items() for target in targets if target in MOVED]
+    assert old_paths == [] and not set(MOVED) & set(MODULES)

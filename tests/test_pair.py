@@ -3,6 +3,7 @@ end to end (issue 7)."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -113,3 +114,20 @@ def test_pair_command_rejects_models_not_trained_for_one_norm(clean_model_dir):
                              capture_output=True, text=True)
     assert process.returncode == 2
     assert "not trained for a single norm" in process.stderr
+
+
+def test_finetune_pair_auto_from_pair_json_runs_as_the_readme_shows_it(tmp_path):
+    """README: `ramptool finetune --ckpt runs/linf-at --pair auto --pair-from runs/pair/pair.json --out runs/ft`,
+    on a tiny budget; `auto` used to reach the attack lookup as the letters a, u, t, o."""
+    from ramptool.checkpoints.format import read_metadata
+    from ramptool.training.recipes import RECIPES_DIR
+
+    (tmp_path / "pair.json").write_text(json.dumps({"norms": ["linf", "l2", "l1"], "matrix": PAPER_LIKE}))
+    shipped = RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors"
+    done = subprocess.run([sys.executable, "-m", "ramptool", "finetune", "--ckpt", str(shipped), "--pair", "auto",
+                           "--pair-from", str(tmp_path / "pair.json"), "--out", str(tmp_path / "ft"),
+                           "--subset", "8", "--batch-size", "8", "--attack-steps", "2", "--device", "cpu"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "key pair: q=linf, r=l1" in done.stdout
+    assert read_metadata(tmp_path / "ft")["threat_model"]["pair"] == ["linf", "l1"]

@@ -10,7 +10,7 @@ import torch
 
 from ramptool.training.resolve import resolve_config
 from ramptool.training.sources import build_train_config
-from reproduce.plan import EXTENDED, FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs
+from reproduce.plan import EXTENDED, FINETUNE_BASE, FINETUNE_METHODS, FULL, QUICK, SCRATCH_BASE, jobs, steps_of
 from reproduce.stats import mcnemar_p, mean_std, paired_comparison
 
 
@@ -107,12 +107,21 @@ def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_
     for heading in ("## How it was run", "## RAMP against each baseline", "## Fig. 1 at this scale",
                     "## From scratch", "## Where ramptool reproduces the paper, and where not"):
         assert heading in text
-    for figure in ("fig1-finetune.png", "union-by-method.png"):
+    for figure in ("fig1-finetune.png", "union-by-method.png", "learning-curves.png"):
         assert (tmp_path / "results" / figure).read_bytes()[:4] == b"\x89PNG"
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["validation_points"] == QUICK.curve_n
+    first_seed = {job.folder for job in jobs(QUICK, "start") if job.seed == QUICK.seeds[0] and job.group == "finetune"}
+    assert set(curves["curves"]) == {"start", *first_seed}  # the first seed's fine-tunes, and the start at step 0
+    for folder in first_seed:
+        assert sorted(map(int, curves["curves"][folder])) == list(QUICK.curve_steps)
+        assert all(0 <= accuracy["union"] <= accuracy["clean"] <= 1 for accuracy in curves["curves"][folder].values())
+    assert "## Learning curves" in text and f"({steps_of(QUICK)} optimizer steps)" in text
     log = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()]
     trained = len(jobs(QUICK, "start"))
     assert sum(entry["kind"] == "train" for entry in log) == trained
-    assert sum(entry["kind"] == "evaluate" for entry in log) == trained + 1  # and the start model
+    curve_points = len(QUICK.curve_steps) * len(first_seed) + 1  # and the start at step 0
+    assert sum(entry["kind"] == "evaluate" for entry in log) == trained + 1 + curve_points  # and the start
     page.unlink()
     main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu"])
     assert len((out / "jobs.jsonl").read_text().splitlines()) == len(log)  # nothing was done again

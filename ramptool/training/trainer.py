@@ -140,20 +140,43 @@ class Trainer:
             self.lock.release()
 
     def _setup(self, cfg: TrainConfig) -> None:
+        resumed_state = self._open_run_folder(cfg)
+        cfg = self.cfg
+        self.dist = distributed.setup(resolve_device(cfg.device))
+        self.device = self.dist.device
+        self._load_data()
+        self._build_model()
+        self._build_training()
+        self.n_batches = num_batches(self.train_data, cfg.batch_size)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict] = []
+        self.running = _fresh_running()
+        self.replacing = False
+        # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
+        self.check_data = self._clean_check_points() if cfg.init else None
+        self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
+        if resumed_state is not None:
+            self._load_state(resumed_state, self.out / STATE_FILE)
+
+    def _open_run_folder(self, cfg: TrainConfig) -> dict | None:
+        """Recover the locked folder, settle the configuration (a resumed run's comes from the folder) and check
+        that the folder may take the run; the saved training state of a resumed run."""
         if self.lock is not None:
             recover_set_aside(self.out, (MODEL_FILE, STATE_FILE))
             remove_orphans(self.out)
-        resumed_state = None
         if cfg.resume:  # after the recovery above: the run to continue may be one an --overwrite had set aside
             cfg = resolve_resumed(cfg)
         check_out_dir(self.out, cfg.resume, cfg.overwrite)
-        if cfg.resume:
-            resumed_state = load_state(self.out / STATE_FILE)
-            if not isinstance(resumed_state, dict):
-                raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
         self.cfg = cfg
-        self.dist = distributed.setup(resolve_device(cfg.device))
-        self.device = self.dist.device
+        if not cfg.resume:
+            return None
+        state = load_state(self.out / STATE_FILE)
+        if not isinstance(state, dict):
+            raise RamptoolError(f"{self.out / STATE_FILE} is not a ramptool training state")
+        return state
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
         self.spec = dataset_spec(cfg.dataset, cfg.image_size)
         self.train_data = load_split(cfg.dataset, "train", cfg.data_dir, cfg.subset, image_size=cfg.image_size)
         if len(self.train_data) == 0:
@@ -161,6 +184,10 @@ class Trainer:
         _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
         self.workers = cfg.workers if cfg.workers is not None else default_workers(
             self.train_data, self.device, self.dist.local_world_size)
+
+    def _build_model(self) -> None:
+        """The checkpoint to fine-tune (checked against the data), or a new model from the run's seed."""
+        cfg = self.cfg
         self.init_metadata = {}
         if cfg.init:
             self.model, self.init_metadata = load_checkpoint(
@@ -188,6 +215,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if cfg.sync_bn:
             self.model = distributed.sync_batchnorm(self.model)
+
+    def _build_training(self) -> None:
+        """The optimizer, the combiner and the method, and the data-parallel model the training step runs."""
+        cfg = self.cfg
         self.optimizer = build_optimizer(self.model, cfg)
         self.combiner = get("combiner", cfg.combiner)(self.model, lambda m: build_optimizer(m, cfg),
                                                       **cfg.combiner_options)
@@ -200,17 +231,7 @@ class Trainer:
                                      pairing=cfg.pairing, pairing_options=cfg.pairing_options, autocast=autocast,
                                      batch_attacks=batch_attacks)
         self.method = get("method", cfg.method)(self.context, **cfg.method_options)
-        self.parallel_model = distributed.data_parallel(self.model)  # what the training step runs
-        self.n_batches = num_batches(self.train_data, cfg.batch_size)
-        self.epoch, self.step = 0, 0
-        self.history: list[dict] = []
-        self.running = _fresh_running()
-        self.replacing = False
-        # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
-        self.check_data = self._clean_check_points() if cfg.init else None
-        self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
-        if resumed_state is not None:
-            self._load_state(resumed_state, self.out / STATE_FILE)
+        self.parallel_model = distributed.data_parallel(self.model)
 
     # ------------------------------------------------------------------ state
 
