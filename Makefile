@@ -50,4 +50,4 @@ bench: setup data
 	$(PY) bench/eval.py
 
 lint: setup
-	$(VENV)/bin/ruff check ramptool tests bench plugins reproduce
+	$(VENV)/bin/ruff check ramptool tests bench plugins reproduce examples
