@@ -60,7 +60,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 def _training_command(mode: str):
     """``ramptool train`` / ``finetune``: one option per TrainConfig knob (ramptool.config declares them)."""
-    def command(config: str | None = None, **flags):
+    def command(config: str | None = None, show_help: bool = False, **flags):
         cfg = build_train_config(flags, recipe=config)
         if mode == "train" and cfg.init and not cfg.resume:
             raise RamptoolError("train starts from random weights; use `ramptool finetune --ckpt` to start from one")
@@ -80,13 +80,25 @@ def _training_command(mode: str):
         if "eval" in last:
             print_accuracy_table({summary["out"]: last["eval"]})
 
-    recipe = typer.Option(None, "--config", metavar="<recipe>",
+    def print_help(ctx: typer.Context, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help(), color=ctx.color)
+            raise typer.Exit()
+
+    # typer's own help option shows as "--help <bool>": this is the same switch, shown as one. The knobs' options
+    # come grouped in their panels (PANELS' order); the recipe leads the Output panel.
+    shown_help = typer.Option(False, "--help", "-h", metavar="", is_eager=True, callback=print_help,
+                              help="Show this message and exit.")
+    recipe = typer.Option(None, "--config", metavar="<recipe>", rich_help_panel="Output",
                           help="TOML recipe, or the name of a shipped one (`ramptool recipes`); flags override it.")
-    parameters = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=recipe, annotation=str | None)]
+    parameters = [inspect.Parameter("show_help", inspect.Parameter.KEYWORD_ONLY, default=shown_help, annotation=bool)]
     exclude = ("init",) if mode == "train" else ()
     for name, annotation, option in cli_options(exclude):
         if name == "init":
             option.help = escape(f"{knob_of(name).help} [required, here or as ckpt in the recipe]")
+        if option.rich_help_panel == "Output" and "config" not in (p.name for p in parameters):
+            parameters.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=recipe,
+                                                annotation=str | None))
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=annotation))
     command.__signature__ = inspect.Signature(parameters)

@@ -96,12 +96,19 @@ class Knob:
     cli: bool = True
     on_resume: str = "fixed"
     shown_default: str | None = None
+    panel: str = ""
+
+
+# The groups of ``ramptool train`` / ``finetune --help``, in the order shown; every knob names its own (``panel``).
+PANELS = ("Model", "Data", "Method", "Attacks", "Optimisation", "Evaluation", "Hardware", "Output")
 
 
 def knob(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **spec) -> Any:
     """A TrainConfig field: ``default`` (or ``default_factory``), ``help``, and the Knob options in ``spec``."""
     if spec.get("on_resume", "fixed") not in ("fixed", "free", "extend"):
         raise ValueError(f"on_resume must be fixed, free or extend, not {spec['on_resume']!r}")
+    if spec.get("panel") not in PANELS:
+        raise ValueError(f"panel must be one of {', '.join(PANELS)}, not {spec.get('panel')!r}")
     return field(default=default, default_factory=default_factory, metadata={"knob": Knob(help, **spec)})
 
 
@@ -198,18 +205,19 @@ class TrainConfig:
 
     How to declare a knob (the CLI option, the recipe key and the validation follow from this alone)::
 
-        workers: int = knob(4, "DataLoader worker processes per rank.", minimum=0, on_resume="free")
+        workers: int = knob(4, "DataLoader worker processes per rank.", minimum=0, on_resume="free", panel="Data")
 
     - type: the annotation. ``int``, ``float``, ``str``, ``bool``, ``list[str]`` (norms), ``dict`` (options: a
       TOML table, or a repeatable ``--flag key=value``; layers merge key by key), each optionally ``| None``
       (None then means "not set"). Command-line text is parsed into it; recipes and Python must give the type
       itself (an int is accepted for a float). E.g.
       ``combiner_options: dict = knob(help="Combiner option key=value (repeatable).", default_factory=dict,
-      flag="--combiner-option")``.
+      flag="--combiner-option", panel="Method")``.
     - default: ``knob(default, help)``, or ``knob(help=..., default_factory=list)`` for mutable ones; a default
       that depends on the dataset is None here plus an entry in ``MODE_DEFAULTS``.
     - help: one sentence for ``--help``; the default is appended as ``[default: X]`` (``shown_default="..."``
       when it depends on context, e.g. the dataset's).
+    - panel (required): the group of ``--help`` the option is listed in, one of ``PANELS``.
     - flag: the CLI spelling, default ``--field-name``; a bool gets ``--x/--no-x`` unless ``flag`` gives both
       spellings (``"--no-decay-bn-bias/--decay-bn-bias"``). A ``dict`` field is a repeatable ``flag key=value``.
       The recipe key is the field name or the flag's name without ``--`` (``lambda``, ``ckpt``); ``-`` and ``_``
@@ -223,94 +231,100 @@ class TrainConfig:
     """
 
     out: str = knob(help="Run folder: checkpoints, state.pt and metrics.jsonl go here (never wiped).",
-                    path=True, recipe=False, on_resume="free")
+                    path=True, recipe=False, on_resume="free", panel="Output")
     dataset: str | None = knob(None, "Registered dataset.", choices=registered("dataset"),
-                               shown_default="the --ckpt's, else fashion-mnist")
+                               shown_default="the --ckpt's, else fashion-mnist", panel="Data")
     data_dir: str | None = knob(None, "Dataset root.", path=True, on_resume="free",
-                                shown_default="$RAMPTOOL_DATA or ~/.cache/ramptool/data")
+                                shown_default="$RAMPTOOL_DATA or ~/.cache/ramptool/data", panel="Data")
     subset: int | None = knob(None, "Train on the first N training points.", positive=True,
-                              shown_default="all")
+                              shown_default="all", panel="Data")
     arch: str | None = knob(None, "Backbone to train (any registered one, or timm:<name>), or the architecture of a "
-                                  "plain state_dict given to --ckpt.", shown_default="small-cnn")
+                                  "plain state_dict given to --ckpt.", shown_default="small-cnn", panel="Model")
     arch_options: dict = knob(help="Backbone option name=value, e.g. width=32 for small-cnn, cifar_stem=true for "
                                    "timm ResNets, sub_block1=true for TRADES-style WideResNet state_dicts.",
-                              default_factory=dict, flag="--arch-option")
+                              default_factory=dict, flag="--arch-option", panel="Model")
     init: str | None = knob(None, "Checkpoint to fine-tune: a file, a run folder, or "
-                                  "robustbench:<dataset>/<threat_model>/<name>.", flag="--ckpt", path=True,
-                            shown_default="none: train from scratch")
+                                  "robustbench:<dataset>/<threat>/<name>.", flag="--ckpt", path=True,
+                            shown_default="none: train from scratch", panel="Model")
     normalize: str | None = knob(None, "Input normalisation inside the model: none, dataset or MEAN/STD.",
                                  shown_default="dataset for a new model, none for a plain state_dict, what a "
-                                               "ramptool checkpoint records")
-    model_dir: str | None = knob(None, "RobustBench weights folder (<dir>/<dataset>/<threat_model>/<name>.pt) for "
-                                       "--ckpt robustbench:<dataset>/<threat_model>/<name>.", path=True,
-                                 on_resume="free", shown_default="./models")
-    method: str = knob("ramp", "Training method (`ramptool plugins` lists them).", choices=registered("method"))
+                                               "ramptool checkpoint records", panel="Model")
+    model_dir: str | None = knob(None, "RobustBench weights folder: --ckpt robustbench:<dataset>/<threat>/<name> "
+                                       "loads <dir>/<dataset>/<threat>/<name>.pt.", path=True,
+                                 on_resume="free", shown_default="./models", panel="Model")
+    method: str = knob("ramp", "Training method (`ramptool plugins` lists them).", choices=registered("method"),
+                       panel="Method")
     norms: list[str] = knob(help="Norms for max, avg, msd, sat and at.",
-                            default_factory=lambda: ["linf", "l2", "l1"], parse=norm_list)
+                            default_factory=lambda: ["linf", "l2", "l1"], parse=norm_list, panel="Method")
     pair: list[str] | str | None = knob(help="Key pair q,r for ramp and e-at (q = source norm), or auto.",
-                                        default_factory=lambda: ["linf", "l1"], parse=norm_pair)
+                                        default_factory=lambda: ["linf", "l1"], parse=norm_pair, panel="Method")
     pair_from: str | None = knob(None, "With --pair auto: the pair.json written by `ramptool pair`.", path=True,
-                                 shown_default="run the pair finder")
+                                 shown_default="run the pair finder", panel="Method")
     eps: dict[str, float] = knob(help="Budgets, e.g. linf=8/255,l2=0.5,l1=12; unnamed norms keep the dataset's.",
-                                 default_factory=dict, parse=eps_table, shown_default="the dataset's")
-    attack: str = knob("apgd", "Training attack family (apgd, pgd or a plugin's).", choices=attack_family_names)
-    attack_steps: int = knob(10, "Training attack iterations.", positive=True)
+                                 default_factory=dict, parse=eps_table, shown_default="the dataset's", panel="Attacks")
+    attack: str = knob("apgd", "Training attack family (apgd, pgd or a plugin's).", choices=attack_family_names,
+                       panel="Attacks")
+    attack_steps: int = knob(10, "Training attack iterations.", positive=True, panel="Attacks")
     attack_options: dict = knob(help="Training-attack option name=value, e.g. l1_sparsity=0.1.",
-                                default_factory=dict, flag="--attack-option")
+                                default_factory=dict, flag="--attack-option", panel="Attacks")
     lam: float | None = knob(None, "RAMP pairing weight lambda.", flag="--lambda", minimum=0,
-                             shown_default="0.5 finetune, 2.0 train")
-    pairing: str = knob("kl", "RAMP pairing loss.", choices=registered("pairing-loss"))
+                             shown_default="0.5 finetune, 2.0 train", panel="Method")
+    pairing: str = knob("kl", "RAMP pairing loss.", choices=registered("pairing-loss"), panel="Method")
     pairing_options: dict = knob(help="Pairing-loss option name=value.", default_factory=dict,
-                                 flag="--pairing-option")
+                                 flag="--pairing-option", panel="Method")
     combiner: str = knob("none", "How the loss becomes an update: none, gp (RAMP's per-epoch gradient "
-                                 "projection), gp-step.", choices=registered("combiner"))
+                                 "projection), gp-step.", choices=registered("combiner"), panel="Method")
     combiner_options: dict = knob(help="Combiner option name=value, e.g. beta=0.5 for gp and gp-step.",
-                                  default_factory=dict, flag="--combiner-option")
+                                  default_factory=dict, flag="--combiner-option", panel="Method")
     method_options: dict = knob(help="Training-method option name=value.", default_factory=dict,
-                                flag="--method-option")
+                                flag="--method-option", panel="Method")
     epochs: int = knob(1, "Epochs; on --resume it may be raised to extend the run.", positive=True,
-                       on_resume="extend")
-    batch_size: int = knob(128, "Batch size.", positive=True)
+                       on_resume="extend", panel="Optimisation")
+    batch_size: int = knob(128, "Batch size.", positive=True, panel="Optimisation")
     optimizer: str | None = knob(None, "sgd (with momentum) or adam.", choices=("sgd", "adam"),
-                                 shown_default="the dataset's")
-    lr: float | None = knob(None, "Peak learning rate.", positive=True, shown_default="the dataset's")
-    momentum: float = knob(0.9, "SGD momentum.", minimum=0, maximum=1)
-    weight_decay: float | None = knob(None, "Weight decay.", minimum=0, shown_default="the dataset's")
+                                 shown_default="the dataset's", panel="Optimisation")
+    lr: float | None = knob(None, "Peak learning rate.", positive=True, shown_default="the dataset's",
+                            panel="Optimisation")
+    momentum: float = knob(0.9, "SGD momentum.", minimum=0, maximum=1, panel="Optimisation")
+    weight_decay: float | None = knob(None, "Weight decay.", minimum=0, shown_default="the dataset's",
+                                      panel="Optimisation")
     no_decay_bn_bias: bool = knob(False, "Exempt BatchNorm and bias parameters from weight decay.",
-                                  flag="--no-decay-bn-bias/--decay-bn-bias")
+                                  flag="--no-decay-bn-bias/--decay-bn-bias", panel="Optimisation")
     schedule: str | None = knob(None, "Learning-rate schedule.", choices=SCHEDULES,
-                                shown_default="piecewise-ft finetune, the dataset's train")
+                                shown_default="piecewise-ft finetune, the dataset's train", panel="Optimisation")
     lr_drop_epoch: float | None = knob(None, "static schedule: the epoch of the /10 drop.", positive=True,
-                                       shown_default="7/8 of the epochs")
-    seed: int = knob(0, "Seed of the initial weights, batch order, augmentation and attacks.", minimum=0)
+                                       shown_default="7/8 of the epochs", panel="Optimisation")
+    seed: int = knob(0, "Seed of the initial weights, batch order, augmentation and attacks.", minimum=0,
+                     panel="Optimisation")
     device: str = knob("auto", "auto, cpu, cuda or cuda:N (auto = cuda if available).", parse=device_name,
-                       on_resume="free")
+                       on_resume="free", panel="Hardware")
     eval_n: int = knob(0, "After each epoch, an AutoAttack-grade evaluation (APGD-CE + APGD-T) on N test points "
-                          "(0: none).", minimum=0)
+                          "(0: none).", minimum=0, panel="Evaluation")
     eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100; at least 3, which "
-                                  "l1's large-eps schedule needs).", minimum=3)
+                                  "l1's large-eps schedule needs).", minimum=3, panel="Evaluation")
     amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
-                           shown_default="none")
-    channels_last: bool = knob(False, "Channels-last memory format (CUDA).")
+                           shown_default="none", panel="Hardware")
+    channels_last: bool = knob(False, "Channels-last memory format (CUDA).", panel="Hardware")
     batch_attacks: str = knob("auto", "Run several norms' attacks as one batch (ramp, max, avg); auto = on for "
-                                      "CUDA.", choices=("auto", "on", "off"))
+                                      "CUDA.", choices=("auto", "on", "off"), panel="Attacks")
     image_size: int | None = knob(None, "Image folders (imagenet, imagefolder): the side images are cropped to.",
-                                  positive=True, shown_default="224")
+                                  positive=True, shown_default="224", panel="Data")
     workers: int | None = knob(None, "DataLoader worker processes per training process.", minimum=0,
                                on_resume="free", shown_default="the process's share of the CPUs minus one, at most "
-                                                               "8; 0 for in-memory datasets on a CPU")
+                                                               "8; 0 for in-memory datasets on a CPU", panel="Data")
     sync_bn: bool = knob(False, "Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm).",
-                         flag="--sync-bn")
+                         flag="--sync-bn", panel="Hardware")
     keep_steps: list[int] = knob(help="Also keep the model after these optimizer steps, counted from the run's "
-                                      "start (learning curves): OUT/checkpoints/step<N>.safetensors.",
-                                 default_factory=list, parse=step_list, on_resume="free", shown_default="none")
+                                      "start (learning curves), as step<N>.safetensors in OUT/checkpoints.",
+                                 default_factory=list, parse=step_list, on_resume="free", shown_default="none",
+                                 panel="Output")
     tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds.",
-                                   on_resume="free")
+                                   on_resume="free", panel="Output")
     resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",
-                        recipe=False, on_resume="free")
+                        recipe=False, on_resume="free", panel="Output")
     overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "
-                                  "checkpoint).", flag="--overwrite", recipe=False, on_resume="free")
-    progress: bool = knob(True, "Show a progress bar on a terminal.", recipe=False, on_resume="free")
+                                  "checkpoint).", flag="--overwrite", recipe=False, on_resume="free", panel="Output")
+    progress: bool = knob(True, "Show a progress bar on a terminal.", recipe=False, on_resume="free", panel="Output")
 
     def __post_init__(self):
         unchecked = CHECK_REGISTERED.set(False)  # names of plugins' components are checked by resolve_config
