@@ -265,6 +265,30 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_one_process_resumes_the_r
 
 
 @pytest.mark.slow
+def test_sigterm_under_torchrun_saves_one_checkpoint_that_one_process_resumes(tmp_path, one_thread):
+    run = tmp_path / "eat"
+    args = [*FINETUNE, "--method", "e-at", "--lr", "0.01", "--subset", "512", "--epochs", "3"]
+    launched = torchrun([*args, "--out", str(run)])
+    deadline = time.time() + 300
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
+        assert launched.poll() is None and time.time() < deadline, launched.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the second epoch
+    launched.send_signal(signal.SIGTERM)  # a scheduler's preemption: torchrun passes it on to every worker
+    _, stderr = launched.communicate(timeout=120)
+    ours = [line for line in stderr.splitlines() if line.startswith("error: rank ")]
+    assert ours and all("stopped by SIGTERM" in line and "--resume" in line for line in ours), stderr[-3000:]
+    saved = read_metadata(run)
+    assert saved["epoch"] >= 1 and not saved["finished"] and (run / "state.pt").is_file()
+
+    run_here(["train", "--resume", "--out", str(run), "--no-progress"])
+    run_here([*args, "--out", str(tmp_path / "one")])
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+    assert_same_metrics(metrics(run), metrics(tmp_path / "one"))
+    assert_same_weights(run, tmp_path / "one")
+
+
+@pytest.mark.slow
 def test_two_process_evaluation_writes_the_report_one_process_writes(tmp_path, one_thread):
     from safetensors.torch import load_file
 

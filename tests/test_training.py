@@ -185,7 +185,18 @@ def test_resume_after_kill_and_after_ctrl_c_reproduces_the_uninterrupted_weights
     assert "--resume" in stderr and "Traceback" not in stderr
     assert read_metadata(tmp_path / "interrupted")["step"] > 0  # a mid-epoch checkpoint
 
-    for name in ("killed", "interrupted"):
+    # what SLURM, Kubernetes and torchrun send before they stop a job, and SLURM's --signal default
+    for signum, name in ((signal.SIGTERM, "terminated"), (signal.SIGUSR1, "warned")):
+        stopped = _run_cli([*RESUME_ARGS, "--out", str(tmp_path / name)])
+        _wait_for_epochs(tmp_path / name, stopped, 1)
+        time.sleep(0.3)
+        stopped.send_signal(signum)
+        _, stderr = stopped.communicate()
+        assert stopped.returncode == 128 + signum, stderr
+        assert stderr.count("\n") == 1 and stderr.startswith("error: stopped by ") and "--resume" in stderr, stderr
+        assert read_metadata(tmp_path / name)["step"] > 0  # a mid-epoch checkpoint
+
+    for name in ("killed", "interrupted", "terminated", "warned"):
         resumed = _run_cli(["train", "--resume", "--out", str(tmp_path / name), "--no-progress"])
         assert resumed.wait() == 0, resumed.communicate()
         expected, got = read_weights(tmp_path / "reference"), read_weights(tmp_path / name)
@@ -413,3 +424,38 @@ def test_the_readme_finetune_command_with_its_defaults_keeps_clean_accuracy(tmp_
     metadata = read_metadata(tmp_path)
     assert metadata["config"]["optimizer"] == "adam" and metadata["start_clean"] > 0.7
     assert metadata["metrics"]["test_clean"] > metadata["start_clean"] - 0.05
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.6, 4.0])  # while torch is imported, and while the command runs
+def test_a_stop_signal_at_any_moment_is_one_line_and_the_shells_exit_code(tmp_path, signum, delay):
+    process = subprocess.Popen([sys.executable, "-m", "ramptool", *RESUME_ARGS, "--out", str(tmp_path / "run")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(delay)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("error: stopped by "), stderr
+
+
+def test_importing_ramptool_does_not_import_torch():
+    done = subprocess.run([sys.executable, "-c", "import sys, ramptool; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_threads_default_to_one_on_a_cpu_unless_asked_or_set_in_the_environment(tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        train(quick_config(tmp_path / "default", subset=64))
+        assert torch.get_num_threads() == 1
+        train(quick_config(tmp_path / "asked", subset=64, threads=2))
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting is left to torch
+        train(quick_config(tmp_path / "environment", subset=64))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

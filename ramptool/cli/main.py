@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -24,7 +26,7 @@ from ramptool.cli.eval import (
     loading_options,
 )
 from ramptool.cli.options import cli_options
-from ramptool.errors import RamptoolError
+from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, raise_stopped
 from ramptool.models import robustbench
 from ramptool.plugins.registry import registry
 from ramptool.runtime import distributed
@@ -264,6 +266,9 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
+    if threading.current_thread() is threading.main_thread():  # a training loop saves a checkpoint first
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, raise_stopped)
     try:
         with distributed.guard():
             app(args=argv, standalone_mode=True)
@@ -277,6 +282,10 @@ def main(argv=None):
         Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(error))}", highlight=False,
                                    soft_wrap=True)
         sys.exit(error.exit_code)
+    except Stopped as stop:
+        where = f"rank {distributed.rank()}: " if distributed.launched() else ""
+        Console(stderr=True).print(f"[bold red]error:[/] {where}{stop}", highlight=False)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

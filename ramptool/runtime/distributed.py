@@ -177,6 +177,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return total.to(tensor.device)
 
 
+def largest(value: int) -> int:
+    """The largest of the ranks' ``value``: e.g. whether any rank was asked to stop."""
+    if not active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def agree(value: int) -> int:
     """Rank 0's ``value`` on every rank: random choices that must be the same everywhere."""
     if not active():

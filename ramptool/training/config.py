@@ -298,6 +298,8 @@ class TrainConfig:
                      panel="Optimisation")
     device: str = knob("auto", "auto, cpu, cuda or cuda:N (auto = cuda if available).", parse=device_name,
                        on_resume="free", panel="Hardware")
+    threads: int | None = knob(None, "Torch CPU threads per process.", positive=True, on_resume="free",
+                               panel="Hardware", shown_default="$OMP_NUM_THREADS, else 1 on a CPU")
     eval_n: int = knob(0, "After each epoch, an AutoAttack-grade evaluation (APGD-CE + APGD-T) on N test points "
                           "(0: none).", minimum=0, panel="Evaluation")
     eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100; at least 3, which "

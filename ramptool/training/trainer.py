@@ -30,12 +30,12 @@ from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_
 from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
 from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
 from ramptool.data.datasets import dataset_spec, load_split
-from ramptool.errors import RamptoolError
+from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped
 from ramptool.evaluation.union import evaluate_union
 from ramptool.models import build_model, resolve_normalize
 from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
-from ramptool.runtime.device import eval_mode, resolve_device
+from ramptool.runtime.device import eval_mode, resolve_device, set_threads
 from ramptool.runtime.files import remove_orphans
 from ramptool.runtime.rundir import (
     FolderLock,
@@ -88,31 +88,35 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 @contextmanager
-def interrupt_flag():
-    """Turn the first Ctrl-C into a flag the loop checks after each step, so the step completes and a
-    checkpoint is written; a second Ctrl-C interrupts at once."""
-    state = {"hit": False}
-    previous = signal.getsignal(signal.SIGINT)
+def stop_requests():
+    """Turn the first stop signal into a request (``state["signal"]``) the loop honours after the step in progress:
+    it writes a checkpoint and stops. A second Ctrl-C interrupts at once."""
+    state = {"signal": 0}
 
     def handler(signum, frame):
-        if state["hit"]:
-            raise KeyboardInterrupt
-        state["hit"] = True
+        if state["signal"] and signum == signal.SIGINT:
+            raise Stopped(signum)
+        state["signal"] = state["signal"] or signum
 
-    try:
-        signal.signal(signal.SIGINT, handler)
-        installed = True
-    except ValueError:  # not the main thread: Ctrl-C handling stays as it is
-        installed = False
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: signals stay as they are
+            break
     try:
         yield state
     finally:
-        if installed:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handling in previous.items():
+            signal.signal(signum, handling)
 
 
 class TrainingInterrupted(RamptoolError):
-    exit_code = 130
+    """A stop signal honoured after a checkpoint; the exit code is the shell's for that signal (130, 143, 138)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class Trainer:
@@ -144,6 +148,7 @@ class Trainer:
         cfg = self.cfg
         self.dist = distributed.setup(resolve_device(cfg.device))
         self.device = self.dist.device
+        set_threads(cfg.threads, self.device)
         self._load_data()
         self._build_model()
         self._build_training()
@@ -358,9 +363,9 @@ class Trainer:
             progress = _progress(cfg.progress and main)
             board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
             lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
-            with distributed.guard(lost), interrupt_flag() as interrupted, progress, board:
+            with distributed.guard(lost), stop_requests() as stop, progress, board:
                 while self.epoch < cfg.epochs:
-                    self._run_epoch(progress, interrupted, board)
+                    self._run_epoch(progress, stop, board)
             self.save(finished=True)
             return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
         finally:
@@ -368,7 +373,7 @@ class Trainer:
                 restore_set_aside(self.out)
             self._release()
 
-    def _run_epoch(self, progress, interrupted, board) -> None:
+    def _run_epoch(self, progress, stop, board) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
@@ -410,10 +415,13 @@ class Trainer:
                 shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
                 rate = self.running["images"] / max(self.running["seconds"], 1e-9)
                 progress.update(task, advance=1, stats=f"{shown}  {rate:.0f} img/s  lr {lr:.4g}")
-            if interrupted["hit"]:
+            # every rank stops after the same step, so that the checkpoint's collectives match
+            signum = distributed.largest(stop["signal"])
+            if signum:
                 self.save()
-                raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {self.step}; checkpoint "
-                                          f"saved in {self.out}, continue with --resume")
+                raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
+                                          f"{self.step}: checkpoint saved in {self.out}, continue with --resume",
+                                          signum)
         self.combiner.end_epoch(self.model)
         total = _sum_over_ranks(self.running)
         seconds = time.perf_counter() - started
