@@ -1,6 +1,7 @@
 """Run folders (issue 14): checked before any work, locked while in use, never lost to --overwrite; atomic writes
 that reach the disk, honour the umask and leave no orphans; names from user input stay inside --out."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import torch
 from ramptool.cli import main
 from ramptool.errors import RamptoolError, TrainingDiverged
 from ramptool.runtime.files import atomic_write
-from ramptool.runtime.rundir import SET_ASIDE, set_aside
+from ramptool.runtime.rundir import SET_ASIDE, FolderLock, set_aside
 from ramptool.training.config import TrainConfig
 from ramptool.training.methods import Clean
 from ramptool.training.trainer import RUN_FILES, train
@@ -172,3 +173,42 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
     with pytest.raises(RamptoolError, match="No space left on device; the previous checkpoint is intact"):
         train(tiny(tmp_path, epochs=2))
     assert read_metadata(tmp_path)["epoch"] == 1
+
+
+def test_nothing_is_written_through_a_symlink_inside_the_run_folder(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ramptool.lock").symlink_to(victim)
+    with pytest.raises(RamptoolError, match="symbolic link"):
+        FolderLock(out).acquire()
+    (out / ".ramptool.lock").unlink()
+    (out / "metrics.jsonl").symlink_to(victim)  # a folder without a model or a state: a new run may start here
+    train(TrainConfig(out=str(out), subset=64, batch_size=32, attack_steps=1, method="at", norms=["linf"],
+                      epochs=1, progress=False, device="cpu"))
+    assert victim.read_text() == "precious"
+    assert not (out / "metrics.jsonl").is_symlink() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_metrics_follow_the_checkpoint_after_a_kill_between_its_files(tmp_path, monkeypatch):
+    """A kill after state.pt was renamed but before the model (and metrics.jsonl) were: --resume lists every
+    epoch the state holds, once."""
+    import ramptool.training.trainer as trainer_module
+
+    out = tmp_path / "run"
+    config = dict(out=str(out), subset=64, batch_size=32, attack_steps=1, method="at", norms=["linf"],
+                  progress=False, device="cpu")
+    train(TrainConfig(**config, epochs=1))
+    save_checkpoint = trainer_module.save_checkpoint
+
+    def killed_after_the_state(path, model, metadata):
+        raise KeyboardInterrupt  # the process dies here: state.pt of epoch 2 is on disk, the rest is not
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", killed_after_the_state)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(out), resume=True, epochs=2))
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_checkpoint)
+    train(TrainConfig(out=str(out), resume=True, epochs=3))
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -51,9 +52,12 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         path = self.folder / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # never through a symlink: it would make the lock truncate whatever file it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise RamptoolError(f"{path} is a symbolic link; ramptool writes nothing through a link inside "
+                                    f"{self.flag}: remove it") from None
             raise RamptoolError(f"{self.flag} {self.folder} is not writable: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

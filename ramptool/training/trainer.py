@@ -36,7 +36,7 @@ from ramptool.models import build_model, resolve_normalize
 from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
 from ramptool.runtime.device import eval_mode, resolve_device, set_threads
-from ramptool.runtime.files import remove_orphans
+from ramptool.runtime.files import atomic_write, remove_orphans
 from ramptool.runtime.rundir import (
     FolderLock,
     discard_set_aside,
@@ -288,6 +288,12 @@ class Trainer:
                 "source": self.init_metadata.get("source"), "start_clean": self.start_clean,
                 "config": dataclasses.asdict(cfg)}
 
+    def _write_metrics(self) -> None:
+        """metrics.jsonl: one line per finished epoch, rewritten whole from the history the training state holds,
+        so after any kill it lists what the checkpoint does (a resumed run rewrites it at its first checkpoint)."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        atomic_write(self.out / METRICS_FILE, lambda tmp: Path(tmp).write_text(lines))
+
     def save(self, finished: bool = False) -> None:
         running = _sum_over_ranks(self.running)  # every rank saves at the same points, so this collective matches
         if not self.dist.is_main:
@@ -295,6 +301,7 @@ class Trainer:
         try:
             save_state(self.out / STATE_FILE, self._state(running))
             save_checkpoint(self.out / MODEL_FILE, self.model, self.metadata(finished))
+            self._write_metrics()
         except OSError as error:  # disk full, folder removed, ...: the previous checkpoint is still whole
             raise RamptoolError(f"cannot write the checkpoint in {self.out}: {error.strerror or error}; the previous "
                                 f"checkpoint is intact") from None
@@ -357,9 +364,10 @@ class Trainer:
             main = self.dist.is_main
             if cfg.eval_n:
                 self.eval_data = load_split(cfg.dataset, "test", cfg.data_dir, cfg.eval_n, image_size=cfg.image_size)
-            if not cfg.resume and main:
-                self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
-                (self.out / METRICS_FILE).write_text("")
+            if main:
+                if not cfg.resume:
+                    self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
+                self._write_metrics()  # a resumed run's: the lines of the epochs its checkpoint holds
             progress = _progress(cfg.progress and main)
             board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
             lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
@@ -438,8 +446,6 @@ class Trainer:
         self.save(finished=False)
         if not self.dist.is_main:
             return
-        with open(self.out / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
         if cfg.tensorboard:
             board.write(record)
         _report_epoch(record, self.start_clean)
