@@ -459,3 +459,15 @@ def test_threads_default_to_one_on_a_cpu_unless_asked_or_set_in_the_environment(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_log_file_gets_progress_lines_while_an_epoch_runs(tmp_path):
+    """Redirected to a file, training used to print nothing until an epoch ended."""
+    done = subprocess.run([sys.executable, "-m", "ramptool", *RESUME_ARGS[:-2], "--epochs", "1", "--progress",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "RAMPTOOL_PROGRESS_SECONDS": "0"})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch 1/1  ")]
+    assert len(lines) == 12  # 768 points at batch 64: a line per step here (every 0 s)
+    assert "1/12 (8%)" in lines[0] and "eta " in lines[0] and "loss " in lines[0] and "img/s" in lines[0]
+    assert "12/12 (100%)" in lines[-1]

@@ -326,7 +326,8 @@ class TrainConfig:
                         recipe=False, on_resume="free", panel="Output")
     overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "
                                   "checkpoint).", flag="--overwrite", recipe=False, on_resume="free", panel="Output")
-    progress: bool = knob(True, "Show a progress bar on a terminal.", recipe=False, on_resume="free", panel="Output")
+    progress: bool = knob(True, "Show progress: a bar on a terminal, a line every 30 s in a log file.",
+                          recipe=False, on_resume="free", panel="Output")
 
     def __post_init__(self):
         unchecked = CHECK_REGISTERED.set(False)  # names of plugins' components are checked by resolve_config

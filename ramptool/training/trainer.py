@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_finished, save_checkpoint, save_state
 from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
@@ -37,6 +37,7 @@ from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
 from ramptool.runtime.device import eval_mode, resolve_device, set_threads
 from ramptool.runtime.files import atomic_write, remove_orphans
+from ramptool.runtime.progress import progress_display
 from ramptool.runtime.rundir import (
     FolderLock,
     discard_set_aside,
@@ -490,11 +491,11 @@ def _report_epoch(record: dict, start_clean: float | None) -> None:
 
 
 def _progress(enabled: bool):
-    if not enabled or not Console().is_terminal:  # in a log file the per-epoch lines say it all
+    """A bar on a terminal, a line every LOG_EVERY_SECONDS in a log file, nothing with --no-progress."""
+    if not enabled:
         return nullcontext()
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[stats]}"))
+    return progress_display(Console(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
 
 
 def train(cfg: TrainConfig) -> dict:
