@@ -1,6 +1,6 @@
 """Progress of long work: a live bar on a terminal, and in a log file (no terminal: SLURM, nohup, a pipe) one line
-per task every ``LOG_EVERY_SECONDS`` (and, once it has had one, when the task ends) with its count, rate and ETA, as timm and Lightning
-write to logs.
+per task every ``LOG_EVERY_SECONDS`` (and, once it has had one, when the task ends) with its count, rate and ETA,
+as timm and Lightning write to logs.
 
 Evaluation engines report ``on_progress(task, detail, done, total)``: ``done`` more units of ``total`` for
 ``task`` (units are point-attacks, so a bar reaches its end even when later attacks skip the points already
