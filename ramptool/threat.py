@@ -6,6 +6,7 @@ Every place that reads a norm or an eps from the user goes through ``parse_norm`
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -185,3 +186,16 @@ def check_inside(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps, attack: s
                             f"B_{norm}(x, {float(eps):g}) ∩ [0,1]^d (largest {norm} distance "
                             f"{float(distance.max()):.6g}, pixels in [{float(flat.min()):.4g}, "
                             f"{float(flat.max()):.4g}]): it does not keep to its threat model")
+
+
+def eps_scale_warnings(eps: dict[str, float], input_size: int) -> list[str]:
+    """Budgets that look like a mistake of scale: an l∞ eps of 1 or more lets the attack reach any image in
+    [0,1]^d (``--eps linf=8`` meant 8/255), and an l2 or l1 eps above the box's diameter (sqrt(d), d) the same."""
+    diameters = {"linf": 1.0, "l2": math.sqrt(input_size), "l1": float(input_size)}
+    messages = []
+    for norm, value in eps.items():
+        if norm in diameters and value >= diameters[norm]:
+            hint = f" (inputs are in [0,1]: did you mean {value:g}/255?)" if norm == "linf" else ""
+            messages.append(f"{norm} eps {value:g} reaches the diameter of the [0,1] box ({diameters[norm]:g} for "
+                            f"{input_size} input values): every image is inside the ball{hint}")
+    return messages

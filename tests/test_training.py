@@ -471,3 +471,14 @@ def test_a_log_file_gets_progress_lines_while_an_epoch_runs(tmp_path):
     assert len(lines) == 12  # 768 points at batch 64: a line per step here (every 0 s)
     assert "1/12 (8%)" in lines[0] and "eta " in lines[0] and "loss " in lines[0] and "img/s" in lines[0]
     assert "12/12 (100%)" in lines[-1]
+
+
+def test_an_eps_on_the_wrong_scale_is_warned_about(tmp_path, capsys):
+    from ramptool.threat import eps_scale_warnings
+
+    assert eps_scale_warnings({"linf": 8 / 255, "l2": 1.5, "l1": 10.0}, 784) == []
+    (linf,) = eps_scale_warnings({"linf": 8.0}, 784)
+    assert "did you mean 8/255?" in linf
+    assert len(eps_scale_warnings({"l2": 28.0, "l1": 784.0}, 784)) == 2  # sqrt(784) and 784: the box's diameters
+    train(quick_config(tmp_path, method="at", norms=["linf"], eps={"linf": 8.0}, subset=64))
+    assert "warning: linf eps 8 reaches the diameter" in capsys.readouterr().err

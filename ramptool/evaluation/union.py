@@ -37,6 +37,7 @@ from ramptool.evaluation.passes import PassCounter
 from ramptool.evaluation.suite import UPPER_BOUND, VERSIONS, RunContext, get_suite, plan, run_label, settings_summary
 from ramptool.runtime import distributed
 from ramptool.runtime.files import atomic_write
+from ramptool.threat import eps_scale_warnings
 
 FLAGS_FILE = "flags.safetensors"
 ADVERSARIAL_PREFIX = "adversarial/"
@@ -188,6 +189,8 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
     if version not in VERSIONS:
         raise RamptoolError(f"unknown version {version!r}; use one of: {', '.join(VERSIONS)}")
     suite = get_suite(attack, norms, attack_options)
+    for message in eps_scale_warnings({norm: eps[norm] for norm in norms if norm in eps}, x[0].numel()):
+        warn(console, message)
     missing = [norm for norm in norms if norm not in eps]
     if missing:
         raise RamptoolError(f"no eps given for {', '.join(missing)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
 import time
@@ -47,6 +48,7 @@ from ramptool.runtime.rundir import (
     set_aside,
 )
 from ramptool.runtime.tensorboard import TensorboardLog
+from ramptool.threat import eps_scale_warnings
 from ramptool.training.config import TrainConfig
 from ramptool.training.methods import MethodContext
 from ramptool.training.resolve import is_resolved, resolve_config, resolve_resumed, trained_norms
@@ -188,6 +190,10 @@ class Trainer:
         if len(self.train_data) == 0:
             raise RamptoolError("the training set is empty")
         _check_every_rank_gets_points(len(self.train_data), cfg.batch_size, self.dist.world_size)
+        if self.dist.is_main:
+            trained = {norm: cfg.eps[norm] for norm in trained_norms(cfg) if norm in cfg.eps}
+            for message in eps_scale_warnings(trained, math.prod(self.spec.input_shape)):
+                print(f"warning: {message}", file=sys.stderr)
         self.workers = cfg.workers if cfg.workers is not None else default_workers(
             self.train_data, self.device, self.dist.local_world_size)
 
