@@ -131,3 +131,15 @@ def test_finetune_pair_auto_from_pair_json_runs_as_the_readme_shows_it(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "key pair: q=linf, r=l1" in done.stdout
     assert read_metadata(tmp_path / "ft")["threat_model"]["pair"] == ["linf", "l1"]
+
+
+def test_a_meaningless_matrix_is_warned_about_not_silently_decided():
+    from ramptool.training.keypair import pair_warnings
+
+    zeros = {p: {"clean": 0.1, "linf": 0.0, "l2": 0.0, "l1": 0.0} for p in ("linf", "l2", "l1")}
+    q, r, _ = choose_pair(zeros)
+    warnings = pair_warnings(zeros, q, r, chance=0.1)
+    assert any("tie was broken by the order" in w for w in warnings)
+    assert sum("at chance level" in w for w in warnings) == 3
+    assert pair_warnings({**PAPER_LIKE, **{p: {**PAPER_LIKE[p], "clean": 0.8} for p in PAPER_LIKE}}, "linf", "l1",
+                         chance=0.1) == []

@@ -40,6 +40,24 @@ def choose_pair(matrix: dict[str, dict[str, float]], fine_tune_from: str | None 
                   f"{shown}; r={r}, where the {q} model is least robust ({weakest})")
 
 
+def pair_warnings(matrix: dict[str, dict[str, float]], q: str, r: str, chance: float | None = None) -> list[str]:
+    """What makes a chosen pair meaningless: a tie the rule broke by the order of the norms, and models at chance
+    level (clean accuracy no better than guessing: their robustness measures nothing)."""
+    messages = []
+    own = {p: matrix[p][p] for p in matrix}
+    for chosen in (q, r):
+        tied = [p for p in own if p not in (q, r) and abs(own[p] - own[chosen]) < 1e-9]
+        if tied:
+            messages.append(f"R[{chosen}][{chosen}] = R[{tied[0]}][{tied[0]}] = {own[chosen]:.3f}: the tie was "
+                            f"broken by the order the norms are listed in, not by the models")
+    if chance is not None:
+        for norm, row in matrix.items():
+            if "clean" in row and row["clean"] <= chance + 0.05:
+                messages.append(f"the {norm}-AT model is at chance level (clean {100 * row['clean']:.1f}%, chance "
+                                f"{100 * chance:.1f}%): its row measures nothing; train it longer")
+    return messages
+
+
 def single_trained_norm(metadata: dict, path: str) -> str:
     norms = metadata.get("trained_norms") or []
     if len(norms) != 1:

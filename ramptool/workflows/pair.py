@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from rich.markup import escape
 from rich.table import Table
 
 from ramptool.attacks import known_norms
 from ramptool.checkpoints.format import read_metadata, run_finished
-from ramptool.data.datasets import load_split
+from ramptool.data.datasets import get_dataset, load_split
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.report import attack_label, eps_line
 from ramptool.evaluation.suite import get_suite
@@ -24,7 +25,7 @@ from ramptool.runtime.device import resolve_device
 from ramptool.runtime.files import atomic_write
 from ramptool.threat import parse_eps, parse_norm, parse_norms
 from ramptool.training.config import TrainConfig
-from ramptool.training.keypair import choose_pair, single_trained_norm
+from ramptool.training.keypair import choose_pair, pair_warnings, single_trained_norm
 from ramptool.training.resolve import resolve_config
 from ramptool.training.trainer import train
 
@@ -49,7 +50,9 @@ def robustness_matrix(checkpoints: list[str], norms: list[str], eps: dict, datas
     return ordered, sources, label
 
 
-def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path, title: str) -> None:
+def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Path, title: str,
+                 marked: tuple[str, ...] = ()) -> None:
+    """R[model][attack] as a heatmap; the own-norm cells R[p][p] of the ``marked`` norms (the key pair) boxed."""
 
     models = list(matrix)
     values = [[100 * matrix[m][p] for p in norms] for m in models]
@@ -61,6 +64,10 @@ def save_heatmap(matrix: dict[str, dict[str, float]], norms: list[str], path: Pa
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white" if value < 60 else "black")
+    for norm in marked:
+        if norm in models and norm in norms:
+            ax.add_patch(Rectangle((norms.index(norm) - 0.5, models.index(norm) - 0.5), 1, 1, fill=False,
+                                   edgecolor="red", linewidth=2.5))
     fig.colorbar(image, ax=ax, label="robust accuracy (%)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -88,7 +95,10 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
     matrix, sources, label = robustness_matrix(checkpoints, norms, eps, dataset, data_dir, n_examples, steps,
                                                device, attack, model_dir)
     q, r, evidence = choose_pair(matrix, fine_tune_from)
-    result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "matrix": matrix, "eps": eps,
+    classes = get_dataset(dataset).num_classes
+    warnings = pair_warnings(matrix, q, r, 1 / classes if classes else None)
+    result = {"q": q, "r": r, "pair": f"{q},{r}", "evidence": evidence, "warnings": warnings, "matrix": matrix,
+              "eps": eps,
               "norms": norms, "dataset": dataset, "n_examples": n_examples, "attack": label,
               "grade": get_suite(attack).grade, "steps": steps, "checkpoints": sources,
               "fine_tune_from": fine_tune_from}
@@ -96,8 +106,8 @@ def find_pair(checkpoints, norms, eps, dataset, data_dir=None, n_examples=500, s
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "pair.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
         title = (f"single-norm AT models vs each attack, {dataset}, n={n_examples}\n{label}\n"
-                 f"eps {eps_line({p: eps[p] for p in norms})}")
-        save_heatmap(matrix, norms, out / "pair_matrix.png", title)
+                 f"eps {eps_line({p: eps[p] for p in norms})}; key pair q={q}, r={r} (boxed)")
+        save_heatmap(matrix, norms, out / "pair_matrix.png", title, marked=(q, r))
     return result
 
 
@@ -132,6 +142,8 @@ def find_pair_command(ckpts, train_models, dataset, data_dir, arch, norms, eps, 
         table.add_row(f"{model_norm}-AT", *[f"{100 * row[c]:.1f}" for c in ["clean", *norm_list]])
     console.print(table)
     console.print(f"key pair: [bold]q={result['q']}, r={result['r']}[/]  ({escape(result['evidence'])})")
+    for message in result["warnings"]:
+        console.print(f"[bold yellow]WARNING:[/] {escape(message)}", highlight=False)
     console.print(f"wrote {out_dir / 'pair.json'} and {out_dir / 'pair_matrix.png'}")
     return result
 
