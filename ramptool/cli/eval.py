@@ -9,10 +9,14 @@ the same files a single process writes.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 from safetensors.torch import save_file
@@ -90,10 +94,6 @@ def _device(name: str):
     return where.device
 
 
-def _is_main() -> bool:
-    return is_main()
-
-
 # how to read a checkpoint that does not describe itself: one option set for every command that takes --ckpt
 ARCH_OPTION = typer.Option(None, "--arch", help="Architecture of a plain state_dict without metadata: a backbone, "
                            "timm:<name> or robustbench:<dataset>/<threat_model>/<name>.")
@@ -134,17 +134,6 @@ def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
             name = f"{base}-{count}"
         names[name] = path
     return names
-
-
-def _locks_out(command):
-    """Check that --out is a writable folder and hold it for the whole command, before any work."""
-
-    @functools.wraps(command)
-    def locked(**options):
-        with writer_lock(options["out"]):
-            return command(**options)
-
-    return locked
 
 
 def parse_n_examples(text: str) -> int | None:
@@ -210,26 +199,111 @@ def save_adversarial(folder: Path, name: str, report: dict, x, y, provenance_rec
     return path
 
 
-@eval_app.command()
-@_locks_out
+def _option(name: str, annotation, option) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+# every eval command opens with these, in this order
+MODEL_PARAMETERS = (
+    _option("ckpt", list[str], typer.Option([], "--ckpt", help=CKPT_HELP)),
+    _option("dataset", str | None, typer.Option(None, help="Dataset.", show_default="the checkpoint's")),
+    _option("data_dir", str | None, typer.Option(None, help="Dataset root.")),
+    _option("arch", str | None, ARCH_OPTION),
+    _option("normalize", str | None, NORMALIZE_OPTION),
+    _option("arch_option", list[str], ARCH_OPTIONS_OPTION),
+    _option("model_dir", str | None, MODEL_DIR_OPTION),
+)
+SAMPLE_SEED_OPTION = typer.Option(None, help="Draw a seeded random N instead of the first N.")
+ATTACK_OPTION_OPTION = typer.Option([], help="Option of the attack family, name=value (repeatable).")
+VERSION_OPTION = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (adds FAB-T and Square).")
+STEPS_OPTION = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100).")
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """What the shared options say: the checkpoints under their short names, how to read them, where the
+    reports go and how the work runs."""
+
+    checkpoints: dict[str, Path | str]
+    dataset: str | None
+    data_dir: str | None
+    arch: str | None
+    loading: dict
+    out: str
+    batch_size: int
+    device: str
+    seed: int
+
+    @classmethod
+    def from_options(cls, ckpt, dataset, data_dir, arch, normalize, arch_option, model_dir, out, batch_size,
+                     device, seed) -> EvalRun:
+        return cls(checkpoint_names(ckpt), dataset, data_dir, arch,
+                   loading_options(normalize, arch_option, model_dir), out, batch_size, device, seed)
+
+    def start(self, *, protect_reports: bool = False, resume: bool = False, overwrite: bool = False) -> torch.device:
+        """This process's device, after the command's own checks and the shared ones, so that a mistake costs
+        no work. ``protect_reports``: a report or unfinished evaluation in --out is refused unless --resume or
+        --overwrite says what to do with it."""
+        _positive(self.batch_size, "--batch-size")
+        if protect_reports:
+            check_report_folder(Path(self.out), self.checkpoints, resume, overwrite)
+        return _device(self.device)
+
+    def models(self, device: torch.device) -> Iterator[tuple[str, Path | str, torch.nn.Module, dict, str]]:
+        """(name, path, model, metadata, dataset) of each checkpoint, loaded when its turn comes."""
+        for name, path in self.checkpoints.items():
+            yield name, path, *load_for_evaluation(path, self.dataset, self.arch, device, **self.loading)
+
+
+def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval",
+                 batch_size_help: str | None = None):
+    """Register ``body(run: EvalRun, **own_options)`` as an eval command: its own options between the shared
+    ones, and --out checked and held for the whole command before anything else."""
+    report_parameters = (_option("out", str, typer.Option(out_default, help=out_help)),
+                         _option("batch_size", int, typer.Option(500, help=batch_size_help)),
+                         _option("device", str, typer.Option("auto", help="auto, cpu or cuda.")),
+                         _option("seed", int, typer.Option(0, help=seed_help)))
+    shared = [parameter.name for parameter in (*MODEL_PARAMETERS, *report_parameters)]
+
+    def register(body):
+        own = list(inspect.signature(body, eval_str=True).parameters.values())[1:]
+
+        @functools.wraps(body)
+        def command(**options):
+            settings = {name: options.pop(name) for name in shared}
+            with writer_lock(settings["out"]):
+                return body(EvalRun.from_options(**settings), **options)
+
+        # typer reads the options from the signature: the body's own between the shared ones, as --help lists them
+        command.__signature__ = inspect.Signature(
+            [*MODEL_PARAMETERS, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *report_parameters])
+        return eval_app.command()(command)
+
+    return register
+
+
+def _write_reports(write: Callable[[], dict[str, Path]]) -> None:
+    """Rank 0 writes the reports and names them; the other processes are done once they have computed."""
+    if not is_main():
+        return
+    written = write()
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+
+
+@eval_command(out_help="Folder for report.json, report.md, report.png and flags.", batch_size_help="Attack batch size.",
+              seed_help="Attack seed (random starts).")
 def union(
-    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
-    data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = ARCH_OPTION,
-    normalize: str | None = NORMALIZE_OPTION,
-    arch_option: list[str] = ARCH_OPTIONS_OPTION,
-    model_dir: str | None = MODEL_DIR_OPTION,
+    run: EvalRun,
     n_examples: str = typer.Option("1000", help="Test points: the first N, or 'all'."),
-    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    sample_seed: int | None = SAMPLE_SEED_OPTION,
     eps: str | None = typer.Option(None, help="e.g. linf=8/255,l2=0.5,l1=12.", show_default="the dataset's"),
     norms: str = typer.Option("linf,l2,l1", help="Norms of the union."),
-    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (adds FAB-T and Square)."),
+    version: str = VERSION_OPTION,
     attack: str = typer.Option("apgd", help="apgd: APGD-CE + APGD-T with AutoAttack's settings on ramptool's APGD "
                                "(AutoAttack-grade); autoattack: pyautoattack itself; apgd-ce: one APGD-CE run "
                                "(quick, an upper bound); or a registered attack family such as pgd (upper bounds)."),
-    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
-    steps: int = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100)."),
+    attack_option: list[str] = ATTACK_OPTION_OPTION,
+    steps: int = STEPS_OPTION,
     union_only: bool = typer.Option(False, "--union-only", help="Cascade: each run attacks only points still "
                                     "robust in every norm (same union, less time; per-norm numbers become upper "
                                     "bounds)."),
@@ -237,32 +311,23 @@ def union(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report or unfinished evaluation in --out."),
     save_adv: Path | None = typer.Option(None, "--save-adv", help="Folder for the adversarial examples that "
                                          "counted (<model>.safetensors)."),
-    out: str = typer.Option("runs/eval", help="Folder for report.json, report.md, report.png and flags."),
-    batch_size: int = typer.Option(500, help="Attack batch size."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Attack seed (random starts)."),
 ):
     """Clean, per-norm and union accuracy (AutoAttack-grade by default), for one or more checkpoints side by side."""
-    checkpoints = checkpoint_names(ckpt)
-    loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
     attack_options = parse_assignments(attack_option, "--attack-option")
     get_suite(attack, norm_list, attack_options)
     parse_n_examples(n_examples)
-    _positive(batch_size, "--batch-size")
     _positive(steps, "--steps")
-    check_report_folder(Path(out), checkpoints, resume, overwrite)
-    target = _device(device)
+    target = run.start(protect_reports=True, resume=resume, overwrite=overwrite)
     reports = {}
-    for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target, **loading)
+    for name, path, model, metadata, dataset_name in run.models(target):
         eps_values = parse_eps(eps, dataset_name)
-        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        x, y = _test_points(dataset_name, run.data_dir, n_examples, sample_seed, metadata)
         console.print(f"evaluating {name} on {len(y)} {dataset_name} points", highlight=False)
         with task_progress(console) as progress:
             report = evaluate_union(model, x, y, norm_list, eps_values, version=version,
-                                    out_dir=Path(out) / name, resume=resume, union_only=union_only,
-                                    batch_size=batch_size, seed=seed, attack=attack, steps=steps,
+                                    out_dir=Path(run.out) / name, resume=resume, union_only=union_only,
+                                    batch_size=run.batch_size, seed=run.seed, attack=attack, steps=steps,
                                     recorded_clean=recorded_clean_accuracy(metadata), console=console,
                                     attack_options=attack_options, on_progress=progress,
                                     keep_adversarial=save_adv is not None)
@@ -270,7 +335,7 @@ def union(
         if not isinstance(path, Path):
             record["checkpoint"] = path  # a model zoo name: the zoo's own file, not hashed here
         report["eps_given"] = {norm: text for norm, text in eps_as_given(eps, eps_values).items() if norm in norm_list}
-        if save_adv is not None and _is_main():
+        if save_adv is not None and is_main():
             console.print(f"adversarial examples: {save_adversarial(save_adv, name, report, x, y, record)}",
                           highlight=False)
         report.pop("adversarial", None)
@@ -278,22 +343,12 @@ def union(
                          "points": "first N" if sample_seed is None else f"a random N, sample seed {sample_seed}",
                          "sample_seed": sample_seed, "provenance": record, **report}
     print_union_table(reports, console)
-    if not _is_main():
-        return
-    written = write_union_reports(reports, out, provenance(device=target))
-    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    _write_reports(lambda: write_union_reports(reports, run.out, provenance(device=target)))
 
 
-@eval_app.command()
-@_locks_out
+@eval_command(out_help="Folder for corruptions.json and corruptions.png.", seed_help="Seed of the random corruptions.")
 def corruptions(
-    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
-    data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = ARCH_OPTION,
-    normalize: str | None = NORMALIZE_OPTION,
-    arch_option: list[str] = ARCH_OPTIONS_OPTION,
-    model_dir: str | None = MODEL_DIR_OPTION,
+    run: EvalRun,
     n_examples: int = typer.Option(1000, help="Test points (the first N; per severity with --from-dir, a "
                                              "seeded random N for an ImageNet-C tree)."),
     corruption_names: str | None = typer.Option(None, "--corruptions",
@@ -304,24 +359,16 @@ def corruptions(
                                                     "ImageNet-C style (<corruption>/<severity>/<class>/*.JPEG)."),
     cache_dir: Path | None = typer.Option(None, help="Corrupted-set cache.",
                                           show_default="$RAMPTOOL_CACHE/corruptions or ~/.cache/ramptool/corruptions"),
-    out: str = typer.Option("runs/eval", help="Folder for corruptions.json and corruptions.png."),
-    batch_size: int = typer.Option(500),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed of the random corruptions."),
 ):
     """Accuracy under the 15 common corruptions x 5 severities (imagecorruptions), per corruption and mean."""
-    checkpoints = checkpoint_names(ckpt)
-    loading = loading_options(normalize, arch_option, model_dir)
     if corruption_names:
         names = parse_corruptions(corruption_names)
     else:
         names = folder_corruptions(from_dir) if from_dir is not None else list(CORRUPTIONS)
     severity_list = parse_severities(severities)
     _positive(n_examples, "--n-examples")
-    _positive(batch_size, "--batch-size")
     reports = {}
-    for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
+    for name, path, model, metadata, dataset_name in run.models(run.start()):
         with task_progress(console) as progress:
             def step(corruption, severity):
                 progress(name, f"{corruption} s{severity}", 1, len(names) * len(severity_list))
@@ -329,24 +376,24 @@ def corruptions(
             if from_dir is not None:
                 report = evaluate_corruption_folder(model, from_dir, names, severity_list, n_examples,
                                                     metadata["input_shape"], metadata["num_classes"],
-                                                    batch_size, on_step=step)
+                                                    run.batch_size, on_step=step)
             else:
-                x, y = _test_points(dataset_name, data_dir, n_examples, None, metadata)
-                report = evaluate_corruptions(model, x, y, names, severity_list, seed, dataset_name,
-                                              cache_dir or default_cache_dir(), batch_size, on_step=step)
+                x, y = _test_points(dataset_name, run.data_dir, n_examples, None, metadata)
+                report = evaluate_corruptions(model, x, y, names, severity_list, run.seed, dataset_name,
+                                              cache_dir or default_cache_dir(), run.batch_size, on_step=step)
         reports[name] = {"checkpoint": str(path), **report, "dataset": dataset_name}
-        console.print(corruption_table(reports[name], title=name if len(checkpoints) > 1 else None))
-    if not _is_main():
-        return
-    if len(reports) == 1:
-        written = write_corruption_report(next(iter(reports.values())), out)
-    else:
+        console.print(corruption_table(reports[name], title=name if len(run.checkpoints) > 1 else None))
+
+    def write():
+        if len(reports) == 1:
+            return write_corruption_report(next(iter(reports.values())), run.out)
         # each model's full report in its own folder, the side-by-side means next to them
         for name, report in reports.items():
-            write_corruption_report(report, Path(out) / name)
+            write_corruption_report(report, Path(run.out) / name)
         console.print(corruption_comparison_table(reports))
-        written = write_corruption_comparison(reports, out)
-    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+        return write_corruption_comparison(reports, run.out)
+
+    _write_reports(write)
 
 
 def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[float]]:
@@ -367,16 +414,9 @@ def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[flo
     return values
 
 
-@eval_app.command()
-@_locks_out
+@eval_command(out_help="Folder for curve.json and curve.png.", seed_help="Attack seed (random starts).")
 def curve(
-    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
-    data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = ARCH_OPTION,
-    normalize: str | None = NORMALIZE_OPTION,
-    arch_option: list[str] = ARCH_OPTIONS_OPTION,
-    model_dir: str | None = MODEL_DIR_OPTION,
+    run: EvalRun,
     norms: str = typer.Option("linf,l2,l1", help="Norms to sweep."),
     eps: str | None = typer.Option(None, help="Reference eps, e.g. linf=8/255.", show_default="the dataset's"),
     eps_values: list[str] = typer.Option([], "--eps-values", help="Explicit eps of one norm, e.g. "
@@ -384,20 +424,14 @@ def curve(
     multiples: str = typer.Option(DEFAULT_MULTIPLES, help="Norms without --eps-values: these multiples of the "
                                                           "reference eps."),
     n_examples: str = typer.Option("500", help="Test points: the first N, or 'all'."),
-    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    sample_seed: int | None = SAMPLE_SEED_OPTION,
     attack: str = typer.Option("apgd", help="apgd (AutoAttack-grade), autoattack (pyautoattack), apgd-ce (one "
                                "APGD-CE run: quick, an upper bound) or a registered attack family (upper bounds)."),
-    attack_option: list[str] = typer.Option([], help="Option of the attack family, name=value (repeatable)."),
-    version: str = typer.Option("fast", help="fast (APGD-CE + APGD-T) or standard (adds FAB-T and Square)."),
-    steps: int = typer.Option(100, help="APGD or attack family iterations (AutoAttack's: 100)."),
-    out: str = typer.Option("runs/eval", help="Folder for curve.json and curve.png."),
-    batch_size: int = typer.Option(500),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Attack seed (random starts)."),
+    attack_option: list[str] = ATTACK_OPTION_OPTION,
+    version: str = VERSION_OPTION,
+    steps: int = STEPS_OPTION,
 ):
     """Robust accuracy vs eps (AutoAttack-grade by default); warns where it does not fall as eps grows."""
-    checkpoints = checkpoint_names(ckpt)
-    loading = loading_options(normalize, arch_option, model_dir)
     norm_list = parse_norms(norms)
     attack_options = parse_assignments(attack_option, "--attack-option")
     suite = get_suite(attack, norm_list, attack_options)
@@ -407,44 +441,33 @@ def curve(
     if not factors or any(not factor > 0 for factor in factors):
         raise RamptoolError(f"--multiples must be positive numbers, got {multiples!r}")
     _positive(steps, "--steps")
-    _positive(batch_size, "--batch-size")
     curves = {}
-    for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, _device(device), **loading)
+    for name, path, model, metadata, dataset_name in run.models(run.start()):
         reference = parse_eps(eps, dataset_name)
         missing = [norm for norm in norm_list if norm not in reference and norm not in explicit]
         if missing:
             raise RamptoolError(f"no eps known for {', '.join(missing)} on {dataset_name}: pass --eps or "
                                 f"--eps-values")
         sweep = {norm: explicit.get(norm) or [factor * reference[norm] for factor in factors] for norm in norm_list}
-        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        x, y = _test_points(dataset_name, run.data_dir, n_examples, sample_seed, metadata)
         console.print(f"{name}: {suite.description} on {len(y)} points at {sum(len(v) for v in sweep.values())} "
                       f"eps values", highlight=False)
         with task_progress(console) as progress:
             result = robustness_curve(model, x, y, sweep, attack=attack, version=version, steps=steps,
-                                      batch_size=batch_size, seed=seed,
+                                      batch_size=run.batch_size, seed=run.seed,
                                       reference_eps={n: reference[n] for n in norm_list if n in reference},
                                       console=console, attack_options=attack_options, on_progress=progress)
         curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
     console.print(curve_table(curves))
-    if not _is_main():
-        return
-    written = write_curve_report(curves, out)
-    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    _write_reports(lambda: write_curve_report(curves, run.out))
 
 
-@eval_app.command()
-@_locks_out
+@eval_command(out_default="runs/eval-unseen", out_help="Folder for report.json, report.md, report.png and flags.",
+              batch_size_help="Attack batch size.", seed_help="Seed of the adversaries' random draws.")
 def unseen(
-    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    dataset: str | None = typer.Option(None, help="Dataset.", show_default="the checkpoint's"),
-    data_dir: str | None = typer.Option(None, help="Dataset root."),
-    arch: str | None = ARCH_OPTION,
-    normalize: str | None = NORMALIZE_OPTION,
-    arch_option: list[str] = ARCH_OPTIONS_OPTION,
-    model_dir: str | None = MODEL_DIR_OPTION,
+    run: EvalRun,
     n_examples: int = typer.Option(500, help="Test points (the first N)."),
-    sample_seed: int | None = typer.Option(None, help="Draw a seeded random N instead of the first N."),
+    sample_seed: int | None = SAMPLE_SEED_OPTION,
     adversaries: str | None = typer.Option(None, help="Subset, e.g. fog,snow.",
                                            show_default="l0,fog,snow,gabor,elastic,jpeg-linf"),
     budgets: str | None = typer.Option(None, help="e.g. fog=128,l0=20.", show_default="the dataset's"),
@@ -454,39 +477,28 @@ def unseen(
     corruptions_from: Path | None = typer.Option(None, help="Output folder of `eval corruptions` for the same "
                                                        "checkpoints: adds each one's mean corruption accuracy."),
     resume: bool = typer.Option(False, "--resume", help="Skip adversaries already finished in --out."),
-    out: str = typer.Option("runs/eval-unseen", help="Folder for report.json, report.md, report.png and flags."),
-    batch_size: int = typer.Option(500, help="Attack batch size."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed of the adversaries' random draws."),
 ):
     """Accuracy under unseen adversaries (l0, fog, snow, gabor, elastic, jpeg-linf), their mean and union."""
-    checkpoints = checkpoint_names(ckpt)
-    loading = loading_options(normalize, arch_option, model_dir)
     names = parse_adversaries(adversaries)
     steps = _positive(steps, "--steps") if steps is not None else DEFAULT_STEPS
     queries = _positive(queries, "--queries") if queries is not None else DEFAULT_QUERIES
-    _positive(batch_size, "--batch-size")
-    target = _device(device)
+    target = run.start()
     # found before any attack runs: a missing report must not cost an evaluation
-    corruptions = {name: corruption_summary(corruptions_from, path) for name, path in checkpoints.items()
+    corruptions = {name: corruption_summary(corruptions_from, path) for name, path in run.checkpoints.items()
                    if corruptions_from is not None}
     reports = {}
-    for name, path in checkpoints.items():
-        model, metadata, dataset_name = load_for_evaluation(path, dataset, arch, target, **loading)
+    for name, path, model, metadata, dataset_name in run.models(target):
         budget_values = parse_budgets(budgets, dataset_name, names)
-        x, y = _test_points(dataset_name, data_dir, n_examples, sample_seed, metadata)
+        x, y = _test_points(dataset_name, run.data_dir, n_examples, sample_seed, metadata)
         console.print(f"evaluating {name} on {len(y)} {dataset_name} points", highlight=False)
         with task_progress(console) as progress:
             report = evaluate_unseen(model, x, y, names, budget_values, steps=steps, queries=queries,
-                                     out_dir=Path(out) / name, resume=resume, batch_size=batch_size, seed=seed,
-                                     recorded_clean=recorded_clean_accuracy(metadata), console=console,
-                                     on_progress=progress)
+                                     out_dir=Path(run.out) / name, resume=resume, batch_size=run.batch_size,
+                                     seed=run.seed, recorded_clean=recorded_clean_accuracy(metadata),
+                                     console=console, on_progress=progress)
         if name in corruptions:
             report["corruptions"] = corruptions[name]
             report["accuracy"]["corruptions"] = corruptions[name]["mean"]
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
     print_unseen_table(reports, console)
-    if not _is_main():
-        return
-    written = write_unseen_reports(reports, out)
-    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    _write_reports(lambda: write_unseen_reports(reports, run.out))
