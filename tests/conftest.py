@@ -29,6 +29,24 @@ def _seed():
     torch.manual_seed(0)
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _checkout_outputs() -> set[str]:
+    """What lies in the checkout's own output folders (runs/, the default of every --out), links not followed."""
+    runs = CHECKOUT / "runs"
+    return {str(path.relative_to(CHECKOUT)) for path in runs.rglob("*")} if runs.is_dir() else set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _the_checkout_stays_untouched():
+    """Tests write into tmp_path only: a user's own runs/ (after `ramptool eval union` as the README shows it)
+    must neither change a test's outcome nor be changed by one."""
+    before = _checkout_outputs()
+    yield
+    assert _checkout_outputs() == before, "a test wrote into the checkout's runs/"
+
+
 @pytest.fixture(scope="session")
 def fmnist_test():
     """The first 256 Fashion-MNIST test points as [0,1] tensors."""

@@ -421,3 +421,20 @@ def test_per_epoch_evaluation_is_the_default_autoattack_grade_one(tmp_path, fmni
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     expected = evaluate_union(load_model(out), fmnist_test[0][:12], fmnist_test[1][:12], NORMS, FMNIST_EPS, steps=5)
     assert record["eval"] == expected["accuracy"] and expected["grade"] == "AutoAttack-grade"
+
+
+def test_the_default_out_is_a_folder_per_model_and_arguments_are_checked_before_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: never the checkout's runs/
+    quick = ["--attack", "apgd-ce", "--n-examples", "8", "--steps", "3", "--device", "cpu", "--threads", "1"]
+    code, _, err = run_cli(["eval", "union", "--ckpt", str(SHIPPED), *quick], capsys)
+    assert code == 0, err
+    assert (tmp_path / "runs" / "eval" / "fmnist-linf-at" / "report.json").is_file()
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(SHIPPED.read_bytes())
+    code, _, err = run_cli(["eval", "union", "--ckpt", str(other), *quick], capsys)  # a second model: no --out
+    assert code == 0, err
+    assert (tmp_path / "runs" / "eval" / "other" / "report.json").is_file()
+    code, _, err = run_cli(["eval", "union", "--ckpt", str(SHIPPED), *quick, "--eps", "linf=abc"], capsys)
+    assert code == 2 and "not a finite number: 'abc'" in err and "already holds" not in err
+    code, _, err = run_cli(["eval", "union", "--ckpt", str(SHIPPED), *quick], capsys)  # the same model again
+    assert code == 2 and "already holds a report" in err

@@ -108,10 +108,10 @@ def test_pair_command_trains_single_norm_models_and_writes_the_pair(tmp_path):
     assert matrix["l1"]["l1"] > matrix["linf"]["l1"], matrix
 
 
-def test_pair_command_rejects_models_not_trained_for_one_norm(clean_model_dir):
+def test_pair_command_rejects_models_not_trained_for_one_norm(clean_model_dir, tmp_path):
     process = subprocess.run([sys.executable, "-m", "ramptool.cli", "pair", "--ckpt", str(clean_model_dir),
                               "--ckpt", str(clean_model_dir), "--n-examples", "8", "--attack", "apgd"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, cwd=tmp_path)  # the default --out is relative
     assert process.returncode == 2
     assert "not trained for a single norm" in process.stderr
 

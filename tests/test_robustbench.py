@@ -135,14 +135,17 @@ def test_finetune_steps_from_a_zoo_model_and_exports_back_to_robustbench(zoo, ci
 
 def test_missing_weights_say_where_to_put_them_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models, work = tmp_path / "models", tmp_path / "work"
+    models.mkdir(), work.mkdir()
+    monkeypatch.chdir(work)  # the default --out is relative: never the checkout's runs/
 
-    code, _, err = run_cli(["eval", "union", "--ckpt", WIDE_RESNET, "--model-dir", str(tmp_path)], capsys)
+    code, _, err = run_cli(["eval", "union", "--ckpt", WIDE_RESNET, "--model-dir", str(models)], capsys)
 
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "downloads are off (HF_HUB_OFFLINE=1)" in err
-    assert f"put RobustBench's Carmon2019Unlabeled.pt in {tmp_path.resolve()}/cifar10/Linf/" in err
-    assert list(tmp_path.iterdir()) == [], "nothing is created where the weights were looked for"
+    assert f"put RobustBench's Carmon2019Unlabeled.pt in {models.resolve()}/cifar10/Linf/" in err
+    assert list(models.iterdir()) == [], "nothing is created where the weights were looked for"
 
 
 @pytest.mark.parametrize("spec, message", [

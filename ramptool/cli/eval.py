@@ -65,7 +65,7 @@ from ramptool.evaluation.unseen import (
 )
 from ramptool.models.robustbench import is_zoo_name
 from ramptool.plugins.options import parse_assignments
-from ramptool.runtime.device import resolve_device
+from ramptool.runtime.device import resolve_device, set_threads
 from ramptool.runtime.distributed import is_main, setup
 from ramptool.runtime.files import atomic_write
 from ramptool.runtime.progress import task_progress
@@ -232,22 +232,27 @@ class EvalRun:
     out: str
     batch_size: int
     device: str
+    threads: int | None
     seed: int
 
     @classmethod
     def from_options(cls, ckpt, dataset, data_dir, arch, normalize, arch_option, model_dir, out, batch_size,
-                     device, seed) -> EvalRun:
+                     device, threads, seed) -> EvalRun:
         return cls(checkpoint_names(ckpt), dataset, data_dir, arch,
-                   loading_options(normalize, arch_option, model_dir), out, batch_size, device, seed)
+                   loading_options(normalize, arch_option, model_dir), out, batch_size, device, threads, seed)
 
     def start(self, *, protect_reports: bool = False, resume: bool = False, overwrite: bool = False) -> torch.device:
         """This process's device, after the command's own checks and the shared ones, so that a mistake costs
         no work. ``protect_reports``: a report or unfinished evaluation in --out is refused unless --resume or
         --overwrite says what to do with it."""
         _positive(self.batch_size, "--batch-size")
+        if self.threads is not None:
+            _positive(self.threads, "--threads")
         if protect_reports:
             check_report_folder(Path(self.out), self.checkpoints, resume, overwrite)
-        return _device(self.device)
+        device = _device(self.device)
+        set_threads(self.threads, device)
+        return device
 
     def models(self, device: torch.device) -> Iterator[tuple[str, Path | str, torch.nn.Module, dict, str]]:
         """(name, path, model, metadata, dataset) of each checkpoint, loaded when its turn comes."""
@@ -259,9 +264,13 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
                  batch_size_help: str | None = None):
     """Register ``body(run: EvalRun, **own_options)`` as an eval command: its own options between the shared
     ones, and --out checked and held for the whole command before anything else."""
-    report_parameters = (_option("out", str, typer.Option(out_default, help=out_help)),
+    report_parameters = (_option("out", str | None, typer.Option(None, help=out_help,
+                                                                 show_default=f"{out_default}/<model>")),
                          _option("batch_size", int, typer.Option(500, help=batch_size_help)),
                          _option("device", str, typer.Option("auto", help="auto, cpu or cuda.")),
+                         _option("threads", int | None, typer.Option(None, help="Torch CPU threads per process.",
+                                                                     show_default="$OMP_NUM_THREADS, else 1 on a "
+                                                                                  "CPU")),
                          _option("seed", int, typer.Option(0, help=seed_help)))
     shared = [parameter.name for parameter in (*MODEL_PARAMETERS, *report_parameters)]
 
@@ -271,6 +280,8 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
         @functools.wraps(body)
         def command(**options):
             settings = {name: options.pop(name) for name in shared}
+            if settings["out"] is None:  # a folder per model, so that evaluating another one needs no --out
+                settings["out"] = str(Path(out_default) / "+".join(checkpoint_names(settings["ckpt"])))
             with writer_lock(settings["out"]):
                 return body(EvalRun.from_options(**settings), **options)
 
@@ -318,6 +329,7 @@ def union(
     get_suite(attack, norm_list, attack_options)
     parse_n_examples(n_examples)
     _positive(steps, "--steps")
+    parse_eps(eps)  # its syntax now; the dataset's defaults complete it per model
     target = run.start(protect_reports=True, resume=resume, overwrite=overwrite)
     reports = {}
     for name, path, model, metadata, dataset_name in run.models(target):
