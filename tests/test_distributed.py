@@ -239,16 +239,24 @@ def _worker_of_rank(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f"no worker with RANK={rank} under torchrun")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
-def test_a_dead_rank_stops_the_other_with_one_line_and_one_process_resumes_the_run(tmp_path, one_thread):
+EAT_RUN = [*FINETUNE, "--method", "e-at", "--lr", "0.01", "--subset", "512", "--epochs", "3"]
+
+
+def _two_process_run_past_its_first_epoch(tmp_path):
+    """(the run folder, its arguments, the torchrun process) of a 3-epoch E-AT fine-tune, once epoch 1 is done."""
     run = tmp_path / "eat"
-    args = [*FINETUNE, "--method", "e-at", "--lr", "0.01", "--subset", "512", "--epochs", "3"]
-    launched = torchrun([*args, "--out", str(run)])
+    launched = torchrun([*EAT_RUN, "--out", str(run)])
     deadline = time.time() + 300
     while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
         assert launched.poll() is None and time.time() < deadline, launched.communicate()
         time.sleep(0.02)
+    return run, EAT_RUN, launched
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_a_dead_rank_stops_the_other_with_one_line_and_one_process_resumes_the_run(tmp_path, one_thread):
+    run, args, launched = _two_process_run_past_its_first_epoch(tmp_path)
     os.kill(_worker_of_rank(launched.pid, 1), signal.SIGKILL)  # in the second epoch (an epoch takes seconds)
     _, stderr = launched.communicate(timeout=120)
     assert launched.returncode != 0
@@ -266,13 +274,7 @@ def test_a_dead_rank_stops_the_other_with_one_line_and_one_process_resumes_the_r
 
 @pytest.mark.slow
 def test_sigterm_under_torchrun_saves_one_checkpoint_that_one_process_resumes(tmp_path, one_thread):
-    run = tmp_path / "eat"
-    args = [*FINETUNE, "--method", "e-at", "--lr", "0.01", "--subset", "512", "--epochs", "3"]
-    launched = torchrun([*args, "--out", str(run)])
-    deadline = time.time() + 300
-    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
-        assert launched.poll() is None and time.time() < deadline, launched.communicate()
-        time.sleep(0.02)
+    run, args, launched = _two_process_run_past_its_first_epoch(tmp_path)
     time.sleep(0.5)  # into the second epoch
     launched.send_signal(signal.SIGTERM)  # a scheduler's preemption: torchrun passes it on to every worker
     _, stderr = launched.communicate(timeout=120)
