@@ -8,14 +8,15 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup data demo reproduce test test-fast bench lint clean-demo
 
+# the versions come from constraints.txt (the tested set); pyproject.toml declares the ranges.
 # robustbench 1.1.1 goes in without its pins (timm==1.0.9, gdown==5.1.0); the robustbench extra brings what it
 # imports (README: "RobustBench models")
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev,robustbench]'
-	$(PY) -m pip install --quiet --no-deps robustbench==1.1.1
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,robustbench]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps robustbench
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -121,8 +121,13 @@ def test_layers_import_only_downward():
 
 
 def _has_reason(lines: list[str], statement: ast.stmt) -> bool:
-    above = lines[statement.lineno - 2].strip() if statement.lineno > 1 else ""
-    return "#" in lines[statement.end_lineno - 1] or above.startswith("#")
+    """A comment on the import's own line, or on the line above it or above the block of imports it ends."""
+    if "#" in lines[statement.end_lineno - 1]:
+        return True
+    above = statement.lineno - 2
+    while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+        above -= 1
+    return above >= 0 and lines[above].strip().startswith("#")
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

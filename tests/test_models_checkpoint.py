@@ -21,6 +21,7 @@ from ramptool.models.preact_resnet import PreActResNet18
 from ramptool.models.small_cnn import SmallCNN
 from ramptool.plugins.options import parse_assignments
 from ramptool.runtime.files import atomic_write, file_sha256
+from ramptool.training.recipes import RECIPES_DIR
 
 FMNIST_METADATA = {"arch": "small-cnn", "arch_options": {}, "num_classes": 10, "input_shape": [1, 28, 28],
                    "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist", "method": "ramp", "epochs": 3,
@@ -468,3 +469,25 @@ def test_info_on_a_plain_state_dict_says_how_to_import_it(tmp_path):
     output = " ".join(result.output.split())  # rich wraps long lines
     assert f"plain state_dict, {tensor_count} tensors, no ramptool metadata" in output
     assert "--arch ARCH --dataset NAME --normalize none|dataset|MEAN/STD (default none" in output
+
+
+def test_info_labels_the_recorded_evaluation_with_its_attack_and_an_unlabelled_one_as_an_upper_bound(tmp_path):
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    accuracy = {"clean": 0.78, "linf": 0.58, "l2": 0.45, "l1": 0.08, "union": 0.07}
+    labelled = {"eval": accuracy, "eval_attack": "APGD-CE + APGD-T, AutoAttack's settings on ramptool's APGD "
+                                                 "(100 steps), first 500 test points"}
+    for name, metrics in (("old", {"eval": accuracy}), ("new", labelled)):
+        save_checkpoint(tmp_path / f"{name}.safetensors", model, {**FMNIST_METADATA, "metrics": metrics})
+    old = " ".join(CliRunner().invoke(app, ["info", str(tmp_path / "old.safetensors")]).output.split())
+    new = " ".join(CliRunner().invoke(app, ["info", str(tmp_path / "new.safetensors")]).output.split())
+    assert "last evaluation: clean 78.0, linf 58.0, l2 45.0, l1 8.0, union 7.0: upper bound (not AutoAttack)" in old
+    assert "union 7.0 (APGD-CE + APGD-T, AutoAttack's settings on ramptool's APGD (100 steps), first 500" in new
+    assert "upper bound" not in new
+
+
+def test_the_shipped_checkpoint_records_an_autoattack_grade_evaluation_and_no_ramp_settings():
+    metadata = read_metadata(RECIPES_DIR / "checkpoints" / "fmnist-linf-at.safetensors")
+    assert metadata["method"] == "at" and "lambda" not in metadata and "pairing" not in metadata
+    assert "pair" not in metadata["threat_model"]
+    assert metadata["metrics"]["eval_attack"].startswith("APGD-CE + APGD-T, AutoAttack's settings")
+    assert metadata["metrics"]["eval"]["union"] < 0.15  # the one-run APGD-CE said 0.266

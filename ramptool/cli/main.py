@@ -27,6 +27,7 @@ from ramptool.cli.eval import (
 )
 from ramptool.cli.options import cli_options
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, raise_stopped
+from ramptool.evaluation.suite import UPPER_BOUND
 from ramptool.models import robustbench
 from ramptool.plugins.registry import registry
 from ramptool.runtime import distributed
@@ -202,7 +203,23 @@ def info(
     console.print(f"input: {describe_input(metadata)}", highlight=False, soft_wrap=True)
     for note in notes:
         console.print(note, highlight=False, soft_wrap=True)
+    evaluation = evaluation_line(metadata.get("metrics") or {})
+    if evaluation:
+        console.print(evaluation, highlight=False, soft_wrap=True)
     console.print_json(json.dumps(metadata, default=str))
+
+
+def evaluation_line(metrics: dict) -> str | None:
+    """The last epoch's evaluation as the checkpoint records it, with the attack that measured it; a number no
+    attack is recorded for is an upper bound (older checkpoints measured with a single APGD-CE run)."""
+    if not isinstance(metrics.get("eval"), dict):
+        return None
+    numbers = ", ".join(f"{key} {100 * value:.1f}" for key, value in metrics["eval"].items()
+                        if isinstance(value, int | float))
+    attack = metrics.get("eval_attack")
+    if not isinstance(attack, str):
+        return f"last evaluation: {numbers}: {UPPER_BOUND}: the attack that measured it is not recorded"
+    return f"last evaluation: {numbers} ({attack})"
 
 
 @app.command()
@@ -266,7 +283,8 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
-    if threading.current_thread() is threading.main_thread():  # a training loop saves a checkpoint first
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:  # a training loop saves a checkpoint first
         for signum in STOP_SIGNALS:
             signal.signal(signum, raise_stopped)
     try:
@@ -276,16 +294,15 @@ def main(argv=None):
         if done.code in (0, None):  # after a failure a peer may be gone: leave the group to the exit
             distributed.shutdown()
         raise
-    except RamptoolError as error:
+    except (RamptoolError, Stopped) as stopped:
+        if on_main_thread:  # the process is ending: a late SIGTERM (torchrun repeats it) must not cut the line
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         # under torchrun every process says what stopped it, so a failure on one node is not lost
         where = f"rank {distributed.rank()}: " if distributed.launched() else ""
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(error))}", highlight=False,
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(stopped))}", highlight=False,
                                    soft_wrap=True)
-        sys.exit(error.exit_code)
-    except Stopped as stop:
-        where = f"rank {distributed.rank()}: " if distributed.launched() else ""
-        Console(stderr=True).print(f"[bold red]error:[/] {where}{stop}", highlight=False)
-        sys.exit(stop.exit_code)
+        sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":

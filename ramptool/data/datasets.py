@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,44 +36,69 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
-def _prepare_debian_fashion_mnist(root: Path) -> None:
-    """Decompress Debian's dataset-fashion-mnist into the layout torchvision reads (ROOT/FashionMNIST/raw)."""
-    raw = root / "FashionMNIST" / "raw"
-    if not DEBIAN_FASHION_MNIST.is_dir():
-        return
-    for archive in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
-        target = raw / archive.name[:-3]
-        if target.exists():
-            continue
-        raw.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        with gzip.open(archive, "rb") as source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink)
-        partial.replace(target)
+def _read_idx(path: Path) -> np.ndarray:
+    """An MNIST-format idx file of unsigned bytes (gzipped or not), its size checked against its header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise RamptoolError(f"{path} cannot be read: {error}") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 4:
+        raise RamptoolError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    payload = data[4 + 4 * ndim:]
+    if len(data) < 4 + 4 * ndim or math.prod(shape) != len(payload):
+        raise RamptoolError(f"{path} is truncated or damaged: its header says {shape}, it holds {len(payload)} "
+                            f"bytes of data")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
-def _torchvision_mnist(cls_name: str, how_to_get: str):
+def _find_idx(name: str, folders: list[Path]) -> Path | None:
+    for folder in folders:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _mnist(cls_name: str, how_to_get: str, shipped: Path | None = None):
+    """MNIST-format datasets read from their idx files: torchvision's layout (ROOT/NAME/raw) or ``shipped`` (a
+    system package's folder); torchvision, when it is installed, downloads them if they are nowhere."""
+
     def load(split: str, root: Path, download: bool) -> TensorSplit:
-        # torchvision only where a dataset is read through it
-        import torchvision
-
-        if cls_name == "FashionMNIST":
-            _prepare_debian_fashion_mnist(root)
-        cls = getattr(torchvision.datasets, cls_name)
-        try:
-            dataset = cls(str(root), train=split == "train", download=False)
-        except RuntimeError:
-            if not download:
-                raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'}; {how_to_get}") from None
-            try:
-                dataset = cls(str(root), train=split == "train", download=True)
-            except Exception as error:
-                raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'} and the download "
-                                    f"failed ({type(error).__name__}); {how_to_get}") from None
-        images = dataset.data.unsqueeze(1).contiguous()
-        return TensorSplit(images, dataset.targets.long(), 10)
+        prefix = "train" if split == "train" else "t10k"
+        names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+        raw = root / cls_name / "raw"
+        folders = [raw, *([shipped] if shipped is not None else [])]
+        found = [_find_idx(name, folders) for name in names]
+        if None in found and download:
+            _download_with_torchvision(cls_name, root, how_to_get)
+            found = [_find_idx(name, folders) for name in names]
+        if None in found:
+            raise RamptoolError(f"{cls_name} not found under {raw}; {how_to_get}")
+        images, labels = (_read_idx(path) for path in found)
+        if images.ndim != 3 or labels.shape != (images.shape[0],):
+            raise RamptoolError(f"{found[0]} and {found[1]} do not hold the same number of images and labels")
+        return TensorSplit(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                           10)
 
     return load
+
+
+def _download_with_torchvision(cls_name: str, root: Path, how_to_get: str) -> None:
+    try:
+        # optional: torchvision (pip install 'ramptool[vision]') downloads the datasets it knows
+        import torchvision
+    except (ImportError, RuntimeError):  # a torchvision built for another torch raises RuntimeError
+        raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'} and torchvision, which would "
+                            f"download it, is not installed; {how_to_get}") from None
+    try:
+        getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
+    except Exception as error:
+        raise RamptoolError(f"{cls_name} not found under {root / cls_name / 'raw'} and the download failed "
+                            f"({type(error).__name__}); {how_to_get}") from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -129,15 +154,8 @@ def _cifar(num_classes: int):
     def load(split: str, root: Path, download: bool) -> TensorSplit:
         loaded = read(split, root)
         if loaded is None and download:
-            # torchvision only where a dataset is read through it
-            import torchvision
-
-            try:
-                getattr(torchvision.datasets, tv_name)(str(root), train=split == "train", download=True)
-            except Exception as error:
-                raise RamptoolError(f"{tv_name} not found under {root} ({py_dir}/ or {bin_dir}/) and the "
-                                    f"download failed ({type(error).__name__}); pass --data-dir DIR holding "
-                                    f"{py_dir}/ from https://www.cs.toronto.edu/~kriz/cifar.html") from None
+            _download_with_torchvision(tv_name, root, f"pass --data-dir DIR holding {py_dir}/ from "
+                                                      f"https://www.cs.toronto.edu/~kriz/cifar.html")
             loaded = read(split, root)
         if loaded is None:
             raise RamptoolError(f"{tv_name} not found under {root} (looked for {py_dir}/ and {bin_dir}/); "
@@ -149,11 +167,12 @@ def _cifar(num_classes: int):
 
 def _image_folder():
     def load(split: str, root: Path, download: bool, image_size: int = 224) -> FolderSplit:
-        # torchvision only where a dataset is read through it
-        import torchvision
-
-        # torchvision only where a dataset is read through it
-        from torchvision import transforms
+        try:
+            # optional: torchvision (pip install 'ramptool[vision]') reads and transforms image folders
+            import torchvision
+            from torchvision import transforms
+        except (ImportError, RuntimeError):  # a torchvision built for another torch raises RuntimeError
+            raise RamptoolError("image folders are read with torchvision: pip install 'ramptool[vision]'") from None
 
         folder = root / ("train" if split == "train" else "val")
         if not folder.is_dir():
@@ -178,12 +197,12 @@ def _image_folder():
 def register_datasets():
     return {
         "fashion-mnist": DatasetSpec(
-            _torchvision_mnist("FashionMNIST", "install Debian's dataset-fashion-mnist "
-                               "(apt-get install dataset-fashion-mnist) or allow torchvision's download"),
+            _mnist("FashionMNIST", "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+                   "or allow torchvision's download", shipped=DEBIAN_FASHION_MNIST),
             (1, 28, 28), (0.2860,), (0.3530,), 10, "Fashion-MNIST (28x28 grayscale, 10 classes); the default",
             hyperparameters=SMALL_GRAYSCALE_HYPERPARAMETERS),
         "mnist": DatasetSpec(
-            _torchvision_mnist("MNIST", "pass --data-dir DIR holding MNIST/raw/*-ubyte or allow the download"),
+            _mnist("MNIST", "pass --data-dir DIR holding MNIST/raw/*-ubyte or allow torchvision's download"),
             (1, 28, 28), (0.1307,), (0.3081,), 10, "MNIST (28x28 grayscale, 10 classes)",
             hyperparameters=SMALL_GRAYSCALE_HYPERPARAMETERS),
         "cifar10": DatasetSpec(_cifar(10), (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, 10,

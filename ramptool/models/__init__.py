@@ -106,11 +106,12 @@ def _wide_resnet(depth, width):
 def timm_model(num_classes, in_chans, image_size, timm_name, cifar_stem=False, **options):
     """timm:<name>: any timm architecture (random init; fixed-size models get img_size; cifar_stem=True swaps the
     stem for a 3x3 conv)."""
-    # timm takes about a second to import: only timm: backbones need it
-    import timm
-
-    # timm takes about a second to import: only timm: backbones need it
-    from timm.models import get_pretrained_cfg_value
+    try:
+        # optional (pip install 'ramptool[vision]'), and about a second to import: only timm: backbones need it
+        import timm
+        from timm.models import get_pretrained_cfg_value
+    except (ImportError, RuntimeError):  # a torchvision built for another torch raises RuntimeError
+        raise RamptoolError("timm: backbones need timm: pip install 'ramptool[vision]'") from None
 
     try:
         if get_pretrained_cfg_value(timm_name, "fixed_input_size"):

@@ -32,6 +32,7 @@ from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
 from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
 from ramptool.data.datasets import dataset_spec, load_split
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped
+from ramptool.evaluation.report import attack_label
 from ramptool.evaluation.union import evaluate_union
 from ramptool.models import build_model, resolve_normalize
 from ramptool.plugins.registry import get
@@ -111,7 +112,10 @@ def stop_requests():
         yield state
     finally:
         for signum, handling in previous.items():
-            signal.signal(signum, handling)
+            # once asked to stop, the process is on its way out: a repeated SIGTERM (torchrun sends more than one)
+            # must not interrupt the last checkpoint or the error line
+            stopping = state["signal"] and signum != signal.SIGINT
+            signal.signal(signum, signal.SIG_IGN if stopping else handling)
 
 
 class TrainingInterrupted(RamptoolError):
@@ -285,9 +289,12 @@ class Trainer:
                 "num_classes": self.train_data.num_classes, "input_shape": list(self.spec.input_shape),
                 **self.normalization, "dataset": cfg.dataset,
                 "method": cfg.method, "trained_norms": trained_norms(cfg),
-                "threat_model": {"norms": list(cfg.norms), "pair": cfg.pair, "eps": cfg.eps},
+                "threat_model": {"norms": list(cfg.norms), "eps": cfg.eps,
+                                 **({"pair": cfg.pair} if self.method.uses == "pair" else {})},
                 "method_options": cfg.method_options, "attack": cfg.attack, "attack_options": cfg.attack_options,
-                "lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options,
+                # a method that pairs predictions (RAMP) records its weight and loss; the others have none
+                **({"lambda": cfg.lam, "pairing": cfg.pairing, "pairing_options": cfg.pairing_options}
+                   if hasattr(self.method, "pairing_loss") else {}),
                 "combiner": cfg.combiner, "combiner_options": cfg.combiner_options,
                 "epoch": self.epoch, "step": self.step, "epochs": cfg.epochs, "finished": finished,
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
@@ -345,7 +352,7 @@ class Trainer:
         norms = [n for n in ("linf", "l2", "l1") if n in self.cfg.eps] or list(self.cfg.eps)
         with eval_mode(self.model):
             report = evaluate_union(self.model, x, y, norms, self.cfg.eps, steps=self.cfg.eval_steps)
-        return report["accuracy"]
+        return {"eval": report["accuracy"], "eval_attack": f"{attack_label(report)}, first {report['n']} test points"}
 
     def _clean_check_points(self):
         try:
@@ -445,7 +452,7 @@ class Trainer:
                   **{k: round(v / total["counts"][k], 5) for k, v in total["sums"].items()}}
         self.epoch, self.step = epoch + 1, 0
         if cfg.eval_n:
-            record["eval"] = self.evaluate()
+            record.update(self.evaluate())
         if self.check_data is not None:
             record["test_clean"] = round(self.clean_accuracy(), 5)
         self.history.append(record)
