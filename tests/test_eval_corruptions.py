@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ramptool.data.datasets import load_split
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.corruptions import (
     CORRUPTIONS,
@@ -276,3 +277,17 @@ def test_a_damaged_image_in_an_imagenet_c_tree_is_named(rgb_model_and_points, tm
     _truncate(damaged, 60)
     with pytest.raises(RamptoolError, match=f"{damaged} is not a readable image"):
         evaluate_corruption_tree(model, tmp_path, ["fog"], [1])
+
+
+def test_cells_at_or_below_chance_are_named_as_measuring_nothing(clean_model, tmp_path):
+    from ramptool.evaluation.corruptions import evaluate_corruptions
+    from ramptool.evaluation.report import chance_note
+
+    x, y = load_split("fashion-mnist", "test", subset=64).tensors()
+    blank = torch.zeros_like(x)  # an "image" with the signal removed: every model is at chance on it
+    report = evaluate_corruptions(clean_model, torch.cat([x, blank]), torch.cat([y, y]), ["brightness"], [5],
+                                  cache_dir=None)
+    assert report["chance"] == float(torch.bincount(torch.cat([y, y])).max()) / 128
+    blank_only = evaluate_corruptions(clean_model, blank, y, ["brightness"], [5], cache_dir=None)
+    assert blank_only["at_chance"] == ["brightness s5"]
+    assert "measure nothing" in chance_note("m", blank_only) and chance_note("m", {"at_chance": []}) is None

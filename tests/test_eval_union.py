@@ -15,7 +15,7 @@ from ramptool.cli.eval import _test_points, parse_n_examples
 from ramptool.errors import RamptoolError
 from ramptool.evaluation import suite as suite_module
 from ramptool.evaluation.flags import union_flags
-from ramptool.evaluation.report import curve_title, union_plot_title
+from ramptool.evaluation.report import curve_title, union_plot_title, wilson_interval
 from ramptool.evaluation.union import (
     FLAGS_FILE,
     EvaluationInterrupted,
@@ -290,12 +290,13 @@ def test_cli_eval_union_writes_reports_with_provenance_keeps_them_and_resumes(cl
     assert accuracy["union"] <= min(accuracy[n] for n in NORMS) <= max(accuracy[n] for n in NORMS) <= accuracy["clean"]
 
     markdown = (out / "report.md").read_text().splitlines()
-    assert markdown[0] == "robust accuracy (%), ± one standard error"
+    assert markdown[0] == "robust accuracy (%), [95% Wilson interval]"
     assert markdown[2] == "| model | clean | linf | l2 | l1 | union |"
-    error = 100 * (accuracy["clean"] * (1 - accuracy["clean"]) / 16) ** 0.5
-    assert markdown[4].startswith(f"| {name} | {100 * accuracy['clean']:.1f} ± {error:.1f} |")
+    low, high = wilson_interval(accuracy["clean"], 16)
+    assert markdown[4].startswith(f"| {name} | {100 * accuracy['clean']:.1f} [{100 * low:.1f}, {100 * high:.1f}] |")
     assert "eps linf 26/255, l2 1.5, l1 10" in markdown[-1] and "16 points" in markdown[-1]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-" and b"<svg" in (out / "report.svg").read_bytes()
     title = union_plot_title(document["models"])
     assert name in title and "APGD-CE + APGD-T" in title and "eps linf 26/255" in title and "n=16" in title
     assert (out / name / FLAGS_FILE).is_file() and "union" in stdout
@@ -421,6 +422,13 @@ def test_per_epoch_evaluation_is_the_default_autoattack_grade_one(tmp_path, fmni
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     expected = evaluate_union(load_model(out), fmnist_test[0][:12], fmnist_test[1][:12], NORMS, FMNIST_EPS, steps=5)
     assert record["eval"] == expected["accuracy"] and expected["grade"] == "AutoAttack-grade"
+
+
+def test_the_wilson_interval_is_not_empty_at_zero_and_stays_in_the_unit_interval():
+    assert wilson_interval(0.0, 20)[0] == 0.0 and 0.13 < wilson_interval(0.0, 20)[1] < 0.18  # not 0.0 ± 0.0
+    assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(1.0, 20)[0] < 1.0
+    low, high = wilson_interval(0.5, 10_000)
+    assert low == pytest.approx(0.490, abs=1e-3) and high == pytest.approx(0.510, abs=1e-3)
 
 
 def test_the_default_out_is_a_folder_per_model_and_arguments_are_checked_before_it(tmp_path, capsys, monkeypatch):

@@ -34,6 +34,7 @@ from ramptool.evaluation.corruptions import (
     parse_severities,
 )
 from ramptool.evaluation.report import (
+    chance_note,
     corruption_comparison_table,
     corruption_table,
     curve_table,
@@ -395,13 +396,17 @@ def corruptions(
                                               cache_dir or default_cache_dir(), run.batch_size, on_step=step)
         reports[name] = {"checkpoint": str(path), **report, "dataset": dataset_name}
         console.print(corruption_table(reports[name], title=name if len(run.checkpoints) > 1 else None))
+        note = chance_note(name, reports[name])
+        if note and is_main():
+            console.print(note, highlight=False, soft_wrap=True)
 
     def write():
         if len(reports) == 1:
-            return write_corruption_report(next(iter(reports.values())), run.out)
+            name, report = next(iter(reports.items()))
+            return write_corruption_report(report, run.out, name)
         # each model's full report in its own folder, the side-by-side means next to them
         for name, report in reports.items():
-            write_corruption_report(report, Path(run.out) / name)
+            write_corruption_report(report, Path(run.out) / name, name)
         console.print(corruption_comparison_table(reports))
         return write_corruption_comparison(reports, run.out)
 

@@ -13,6 +13,7 @@ sets are cached on disk as uint8 ``.npy`` files.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from pathlib import Path
@@ -170,7 +171,14 @@ def _share_of_correct(correct: int, total: int) -> float:
 
 
 def _summary(accuracy: dict[str, dict[str, float]], severities: list[int], n: int, clean: float | None,
-             **details) -> dict:
+             chance: float | None = None, **details) -> dict:
+    """The report; with ``chance`` (what always answering the most frequent class scores on these points), the
+    (corruption, severity) cells at or below it (within two standard errors): they remove the signal, so they
+    measure nothing about robustness."""
+    if chance is not None:
+        margin = 2 * math.sqrt(chance * (1 - chance) / max(n, 1))
+        details |= {"chance": chance, "at_chance": [f"{c} s{s}" for c, row in accuracy.items() for s in severities
+                                                     if row[str(s)] <= chance + margin]}
     corruption_mean = {c: float(np.mean(list(row.values()))) for c, row in accuracy.items()}
     severity_mean = {str(s): float(np.mean([row[str(s)] for row in accuracy.values()])) for s in severities}
     return {"n": n, "clean": clean, "severities": list(severities), "corruptions": list(accuracy),
@@ -208,7 +216,8 @@ def evaluate_corruptions(model, x: torch.Tensor, y: torch.Tensor, corruptions=No
             accuracy[corruption][str(severity)] = _share_of_correct(correct, len(y))
             if on_step is not None:
                 on_step(corruption, severity)
-    return _summary(accuracy, severities, len(y), accuracy_on(model, x, y, batch_size), seed=seed,
+    chance = float(torch.bincount(y.cpu()).max()) / len(y)
+    return _summary(accuracy, severities, len(y), accuracy_on(model, x, y, batch_size), chance, seed=seed,
                     dataset=dataset, source="imagecorruptions",
                     seconds=round(time.perf_counter() - started, 3))
 

@@ -41,9 +41,22 @@ def write_text(path: Path, text: str) -> Path:
     return Path(path)
 
 
+# how every figure names the norms (and the union), in axes, legends and titles alike
+DISPLAY_NAMES = {"linf": "l∞", "l2": "l2", "l1": "l1", "union": "union", "clean": "clean"}
+FIGURE_FORMATS = ("png", "pdf", "svg")  # the PNG to look at, the vector files for a paper
+
+
+def display(column: str) -> str:
+    return DISPLAY_NAMES.get(column, column)
+
+
 def save_figure(figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    return Path(path)
+    """``path`` (a PNG) and, beside it, the same figure as PDF and SVG; the PNG's path."""
+    path = Path(path)
+    for kind in FIGURE_FORMATS:
+        atomic_write(path.with_suffix(f".{kind}"),
+                     lambda tmp, kind=kind: figure.savefig(tmp, format=kind, dpi=200, bbox_inches="tight"))
+    return path
 
 
 def eps_text(value: float) -> str:
@@ -101,19 +114,24 @@ def is_bound(report: dict, column: str) -> bool:
     return (report.get("grade") == UPPER_BOUND and column != "clean") or column in report.get("upper_bounds", [])
 
 
-def standard_error(accuracy: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on n points."""
-    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy on n points: unlike accuracy ± its standard error it is
+    not [0, 0] at 0/20, and it stays inside [0, 1]."""
+    n = max(n, 1)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def percent_cell(report: dict, column: str, with_error: bool = False) -> str:
-    """'48.2' ('48.2 ± 1.6' with its standard error), '≤48.2' for an upper bound, '-' when the model was not
-    evaluated on that column."""
+    """'48.2' ('48.2 [44.0, 52.5]' with its 95% Wilson interval), '≤48.2' for an upper bound, '-' when the model
+    was not evaluated on that column."""
     if column not in report["accuracy"]:
         return "-"
     value = report["accuracy"][column]
-    error = f" ± {100 * standard_error(value, report['n']):.1f}" if with_error else ""
-    return f"{'≤' if is_bound(report, column) else ''}{100 * value:.1f}{error}"
+    low, high = wilson_interval(value, report["n"])
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if with_error else ""
+    return f"{'≤' if is_bound(report, column) else ''}{100 * value:.1f}{interval}"
 
 
 def settings_line(report: dict) -> str:
@@ -148,9 +166,9 @@ def print_union_table(reports: dict[str, dict], console: Console | None = None) 
 
 
 def markdown_table(reports: dict[str, dict], columns=None, settings=settings_line, title: str | None = None) -> str:
-    """The table ready to paste, each accuracy ± its standard error, under ``title`` if given."""
+    """The table ready to paste, each accuracy with its 95% Wilson interval, under ``title`` if given."""
     columns = columns or accuracy_columns(reports)
-    lines = [f"{title}, ± one standard error", ""] if title else []
+    lines = [f"{title}, [95% Wilson interval]", ""] if title else []
     lines += ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, report in reports.items():
         lines.append(f"| {name} | " + " | ".join(percent_cell(report, column, with_error=True)
@@ -169,25 +187,25 @@ def union_plot_title(reports: dict[str, dict]) -> str:
 
 
 def plot_union_bars(reports: dict[str, dict], path: Path, columns=None, title: str | None = None) -> Path:
+    """Bars per model and column with their 95% Wilson intervals; the numbers are in report.md."""
     columns = columns or accuracy_columns(reports)
-    figure = Figure(figsize=(1.6 + 1.3 * len(columns) * max(1, len(reports)) ** 0.5, 4.4))
+    figure = Figure(figsize=(min(7.0, 1.2 + 0.75 * len(columns) * max(1, len(reports)) ** 0.5), 3.0))
     axes = figure.subplots()
     width = 0.8 / len(reports)
     for offset, (name, report) in enumerate(reports.items()):
         positions = [i + (offset - (len(reports) - 1) / 2) * width for i in range(len(columns))]
-        values = [100 * report["accuracy"].get(column, 0.0) for column in columns]
-        errors = [100 * standard_error(report["accuracy"].get(column, 0.0), report["n"]) for column in columns]
-        bars = axes.bar(positions, values, width, yerr=errors, capsize=2, label=name)
-        for bar, column, error in zip(bars, columns, errors):
-            if column in report["accuracy"]:
-                axes.annotate(percent_cell(report, column),
-                              (bar.get_x() + bar.get_width() / 2, bar.get_height() + error),
-                              ha="center", va="bottom", fontsize=7)
-    axes.set_xticks(range(len(columns)), columns)
-    axes.set_ylabel("accuracy (%), bars: ± one standard error")
+        values = [report["accuracy"].get(column, 0.0) for column in columns]
+        intervals = [wilson_interval(value, report["n"]) for value in values]
+        errors = [[100 * (value - low) for value, (low, _) in zip(values, intervals)],
+                  [100 * (high - value) for value, (_, high) in zip(values, intervals)]]
+        axes.bar(positions, [100 * value for value in values], width, yerr=errors, capsize=2, label=name)
+    axes.set_xticks(range(len(columns)), [display(column) for column in columns], fontsize=8)
+    axes.set_ylabel("accuracy (%), bars: 95% Wilson interval", fontsize=8)
     axes.set_ylim(0, 105)
-    axes.set_title(title or union_plot_title(reports), fontsize=9)
-    axes.legend(fontsize=8)
+    axes.tick_params(axis="y", labelsize=8)
+    axes.set_title(title or union_plot_title(reports), fontsize=7)
+    if len(reports) > 1:
+        axes.legend(fontsize=7)
     return save_figure(figure, path)
 
 
@@ -226,10 +244,10 @@ def plot_curves(curves: dict[str, dict], path: Path) -> Path:
             axis.axvline(reference, linestyle="--", color="gray", label=f"eps {eps_text(reference)}")
         if axis.get_legend_handles_labels()[0]:  # one model without a reference eps: nothing to label
             axis.legend(fontsize=8)
-        axis.set_xlabel(f"{norm} eps")
+        axis.set_xlabel(f"{display(norm)} eps")
         axis.set_ylabel("robust accuracy (%)")
         axis.set_ylim(0, 105)
-        axis.set_title(norm)
+        axis.set_title(display(norm))
     figure.suptitle(curve_title(curves), fontsize=9)
     return save_figure(figure, path)
 
@@ -278,7 +296,7 @@ def corruption_table(report: dict, title: str | None = None) -> Table:
     return table
 
 
-def plot_corruption_heatmap(report: dict, path: Path) -> Path:
+def plot_corruption_heatmap(report: dict, path: Path, name: str | None = None) -> Path:
     corruptions, severities = list(report["accuracy"]), report["severities"]
     grid = [[100 * report["accuracy"][c][str(s)] for s in severities] for c in corruptions]
     figure = Figure(figsize=(1.2 + 0.9 * len(severities), 0.9 + 0.38 * len(corruptions)))
@@ -292,15 +310,26 @@ def plot_corruption_heatmap(report: dict, path: Path) -> Path:
     axes.set_yticks(range(len(corruptions)), corruptions)
     axes.set_xlabel("severity")
     clean = f", clean {100 * report['clean']:.1f}" if report["clean"] is not None else ""
-    axes.set_title(f"accuracy (%), mean {100 * report['mean']:.1f}{clean}")
+    model = f"{name}: " if name else ""
+    axes.set_title(f"{model}accuracy (%) under common corruptions, n={report['n']}\nmean "
+                   f"{100 * report['mean']:.1f}{clean}", fontsize=8)
     figure.colorbar(image, ax=axes)
     return save_figure(figure, path)
 
 
-def write_corruption_report(report: dict, out_dir) -> dict[str, Path]:
+def write_corruption_report(report: dict, out_dir, name: str | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {"json": write_json(out_dir / "corruptions.json", report),
-            "png": plot_corruption_heatmap(report, out_dir / "corruptions.png")}
+            "png": plot_corruption_heatmap(report, out_dir / "corruptions.png", name)}
+
+
+def chance_note(name: str, report: dict) -> str | None:
+    """One line naming the (corruption, severity) cells at or below chance for this model, if any."""
+    cells = report.get("at_chance") or []
+    if not cells:
+        return None
+    return (f"note: {name}: at or below chance ({100 * report['chance']:.1f}%, the most frequent class) under "
+            f"{', '.join(cells)}: these corruptions remove the signal, so they measure nothing about robustness")
 
 
 def corruption_comparison_table(reports: dict[str, dict]) -> Table:
