@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup data demo reproduce test test-fast bench lint clean-demo
+.PHONY: setup data demo reproduce test test-fast bench docs lint clean-demo
 
 # the versions come from constraints.txt (the tested set); pyproject.toml declares the ranges.
 # robustbench 1.1.1 goes in without its pins (timm==1.0.9, gdown==5.1.0); the robustbench extra brings what it
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,robustbench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,robustbench,docs]'
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps robustbench
 	touch $(STAMP)
 
@@ -49,6 +49,10 @@ bench: setup data
 	$(PY) bench/attacks.py
 	$(PY) bench/train.py
 	$(PY) bench/eval.py
+
+# the documentation site (mkdocs.yml; docs/hooks.py renders the CLI reference from the typer app) -> site/
+docs: setup
+	NO_MKDOCS_2_WARNING=1 OMP_NUM_THREADS=1 $(VENV)/bin/mkdocs build --strict -d site
 
 lint: setup
 	$(VENV)/bin/ruff check ramptool tests bench plugins reproduce examples

@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "METHOD.md"
 # what .gitignore keeps out of the repository (and the git metadata itself)
-SKIPPED_DIRS = {".git", ".venv", "runs", "data", "build", "out", "__pycache__", ".pytest_cache", ".ruff_cache"}
+SKIPPED_DIRS = {".git", ".venv", "runs", "data", "build", "out", "site", "__pycache__", ".pytest_cache",
+                ".ruff_cache"}
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -105,12 +106,20 @@ def shipped_text_files():
                 continue
 
 
-MARKDOWN = sorted({*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "plugins").glob("*/README.md")})
+MARKDOWN = sorted({*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "plugins").glob("*/README.md")})
 
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve_inside_the_repository(path):
     assert broken_links(path) == []
+
+
+def test_every_page_of_the_site_is_checked():
+    """The site's pages (docs/, docs/guide/, docs/reference/) are all among the checked Markdown."""
+    checked = {path.relative_to(ROOT).as_posix() for path in MARKDOWN}
+    for page in ("README.md", "docs/index.md", "docs/plugins.md", "docs/guide/evaluate.md", "docs/reference/cli.md",
+                 "docs/METHOD.md", "docs/RESULTS.md", "docs/architecture.md"):
+        assert page in checked
 
 
 def test_the_checker_reports_dead_links_outside_links_and_missing_anchors(tmp_path):
