@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 
 # the versions come from constraints.txt (the tested set); pyproject.toml declares the ranges.
 # robustbench 1.1.1 goes in without its pins (timm==1.0.9, gdown==5.1.0); the robustbench extra brings what it
-# imports (README: "RobustBench models")
+# imports (docs/guide/checkpoints.md, "RobustBench models")
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -1,5 +1,5 @@
 """The package's import graph: no circles, layers import only downward, and no function-local import without a
-reason written beside it (README "Layout", docs/architecture.md)."""
+reason written beside it (docs/architecture.md)."""
 
 from __future__ import annotations
 

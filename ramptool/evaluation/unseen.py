@@ -12,7 +12,7 @@ writes.
 Budgets per dataset: CIFAR-10/100 take the paper's. Fashion-MNIST's are ramptool's calibration: for each
 adversary, the budget of a sweep at which the shipped l∞-AT small CNN keeps closest to half of 300 validation
 points (the last 300 training points, never a test point), so that none is trivial or hopeless for the model
-being fine-tuned; bench/unseen_calibration.py is the sweep, README.md#unseen-adversaries its result.
+being fine-tuned; bench/unseen_calibration.py is the sweep, docs/guide/unseen.md its result.
 """
 
 from __future__ import annotations
