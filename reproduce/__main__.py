@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = QUICK if args.quick else PAPER if args.paper else EXTENDED if args.extended else FULL
     out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce-paper" if args.paper
                             else "runs/reproduce"))
-    page = Path(args.results or (out / "RESULTS.md" if args.quick else ROOT / "docs" / "RESULTS.md"))
+    page = Path(args.results or (out / "RESULTS.md" if args.quick or args.paper else ROOT / "docs" / "RESULTS.md"))
     started = time.perf_counter()
     where = distributed.setup(resolve_device(args.device))
     try:
