@@ -482,3 +482,14 @@ def test_an_eps_on_the_wrong_scale_is_warned_about(tmp_path, capsys):
     assert len(eps_scale_warnings({"l2": 28.0, "l1": 784.0}, 784)) == 2  # sqrt(784) and 784: the box's diameters
     train(quick_config(tmp_path, method="at", norms=["linf"], eps={"linf": 8.0}, subset=64))
     assert "warning: linf eps 8 reaches the diameter" in capsys.readouterr().err
+
+
+def test_the_command_line_leaves_the_callers_signal_handlers_as_they_were():
+    from ramptool.cli import main
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "/nonexistent/x", "--method", "no-such-method"])
+    assert {signum: signal.getsignal(signum) for signum in before} == before

@@ -284,9 +284,8 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 def main(argv=None):
     on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread:  # a training loop saves a checkpoint first
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, raise_stopped)
+    # a training loop saves a checkpoint first; the caller's handlers come back when main returns
+    previous = {signum: signal.signal(signum, raise_stopped) for signum in STOP_SIGNALS} if on_main_thread else {}
     try:
         with distributed.guard():
             app(args=argv, standalone_mode=True)
@@ -295,7 +294,8 @@ def main(argv=None):
             distributed.shutdown()
         raise
     except (RamptoolError, Stopped) as stopped:
-        if on_main_thread:  # the process is ending: a late SIGTERM (torchrun repeats it) must not cut the line
+        if on_main_thread and distributed.launched():  # a torchrun worker is ending: torchrun repeats SIGTERM,
+            previous = {}  # and a late one must not cut the error line
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
         # under torchrun every process says what stopped it, so a failure on one node is not lost
@@ -303,6 +303,9 @@ def main(argv=None):
         Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(stopped))}", highlight=False,
                                    soft_wrap=True)
         sys.exit(stopped.exit_code)
+    finally:
+        for signum, handling in previous.items():
+            signal.signal(signum, handling)
 
 
 if __name__ == "__main__":
