@@ -1,6 +1,7 @@
 """Backbones behind the Normalized wrapper, and checkpoints: round trip, imports, refusals, atomic writes."""
 
 import json
+import re
 import os
 import pickle
 from pathlib import Path
@@ -491,3 +492,32 @@ def test_the_shipped_checkpoint_records_an_autoattack_grade_evaluation_and_no_ra
     assert "pair" not in metadata["threat_model"]
     assert metadata["metrics"]["eval_attack"].startswith("APGD-CE + APGD-T, AutoAttack's settings")
     assert metadata["metrics"]["eval"]["union"] < 0.15  # the one-run APGD-CE said 0.266
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch_options": {"checkpoint_path": "/etc/passwd"}}, "an option that loads files or weights"),
+    ({"arch_options": {"pretrained": True}}, "an option that loads files or weights"),
+    ({"arch_options": {"width": 10 ** 6}}, "beyond 65536"),
+    ({"arch_options": {"act": "../../x"}}, "sets act to the text"),
+    ({"num_classes": 10 ** 12}, "do not describe a model"),
+    ({"input_shape": [1, 200_000, 200_000]}, "do not describe a model"),
+    ({"mean": [0.5, 0.5]}, "'mean' should be 1 finite number(s)"),
+    ({"std": [0.0]}, "'std' should be 1 finite number(s) above 0"),
+    ({"mean": "0.5"}, "'mean' should be 1 finite number(s)"),
+])
+def test_a_crafted_header_is_refused_in_one_line_before_anything_is_built(tmp_path, change, message, monkeypatch):
+    import ramptool.checkpoints.loading as loading
+
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    save_checkpoint(tmp_path / "crafted.safetensors", model, {**FMNIST_METADATA, **change})
+    monkeypatch.setattr(loading, "build_model", lambda *a, **k: pytest.fail("a model was built from the header"))
+    with pytest.raises(RamptoolError, match=re.escape(message)):
+        load_checkpoint(tmp_path / "crafted.safetensors")
+
+
+def test_a_deeply_nested_header_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "deep.safetensors"), metadata={"ramptool": "[" * 200_000})
+    with pytest.raises(RamptoolError, match="nested too deeply"):
+        read_metadata(tmp_path / "deep.safetensors")

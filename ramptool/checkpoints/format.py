@@ -6,6 +6,8 @@ objects. Writes are atomic (``ramptool.runtime.files``).
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +78,73 @@ def read_metadata(path) -> dict[str, Any] | None:
     except json.JSONDecodeError as error:
         raise RamptoolError(f"{path}: its ramptool metadata is not valid JSON ({error.msg} at character "
                             f"{error.pos}); the file was damaged or edited") from None
+    except RecursionError:
+        raise RamptoolError(f"{path}: its ramptool metadata is nested too deeply to be a checkpoint's; the file was "
+                            f"damaged or edited") from None
     if not isinstance(metadata, dict):
         raise RamptoolError(f"{path}: its ramptool metadata is not a JSON object")
     return metadata
 
 
+# Bounds on what a header may ask the model to be, checked before anything is built: a 3 MB file must not make
+# ramptool allocate terabytes (num_classes 1e12, 200000x200000 inputs, a width of 1e6).
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64
+MAX_SIDE = 4096
+MAX_OPTION_INTEGER = 65_536
+# a backbone option read from a file may shape the network, never make ramptool open a file or load weights
+LOADING_OPTIONS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
+                   "cache_dir", "file", "url", "hub_id"}
+OPTION_TEXT = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+
+
+def _option_problem(name, value) -> str | None:
+    if not isinstance(name, str) or name in LOADING_OPTIONS or name.endswith(("_path", "_file", "_dir", "_url")):
+        return f"names {name!r}, an option that loads files or weights"
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= MAX_OPTION_INTEGER else f"sets {name} to {value}, beyond {MAX_OPTION_INTEGER}"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"sets {name} to {value}"
+    if isinstance(value, str):
+        return None if OPTION_TEXT.fullmatch(value) else f"sets {name} to the text {value[:40]!r}"
+    return f"sets {name} to a {type(value).__name__}"
+
+
 def check_metadata(metadata: dict, path) -> None:
-    """The fields a model is rebuilt from must be there, with the right types."""
+    """The fields a model is rebuilt from must be there, with the right types and within bounds; backbone options
+    from a file are plain values that shape the network (``LOADING_OPTIONS`` and paths are refused)."""
     for key, kind in REQUIRED_METADATA.items():
         if key not in metadata:
             raise RamptoolError(f"{path}: its ramptool metadata lacks {key!r}; the file was damaged or edited")
         if not isinstance(metadata[key], kind) or isinstance(metadata[key], bool):
             raise RamptoolError(f"{path}: metadata {key!r} should be a {kind.__name__}, got {metadata[key]!r}")
-    if not isinstance(metadata.get("arch_options", {}), dict):
-        raise RamptoolError(f"{path}: metadata 'arch_options' should be an object, got {metadata['arch_options']!r}")
-    for key in ("mean", "std"):  # None: the network takes [0,1] pixels itself
-        if not isinstance(metadata.get(key), (list, type(None))):
-            raise RamptoolError(f"{path}: metadata {key!r} should be a list or null, got {metadata[key]!r}")
+    options = metadata.get("arch_options", {})
+    if not isinstance(options, dict):
+        raise RamptoolError(f"{path}: metadata 'arch_options' should be an object, got {options!r}")
+    for name, value in options.items():
+        problem = _option_problem(name, value)
+        if problem is not None:
+            raise RamptoolError(f"{path}: metadata arch_options {problem}; a checkpoint's backbone options may only "
+                                f"shape the network")
     shape = metadata["input_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape) or metadata["num_classes"] <= 0:
-        raise RamptoolError(f"{path}: metadata input_shape {shape} / num_classes {metadata['num_classes']} "
-                            f"do not describe a model")
+    if (len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+            or not 0 < metadata["num_classes"] <= MAX_CLASSES or shape[0] > MAX_CHANNELS
+            or max(shape[1:]) > MAX_SIDE):
+        raise RamptoolError(f"{path}: metadata input_shape {str(shape)[:60]} / num_classes {metadata['num_classes']} "
+                            f"do not describe a model (at most {MAX_CHANNELS} channels, {MAX_SIDE} pixels a side, "
+                            f"{MAX_CLASSES} classes)")
+    for key in ("mean", "std"):  # None: the network takes [0,1] pixels itself
+        values = metadata.get(key)
+        if values is None:
+            continue
+        if (not isinstance(values, list) or len(values) != shape[0]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in values) or (key == "std" and not all(v > 0 for v in values))):
+            raise RamptoolError(f"{path}: metadata {key!r} should be {shape[0]} finite number(s)"
+                                f"{' above 0' if key == 'std' else ''} (one per input channel) or null, got "
+                                f"{str(values)[:60]}")
 
 
 def read_weights(path) -> dict[str, torch.Tensor]:
