@@ -235,31 +235,33 @@ print(json.dumps({
     assert report["provider"] == "example"
 
 
-def test_a_name_registered_twice_names_both_plugins():
+def test_a_name_registered_twice_keeps_the_first_and_names_both_plugins(capsys):
     class ClashingPlugin:
         @hookimpl
         def register_pairing_losses(self):
-            return {"kl": lambda logits_q, logits_r: logits_q.sum() * 0.0}
+            return {"kl": lambda logits_q, logits_r: logits_q.sum() * 0.0, "zero": lambda q, r: q.sum() * 0.0}
 
     manager = build_plugin_manager(entry_points=False)
     manager.register(ClashingPlugin(), name="clashing-plugin")
-    with pytest.raises(RamptoolError) as error:
-        Registry(manager)
-    message = str(error.value)
-    assert "pairing-loss 'kl' is registered twice" in message
-    assert "'ramptool.pairing'" in message and "'clashing-plugin'" in message
+    registry = Registry(manager)
+    assert registry.components["pairing-loss"]["kl"].plugin == "ramptool.pairing"  # the built-in keeps its name
+    assert registry.components["pairing-loss"]["zero"].plugin == "clashing-plugin"  # the rest of the plugin stays
+    (warning,) = capsys.readouterr().err.strip().splitlines()
+    assert "skipping plugin 'clashing-plugin'" in warning
+    assert "pairing-loss 'kl' is already registered by plugin 'ramptool.pairing'" in warning
 
 
-def test_a_clash_through_an_entry_point_stops_the_cli_with_one_line(tmp_path):
+def test_a_clash_through_an_entry_point_leaves_every_command_working_with_one_warning(tmp_path):
     write_fake_distribution(tmp_path, "clashing", "clashing", "clashing_plugin", (
         "from ramptool import hookimpl\n\n\n"
         "@hookimpl\ndef register_methods():\n    return {'ramp': object}\n"))
 
     result = run_ramptool("plugins", pythonpath=[tmp_path])
 
-    assert result.returncode == 2
+    assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: method 'ramp' is registered twice: by plugin 'ramptool.methods' and by plugin 'clashing'"]
+        "warning: skipping plugin 'clashing', hook register_methods: method 'ramp' is already registered by plugin "
+        "'ramptool.methods'; this one is left out"]
 
 
 def test_cli_rejects_an_unknown_method_before_creating_the_run_folder(tmp_path):

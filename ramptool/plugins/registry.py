@@ -122,11 +122,10 @@ class Registry:
                 provided = self._call(impl, plugin_name, hook_name, kind)
                 for name, obj in (provided or {}).items():
                     existing = self.components[kind].get(name)
-                    if existing is not None:
-                        raise RamptoolError(
-                            f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} "
-                            f"and by plugin {plugin_name!r}"
-                        )
+                    if existing is not None:  # the first keeps its name (built-ins register first)
+                        self.skipped.append(Skipped(plugin_name, hook_name, f"{kind} {name!r} is already "
+                                                    f"registered by plugin {existing.plugin!r}; this one is left out"))
+                        continue
                     self.components[kind][name] = Component(kind, name, obj, plugin_name)
         for skipped_plugin in self.skipped:
             print(skipped_plugin.warning(), file=sys.stderr)
