@@ -212,3 +212,47 @@ def test_metrics_follow_the_checkpoint_after_a_kill_between_its_files(tmp_path, 
     train(TrainConfig(out=str(out), resume=True, epochs=3))
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+@pytest.mark.parametrize("library", ["safetensors", "torch.save"])
+def test_a_full_disk_seen_by_the_libraries_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                                         library):
+    """safetensors and torch.save report a full disk as SafetensorError and RuntimeError, not OSError."""
+    from safetensors import SafetensorError
+
+    import ramptool.checkpoints.format as checkpoint_format
+
+    out = tmp_path / "run"
+    config = dict(out=str(out), subset=64, batch_size=32, attack_steps=1, method="at", norms=["linf"],
+                  progress=False, device="cpu")
+    train(TrainConfig(**config, epochs=1))
+    before = read_weights_of(out)
+
+    def full(*args, **kwargs):
+        if library == "safetensors":
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(checkpoint_format, "save_file" if library == "safetensors" else "torch", _Full(full)
+                        if library == "torch.save" else full)
+    with pytest.raises(RamptoolError, match="cannot write the checkpoint in .*the previous checkpoint is intact"):
+        train(TrainConfig(out=str(out), resume=True, epochs=2))
+    monkeypatch.undo()
+    assert all(torch.equal(before[k], v) for k, v in read_weights_of(out).items())
+    train(TrainConfig(out=str(out), resume=True, epochs=2))  # and the run goes on from it
+
+
+class _Full:
+    """torch, with a save that finds the disk full."""
+
+    def __init__(self, save):
+        self.save = save
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def read_weights_of(out):
+    from ramptool.checkpoints.format import read_weights
+
+    return read_weights(out / "model.safetensors")

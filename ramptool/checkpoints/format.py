@@ -27,10 +27,24 @@ STATE_FILE = "state.pt"
 REQUIRED_METADATA = {"arch": str, "num_classes": int, "input_shape": list}
 
 
+def _as_os_errors(write):
+    """``write`` with the write errors of safetensors (SafetensorError) and torch.save (RuntimeError), e.g. on a
+    full disk, raised as the OSError they are, which every caller handles."""
+
+    def writing(tmp):
+        try:
+            write(tmp)
+        except (SafetensorError, RuntimeError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise OSError(first[:200]) from None
+
+    return writing
+
+
 def save_checkpoint(path, model: torch.nn.Module, metadata: dict[str, Any]) -> None:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     header = {METADATA_KEY: json.dumps({**metadata, "ramptool_version": __version__}, default=str)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(Path(path), _as_os_errors(lambda tmp: save_file(tensors, tmp, metadata=header)))
 
 
 def resolve(path) -> Path:
@@ -171,7 +185,7 @@ def read_weights(path) -> dict[str, torch.Tensor]:
 
 def save_state(path, state: dict) -> None:
     """Training state (optimiser, combiner, RNG, counters): tensors and plain Python values only."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), _as_os_errors(lambda tmp: torch.save(state, tmp)))
 
 
 def load_state(path, mmap: bool = False) -> dict:
