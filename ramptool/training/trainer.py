@@ -108,13 +108,17 @@ def stop_requests():
             previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread: signals stay as they are
             break
+    failing = False
     try:
         yield state
+    except BaseException:
+        failing = True
+        raise
     finally:
         for signum, handling in previous.items():
-            # once asked to stop, the process is on its way out: a repeated SIGTERM (torchrun sends more than one)
-            # must not interrupt the last checkpoint or the error line
-            stopping = state["signal"] and signum != signal.SIGINT
+            # once asked to stop, or failing (a lost peer), the process is on its way out: a SIGTERM now (torchrun
+            # sends one when a peer died, and repeats it) must not replace the error that says what survives
+            stopping = (state["signal"] or failing) and signum != signal.SIGINT
             signal.signal(signum, signal.SIG_IGN if stopping else handling)
 
 
