@@ -1,9 +1,9 @@
 """Backbones behind the Normalized wrapper, and checkpoints: round trip, imports, refusals, atomic writes."""
 
 import json
-import re
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
