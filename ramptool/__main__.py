@@ -1,16 +1,12 @@
 """``python -m ramptool``, ``torchrun --nproc_per_node N -m ramptool ...`` and the ``ramptool`` command."""
 
-import signal
 import sys
-import threading
 
-from ramptool.errors import STOP_SIGNALS, Stopped, raise_stopped
+from ramptool.errors import Stopped, stop_on_signals
 
 
 def run() -> None:
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, raise_stopped)
+    stop_on_signals()
     try:
         # after the handlers: a Ctrl-C in the seconds that importing torch takes is one line too
         from ramptool.cli.main import main

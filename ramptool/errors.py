@@ -2,6 +2,7 @@
 signals every command turns into one line as well."""
 
 import signal
+import threading
 
 
 class RamptoolError(Exception):
@@ -33,3 +34,11 @@ class Stopped(BaseException):
 def raise_stopped(signum, frame):
     """A signal handler: raise ``Stopped``."""
     raise Stopped(signum)
+
+
+def stop_on_signals() -> dict:
+    """Every STOP_SIGNALS raises ``Stopped`` from now on (on the main thread; elsewhere nothing changes); the
+    handlers it replaced, to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, raise_stopped) for signum in STOP_SIGNALS}

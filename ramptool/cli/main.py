@@ -6,7 +6,6 @@ import inspect
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import typer
@@ -26,7 +25,7 @@ from ramptool.cli.eval import (
     loading_options,
 )
 from ramptool.cli.options import cli_options
-from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, raise_stopped
+from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, stop_on_signals
 from ramptool.evaluation.suite import UPPER_BOUND
 from ramptool.models import robustbench
 from ramptool.plugins.registry import registry
@@ -283,9 +282,8 @@ app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAtta
 
 
 def main(argv=None):
-    on_main_thread = threading.current_thread() is threading.main_thread()
     # a training loop saves a checkpoint first; the caller's handlers come back when main returns
-    previous = {signum: signal.signal(signum, raise_stopped) for signum in STOP_SIGNALS} if on_main_thread else {}
+    previous = stop_on_signals()
     try:
         with distributed.guard():
             app(args=argv, standalone_mode=True)
@@ -294,7 +292,7 @@ def main(argv=None):
             distributed.shutdown()
         raise
     except (RamptoolError, Stopped) as stopped:
-        if on_main_thread and distributed.launched():  # a torchrun worker is ending: torchrun repeats SIGTERM,
+        if previous and distributed.launched():  # a torchrun worker is ending: torchrun repeats SIGTERM,
             previous = {}  # and a late one must not cut the error line
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
