@@ -39,9 +39,10 @@ REPRODUCE_PROCS ?= $(shell nproc)
 reproduce: setup data
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(REPRODUCE_PROCS) -m reproduce
 
-# the paper's budget: 1,173 steps per fine-tune, learning curves (about 8 hours on 2 cores; resumable)
+# the paper's budget: 1,173 steps per fine-tune, learning curves (about 8 hours on 2 cores; resumable, and it
+# continues from the results saved in docs/evidence/reproduce-paper, which it keeps up to date)
 reproduce-paper: setup data
-	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(REPRODUCE_PROCS) -m reproduce --paper
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(REPRODUCE_PROCS) -m reproduce --paper --evidence docs/evidence/reproduce-paper
 
 test: setup data
 	$(PY) -m pytest -q

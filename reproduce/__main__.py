@@ -4,6 +4,7 @@
     python -m reproduce                  # the same in one process
     python -m reproduce --extended       # adds RAMP's other pairings and lambdas, and the from-scratch runs
     python -m reproduce --quick          # a smoke run of the pipeline -> runs/reproduce-quick/RESULTS.md
+    python -m reproduce --paper --evidence docs/evidence/reproduce-paper  # the paper's budget, across machines
 
 Resumable: run it again after an interruption and it continues where it stopped; finished training runs and
 evaluations are reused, so regenerating the page after a code change to the report alone takes seconds.
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="run folder (default runs/reproduce, or runs/reproduce-quick)")
     parser.add_argument("--results", help="the page to write (default docs/RESULTS.md, or OUT/RESULTS.md)")
     parser.add_argument("--start", default=str(START), help="the l∞-AT checkpoint to fine-tune")
+    parser.add_argument("--evidence", help="a folder of saved results (no weights) to continue from, kept up to "
+                                           "date after each model: a plan longer than one machine's sitting "
+                                           "goes on elsewhere (make reproduce-paper: docs/evidence/reproduce-paper)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     where = distributed.setup(resolve_device(args.device))
     try:
         # relative to the checkout where it is inside it: a resumed run's saved --ckpt then matches in another checkout
-        measured = run(budget, out, Path(checkpoint_key(Path(args.start))), args.device)
+        measured = run(budget, out, Path(checkpoint_key(Path(args.start))), args.device,
+                       Path(args.evidence) if args.evidence else None)
         if where.is_main:
             launcher = (["torchrun", "--standalone", "--nproc_per_node", str(where.world_size)]
                         if distributed.launched() else ["python"])

@@ -29,6 +29,7 @@ from reproduce.splits import DATASET
 
 NORMS = ("linf", "l2", "l1")
 REPORT_FILE = "report.json"
+CORRUPTIONS_FILE = "corruptions.json"
 
 
 def say(*args, **kwargs) -> None:
@@ -52,12 +53,12 @@ def checkpoint_key(ckpt: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(ckpt)
 
 
-def _cached(path: Path, key: dict) -> dict | None:
+def saved_result(path: Path, key: dict) -> dict | None:
     """The result saved in ``path`` if it was made with ``key``."""
     if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved
     return None
 
 
@@ -107,15 +108,26 @@ def read_flags(folder: Path, norms=NORMS) -> dict[str, torch.Tensor]:
     return flags
 
 
+def evaluation_key(ckpt: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float], norms=NORMS,
+                   **options) -> dict:
+    """What an evaluation's cached result must have been made with to stand for ``evaluate_run``'s."""
+    return {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "norms": list(norms),
+            "checkpoint": checkpoint_key(ckpt), "options": options}
+
+
+def corruption_key(ckpt: Path, x: torch.Tensor, y: torch.Tensor, corruptions=None) -> dict:
+    """The same for ``corruption_run``."""
+    return {"points": fingerprint(x, y), "checkpoint": checkpoint_key(ckpt), "corruptions": list(corruptions or [])}
+
+
 def evaluate_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, eps: dict[str, float],
                  log: JobLog, norms=NORMS, **options) -> dict:
     """The evaluation of ``ckpt`` on (x, y) with ramptool's default (AutoAttack-grade) engine, from the cache
     in ``folder`` when it was made on the same points with the same eps and options; resumed if interrupted."""
     folder = Path(folder)
-    key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "norms": list(norms),
-           "checkpoint": checkpoint_key(ckpt), "options": options}
+    key = evaluation_key(ckpt, x, y, eps, norms, **options)
     path = folder / REPORT_FILE
-    cached = _cached(path, key)
+    cached = saved_result(path, key)
     if cached is not None:
         return cached
     if path.exists():
@@ -143,7 +155,7 @@ def training_attack_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tens
     key = {"points": fingerprint(x, y), "eps": {n: eps[n] for n in norms}, "checkpoint": checkpoint_key(ckpt),
            "steps": steps}
     path = Path(folder) / "training-attack.json"
-    cached = _cached(path, key)
+    cached = saved_result(path, key)
     if cached is not None:
         return cached["accuracy"]
     model, _ = load_checkpoint(ckpt)
@@ -170,9 +182,9 @@ def corruption_run(ckpt: Path, folder: Path, x: torch.Tensor, y: torch.Tensor, l
     cached where ``ramptool eval corruptions`` keeps them, so they are made once for every model."""
     from ramptool.evaluation.corruptions import default_cache_dir, evaluate_corruptions
 
-    key = {"points": fingerprint(x, y), "checkpoint": checkpoint_key(ckpt), "corruptions": list(corruptions or [])}
-    path = Path(folder) / "corruptions.json"
-    cached = _cached(path, key)
+    key = corruption_key(ckpt, x, y, corruptions)
+    path = Path(folder) / CORRUPTIONS_FILE
+    cached = saved_result(path, key)
     if cached is not None:
         return cached
     started, load = time.perf_counter(), os.getloadavg()[0]

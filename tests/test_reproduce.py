@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -98,8 +99,8 @@ def test_training_attack_accuracy_is_the_training_attacks_and_is_cached(clean_mo
 def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_work(tmp_path, capsys):
     from reproduce.__main__ import main
 
-    out, page = tmp_path / "run", tmp_path / "RESULTS.md"
-    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu"])
+    out, page, evidence = tmp_path / "run", tmp_path / "RESULTS.md", tmp_path / "evidence"
+    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu", "--evidence", str(evidence)])
     text = page.read_text()
     assert text.startswith("# Reproducing RAMP on Fashion-MNIST") and "Smoke run" in text
     for key in QUICK.finetune_methods:
@@ -122,9 +123,12 @@ def test_quick_reproduction_writes_the_results_page_and_resumes_without_redoing_
     assert sum(entry["kind"] == "train" for entry in log) == trained
     curve_points = len(QUICK.curve_steps) * len(first_seed) + 1  # and the start at step 0
     assert sum(entry["kind"] == "evaluate" for entry in log) == trained + 1 + curve_points  # and the start
+    assert {path.name for path in evidence.rglob("*.safetensors")} == {"flags.safetensors"}  # no weights
     page.unlink()
-    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu"])
+    shutil.rmtree(out)  # another machine: only the evidence is left, no weights
+    main(["--quick", "--out", str(out), "--results", str(page), "--device", "cpu", "--evidence", str(evidence)])
     assert len((out / "jobs.jsonl").read_text().splitlines()) == len(log)  # nothing was done again
+    assert not list(out.rglob("model.safetensors"))  # not even trained
     assert page.read_text().split("## How it was run")[1].split("## ")[1:] == \
         text.split("## How it was run")[1].split("## ")[1:]  # the same tables from the cached results
 
