@@ -205,7 +205,20 @@ def info(
     evaluation = evaluation_line(metadata.get("metrics") or {})
     if evaluation:
         console.print(evaluation, highlight=False, soft_wrap=True)
+    for line in attack_gap_lines(metadata.get("flagged_gaps")):
+        console.print(line, highlight=False, soft_wrap=True)
     console.print_json(json.dumps(metadata, default=str))
+
+
+def attack_gap_lines(flagged) -> list[str]:
+    """The epochs a run's training-attack check flagged (``ramptool.training.attack_gap``), one line each."""
+    if not isinstance(flagged, list):
+        return []
+    return [f"training-attack check: epoch {entry.get('epoch')}, {entry.get('norm')}: "
+            f"{100 * entry['training_attack']:.1f}% under the training attack (an upper bound), "
+            f"{100 * entry['strong']:.1f}% AutoAttack-grade: this run's training accuracies overstate its robustness"
+            for entry in flagged if isinstance(entry, dict) and isinstance(entry.get("training_attack"), int | float)
+            and isinstance(entry.get("strong"), int | float)]
 
 
 def evaluation_line(metrics: dict) -> str | None:

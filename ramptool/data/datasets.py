@@ -252,3 +252,16 @@ def load_split(name: str, split: str, data_dir=None, subset: int | None = None, 
             indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(sample_seed))[:n]
         data = data.subset(indices)
     return data
+
+
+def held_out_split(name: str, data_dir, trained: int | None, n: int, image_size: int | None = None):
+    """``n`` points a run that trains on the first ``trained`` training points (None: all) never sees, and where
+    they come from: the last ``n`` training points when the run leaves them out, else the last ``n`` test
+    points (the first ones are what evaluations and the clean-accuracy check use)."""
+    train = load_split(name, "train", data_dir, image_size=image_size)
+    if trained is not None and len(train) - trained >= n:
+        return train.subset(torch.arange(len(train) - n, len(train))), \
+            f"training points {len(train) - n}-{len(train) - 1}, held out"
+    test = load_split(name, "test", data_dir, image_size=image_size)
+    n = min(n, len(test))
+    return test.subset(torch.arange(len(test) - n, len(test))), f"test points {len(test) - n}-{len(test) - 1}"

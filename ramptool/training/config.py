@@ -304,6 +304,16 @@ class TrainConfig:
                           "(0: none).", minimum=0, panel="Evaluation")
     eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100; at least 3, which "
                                   "l1's large-eps schedule needs).", minimum=3, panel="Evaluation")
+    check_n: int | None = knob(None, "After each --check-every epochs and at the end, measure each trained norm's "
+                                    "accuracy under the training attack and under an AutoAttack-grade attack on N "
+                                    "points the run does not train on, and warn when they differ by more than "
+                                    "--check-gap (0: no check).", minimum=0, panel="Evaluation",
+                               shown_default="one point per 250 trained, at most 256; none below 100 (runs on "
+                                             "fewer than 25,000 points)")
+    check_every: int = knob(1, "Epochs between training-attack checks.", positive=True, on_resume="free",
+                            panel="Evaluation")
+    check_gap: float = knob(0.10, "Training-attack accuracy minus AutoAttack-grade accuracy above which the check "
+                                  "warns (a fraction).", minimum=0, maximum=1, on_resume="free", panel="Evaluation")
     amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
                            shown_default="none", panel="Hardware")
     channels_last: bool = knob(False, "Channels-last memory format (CUDA).", panel="Hardware")

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_finished, save_checkpoint, save_state
 from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
 from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
-from ramptool.data.datasets import dataset_spec, load_split
+from ramptool.data.datasets import dataset_spec, held_out_split, load_split
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped
 from ramptool.evaluation.report import attack_label
 from ramptool.evaluation.union import evaluate_union
@@ -50,6 +50,7 @@ from ramptool.runtime.rundir import (
 )
 from ramptool.runtime.tensorboard import TensorboardLog
 from ramptool.threat import eps_scale_warnings
+from ramptool.training import attack_gap
 from ramptool.training.config import TrainConfig
 from ramptool.training.methods import MethodContext
 from ramptool.training.resolve import is_resolved, resolve_config, resolve_resumed, trained_norms
@@ -173,6 +174,9 @@ class Trainer:
         self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
         if resumed_state is not None:
             self._load_state(resumed_state, self.out / STATE_FILE)
+        check_n = attack_gap.check_size(cfg.check_n, len(self.train_data)) if trained_norms(cfg) else 0
+        self.gap_points, self.gap_source = (held_out_split(cfg.dataset, cfg.data_dir, cfg.subset, check_n,
+                                                           cfg.image_size) if check_n else (None, None))
 
     def _open_run_folder(self, cfg: TrainConfig) -> dict | None:
         """Recover the locked folder, settle the configuration (a resumed run's comes from the folder) and check
@@ -304,6 +308,8 @@ class Trainer:
                 "metrics": self.history[-1] if self.history else {}, "init": cfg.init,
                 "init_trained_norms": self.init_metadata.get("trained_norms"),
                 "source": self.init_metadata.get("source"), "start_clean": self.start_clean,
+                # epochs whose training attack missed what an AutoAttack-grade one found: its accuracies overstate
+                "flagged_gaps": attack_gap.flagged(self.history, cfg.check_gap),
                 "config": dataclasses.asdict(cfg)}
 
     def _write_metrics(self) -> None:
@@ -357,6 +363,18 @@ class Trainer:
         with eval_mode(self.model):
             report = evaluate_union(self.model, x, y, norms, self.cfg.eps, steps=self.cfg.eval_steps)
         return {"eval": report["accuracy"], "eval_attack": f"{attack_label(report)}, first {report['n']} test points"}
+
+    def check_training_attack(self) -> dict:
+        """The training-attack check's fields for metrics.jsonl (``attack_gap``), with a warning per norm whose gap
+        exceeds --check-gap."""
+        started, (x, y) = time.perf_counter(), self.gap_points.tensors()
+        points = f"{len(y)} {self.gap_source}"
+        record = attack_gap.measure(self.method, self.model, x, y, trained_norms(self.cfg), self.cfg.eps)
+        if self.dist.is_main:
+            for line in attack_gap.warnings(record, self.epoch, self.cfg.check_gap, self.cfg.attack,
+                                            self.cfg.attack_steps, points):
+                print(f"warning: {line}", file=sys.stderr, flush=True)
+        return {"check_points": points, **record, "check_seconds": round(time.perf_counter() - started, 2)}
 
     def _clean_check_points(self):
         try:
@@ -459,6 +477,8 @@ class Trainer:
             record.update(self.evaluate())
         if self.check_data is not None:
             record["test_clean"] = round(self.clean_accuracy(), 5)
+        if self.gap_points is not None and (self.epoch % cfg.check_every == 0 or self.epoch == cfg.epochs):
+            record.update(self.check_training_attack())
         self.history.append(record)
         self.running = _fresh_running()
         self.save(finished=False)
@@ -498,6 +518,11 @@ def _report_epoch(record: dict, start_clean: float | None) -> None:
              *(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("loss", "acc")))]
     if "eval" in record:
         parts.append("eval " + " ".join(f"{k} {100 * v:.1f}" for k, v in record["eval"].items()))
+    checked = [key.removeprefix("check_gap_") for key in record if key.startswith("check_gap_")]
+    if checked:
+        parts.append("check " + " ".join(f"{norm} {100 * record[f'check_train_attack_{norm}']:.1f}/"
+                                         f"{100 * record[f'check_strong_{norm}']:.1f}" for norm in checked)
+                     + " (training attack, an upper bound / AutoAttack-grade)")
     if "test_clean" in record and start_clean is not None:
         parts.append(f"test clean {100 * record['test_clean']:.1f} (checkpoint {100 * start_clean:.1f})")
         drop = start_clean - record["test_clean"]
