@@ -23,6 +23,7 @@ from ramptool.evaluation.union import (
     not_falling_warnings,
     sanity_warnings,
 )
+from ramptool.runtime.rundir import FolderLock
 from ramptool.threat import DEFAULT_EPS, lp_norm
 
 FMNIST_EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
@@ -446,3 +447,32 @@ def test_the_default_out_is_a_folder_per_model_and_arguments_are_checked_before_
     assert code == 2 and "not a finite number: 'abc'" in err and "already holds" not in err
     code, _, err = run_cli(["eval", "union", "--ckpt", str(SHIPPED), *quick], capsys)  # the same model again
     assert code == 2 and "already holds a report" in err
+
+
+def test_eval_union_writes_nothing_through_links_and_checks_save_adv_before_any_work(clean_model_dir, tmp_path,
+                                                                                      capsys):
+    out, elsewhere, name = tmp_path / "eval", tmp_path / "elsewhere", clean_model_dir.name
+    args = ["eval", "union", "--ckpt", str(clean_model_dir), "--n-examples", "8", "--out", str(out), "--device",
+            "cpu", "--steps", "5", "--norms", "linf"]
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / name).symlink_to(elsewhere)  # a per-model folder someone else pointed elsewhere
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 2 and "is a symbolic link" in err and not list(elsewhere.iterdir()) and "evaluating" not in stdout
+    (out / name).unlink()
+
+    (tmp_path / "a-file").write_text("keep me")
+    code, stdout, err = run_cli(args + ["--save-adv", str(tmp_path / "a-file")], capsys)
+    assert code == 2 and "--save-adv" in err and "evaluating" not in stdout
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+    run = tmp_path / "run"  # a run folder whose checkpoint has the model's name
+    run.mkdir()
+    (run / f"{name}.safetensors").write_bytes(b"a run's checkpoint")
+    code, stdout, err = run_cli(args + ["--save-adv", str(run)], capsys)
+    assert code == 2 and "already holds" in err and "evaluating" not in stdout
+    assert (run / f"{name}.safetensors").read_bytes() == b"a run's checkpoint"
+    with FolderLock(tmp_path / "busy"):
+        code, stdout, err = run_cli(args + ["--save-adv", str(tmp_path / "busy"), "--overwrite"], capsys)
+    assert code == 2 and "in use by another ramptool process" in err and "evaluating" not in stdout
+    assert not (tmp_path / "busy" / f"{name}.safetensors").exists()

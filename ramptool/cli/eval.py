@@ -8,6 +8,7 @@ the same files a single process writes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -70,7 +71,7 @@ from ramptool.runtime.device import resolve_device, set_threads
 from ramptool.runtime.distributed import is_main, setup
 from ramptool.runtime.files import atomic_write
 from ramptool.runtime.progress import task_progress
-from ramptool.runtime.rundir import safe_name, writer_lock
+from ramptool.runtime.rundir import prepare_folder, refuse_links, safe_name, writer_lock
 from ramptool.threat import parse_eps, parse_norm, parse_norms, parse_number
 
 eval_app = typer.Typer(no_args_is_help=True)
@@ -182,6 +183,26 @@ def check_report_folder(out: Path, names, resume: bool, overwrite: bool) -> None
                                 f"--overwrite to start over, or choose another --out")
 
 
+def check_adversarial_folder(folder: Path, names, replace: bool) -> None:
+    """--save-adv checked before any work: a folder (or one to be made) without links in place of the files it
+    will take, and without earlier ones unless ``replace`` (--overwrite, or --resume of the same evaluation)."""
+    prepare_folder(folder, "--save-adv")
+    files = [f"{name}.safetensors" for name in names]
+    refuse_links(folder, files, "--save-adv")
+    if not replace:
+        for file in files:
+            if (Path(folder) / file).exists():
+                raise RamptoolError(f"--save-adv {folder} already holds {file}; pass --overwrite or choose another "
+                                    f"folder")
+
+
+def adversarial_folder_lock(folder: Path, out: str):
+    """The --save-adv folder held like --out while its file is written (a run folder in use refuses), unless it
+    is --out itself, which the command already holds."""
+    same = Path(folder).resolve() == Path(out).resolve()
+    return contextlib.nullcontext() if same else writer_lock(folder, "--save-adv")
+
+
 def save_adversarial(folder: Path, name: str, report: dict, x, y, provenance_record: dict) -> Path:
     """The adversarial examples that counted, per norm, next to the clean points and labels they came from:
     ``<norm>/x_adv``, ``<norm>/x``, ``<norm>/label``, ``<norm>/index`` (position among the evaluated points)."""
@@ -249,6 +270,7 @@ class EvalRun:
         _positive(self.batch_size, "--batch-size")
         if self.threads is not None:
             _positive(self.threads, "--threads")
+        refuse_links(self.out, self.checkpoints)  # the per-model folders evaluations write their flags in
         if protect_reports:
             check_report_folder(Path(self.out), self.checkpoints, resume, overwrite)
         device = _device(self.device)
@@ -331,7 +353,21 @@ def union(
     parse_n_examples(n_examples)
     _positive(steps, "--steps")
     parse_eps(eps)  # its syntax now; the dataset's defaults complete it per model
+    if save_adv is not None:
+        check_adversarial_folder(save_adv, run.checkpoints, overwrite or resume)
     target = run.start(protect_reports=True, resume=resume, overwrite=overwrite)
+    with contextlib.ExitStack() as held:
+        if save_adv is not None:
+            held.enter_context(adversarial_folder_lock(save_adv, run.out))
+        reports = evaluate_each(run, target, n_examples, sample_seed, eps, norm_list, version, attack,
+                                attack_options, steps, union_only, resume, save_adv)
+    print_union_table(reports, console)
+    _write_reports(lambda: write_union_reports(reports, run.out, provenance(device=target)))
+
+
+def evaluate_each(run: EvalRun, target, n_examples, sample_seed, eps, norm_list, version, attack, attack_options,
+                  steps, union_only, resume, save_adv) -> dict[str, dict]:
+    """``eval union``'s report of each checkpoint, with its adversarial examples saved in ``save_adv``."""
     reports = {}
     for name, path, model, metadata, dataset_name in run.models(target):
         eps_values = parse_eps(eps, dataset_name)
@@ -355,8 +391,7 @@ def union(
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "split": "test",
                          "points": "first N" if sample_seed is None else f"a random N, sample seed {sample_seed}",
                          "sample_seed": sample_seed, "provenance": record, **report}
-    print_union_table(reports, console)
-    _write_reports(lambda: write_union_reports(reports, run.out, provenance(device=target)))
+    return reports
 
 
 @eval_command(out_help="Folder for corruptions.json and corruptions.png.", seed_help="Seed of the random corruptions.")

@@ -83,6 +83,16 @@ class FolderLock:
         self.release()
 
 
+def refuse_links(folder, names, flag: str = "--out") -> None:
+    """One line for a name under ``folder`` that is a symbolic link: what ramptool writes there would land
+    wherever the link points, outside ``flag``."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_symlink():
+            raise RamptoolError(f"{path} is a symbolic link; ramptool writes nothing through a link inside {flag}: "
+                                f"remove it or choose another {flag}")
+
+
 def is_writer() -> bool:
     """Whether this process writes output folders: a plain process, or rank 0 under torchrun (read from torchrun's
     environment: the process group may not be joined yet). The other ranks compute and neither write nor lock."""
