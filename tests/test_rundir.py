@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from ramptool.checkpoints.format import resolve
 from ramptool.cli import main
 from ramptool.errors import RamptoolError, TrainingDiverged
 from ramptool.runtime.files import atomic_write
@@ -83,6 +84,20 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
     assert run_files(out)["model.safetensors"] != old["model.safetensors"]
     assert not (out / SET_ASIDE).exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_after_an_overwrite_killed_before_its_first_checkpoint_resume_and_eval_find_the_old_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny(out))
+    old = run_files(out)
+    set_aside(out, RUN_FILES)  # what an --overwrite killed before its first checkpoint leaves behind
+    assert resolve(out) == out / SET_ASIDE / "model.safetensors"  # eval, info, --ckpt: still the folder's run
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert exited.value.code in (0, None), capsys.readouterr().err
+    assert not (out / SET_ASIDE).exists()
+    assert (out / "metrics.jsonl").read_text().startswith(old["metrics.jsonl"].decode())  # epoch 1 kept, 2 added
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_atomic_write_honours_the_umask_and_syncs_before_the_rename(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from ramptool.errors import RamptoolError
 from ramptool.models import robustbench
 from ramptool.runtime.files import atomic_write
+from ramptool.runtime.rundir import SET_ASIDE
 from ramptool.version import __version__
 
 METADATA_KEY = "ramptool"
@@ -51,7 +52,9 @@ def resolve(path) -> Path:
     """A checkpoint path, or a run folder holding ``model.safetensors``."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_FILE
+        folder, path = path, path / MODEL_FILE
+        if not path.is_file() and (folder / SET_ASIDE / MODEL_FILE).is_file():
+            path = folder / SET_ASIDE / MODEL_FILE  # an --overwrite killed before its first checkpoint left it aside
     if not path.is_file():
         raise RamptoolError(f"checkpoint not found: {path}")
     return path

@@ -11,6 +11,7 @@ from typing import Any
 from ramptool.checkpoints.format import STATE_FILE, load_state
 from ramptool.errors import RamptoolError
 from ramptool.plugins.options import guess_value
+from ramptool.runtime.rundir import SET_ASIDE
 from ramptool.training.config import (
     COMMAND_LINE,
     FIELDS,
@@ -70,6 +71,10 @@ def read_saved_run(out: str | Path) -> dict[str, Any]:
     """The configuration saved in ``out``'s state.pt, converted and checked."""
 
     path = Path(out) / STATE_FILE
+    if not path.exists() and (Path(out) / SET_ASIDE / STATE_FILE).exists():
+        # an --overwrite killed before its first checkpoint: the old run is still the folder's, and the trainer
+        # puts it back under the folder's lock before it resumes
+        path = Path(out) / SET_ASIDE / STATE_FILE
     if not path.exists():
         raise RamptoolError(f"nothing to resume in {out} (no {STATE_FILE})")
     state = load_state(path, mmap=True)
