@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ramptool.errors import RamptoolError
 from ramptool.training.config import TrainConfig
@@ -143,3 +144,41 @@ def test_a_meaningless_matrix_is_warned_about_not_silently_decided():
     assert sum("at chance level" in w for w in warnings) == 3
     assert pair_warnings({**PAPER_LIKE, **{p: {**PAPER_LIKE[p], "clean": 0.8} for p in PAPER_LIKE}}, "linf", "l1",
                          chance=0.1) == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_pair_train_continues_an_interrupted_single_norm_run_instead_of_starting_it_again(tmp_path, monkeypatch):
+    import signal
+
+    from ramptool.checkpoints.format import read_metadata, read_weights
+    from ramptool.training.methods import SingleNormAT
+    from ramptool.training.trainer import TrainingInterrupted
+    from ramptool.workflows.pair import train_single_norm_models
+
+    settings = dict(norms=["linf"], eps={"linf": 0.1}, dataset="fashion-mnist", data_dir=None, arch=None, epochs=2,
+                    subset=512, optimizer="adam", lr=1e-3, device="cpu", seed=0, progress=False)
+    train_single_norm_models(out=tmp_path / "reference", **settings)
+    calls, loss = [], SingleNormAT.loss
+
+    def stopped_at_the_sixth_step(self, model, x, y):
+        calls.append(1)
+        if len(calls) == 6:  # SLURM's warning signal mid-way through the second epoch (4 steps each)
+            signal.raise_signal(signal.SIGUSR1)
+        return loss(self, model, x, y)
+
+    monkeypatch.setattr(SingleNormAT, "loss", stopped_at_the_sixth_step)
+    with pytest.raises(TrainingInterrupted):
+        train_single_norm_models(out=tmp_path / "pair", **settings)
+    assert read_metadata(tmp_path / "pair" / "linf-at")["epoch"] == 1
+    monkeypatch.undo()
+    train_single_norm_models(out=tmp_path / "pair", **settings)
+    resumed, reference = read_weights(tmp_path / "pair" / "linf-at"), read_weights(tmp_path / "reference" / "linf-at")
+    assert all(torch.equal(resumed[key], reference[key]) for key in reference)  # continued, not started again
+    with pytest.raises(RamptoolError, match="differ"):  # a saved run with other settings is refused, not replaced
+        monkeypatch.setattr(SingleNormAT, "loss", stopped_at_the_sixth_step)
+        calls.clear()
+        with pytest.raises(TrainingInterrupted):
+            train_single_norm_models(out=tmp_path / "other", **settings)
+        monkeypatch.undo()
+        train_single_norm_models(out=tmp_path / "other", **{**settings, "lr": 5e-4})

@@ -96,6 +96,8 @@ def resumed_values(given: dict[str, Any], labels: dict[str, str]) -> dict[str, A
     conflicts, changes = [], {}
     for name, value in given.items():
         rule, before = knob_of(name).on_resume, saved.get(name, default_of(name))
+        if name == "eps" and isinstance(before, dict):  # unnamed norms keep the (saved) dataset's budgets
+            value = {**before, **value}
         if rule == "free" or (rule == "extend" and value >= before):
             changes[name] = value
         elif _comparable(value) != _comparable(before):

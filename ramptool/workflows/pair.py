@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ramptool.attacks import known_norms
-from ramptool.checkpoints.format import read_metadata, run_finished
+from ramptool.checkpoints.format import STATE_FILE, read_metadata, run_finished
 from ramptool.data.datasets import get_dataset, load_split
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.report import attack_label, eps_line
@@ -82,10 +82,11 @@ def train_single_norm_models(norms, eps, dataset, data_dir, arch, epochs, subset
         if run_finished(run):
             paths.append(str(run))
             continue
+        # an interrupted run continues (a saved run whose settings differ is refused, naming them), a new one starts
         train(TrainConfig(out=str(run), dataset=dataset, data_dir=data_dir, subset=subset, arch=arch, method="at",
                           norms=[norm], eps=dict(eps), epochs=epochs, optimizer=optimizer, lr=lr,
                           weight_decay=0.0 if optimizer == "adam" else 5e-4, schedule="cosine", device=device,
-                          seed=seed, overwrite=True, progress=progress))
+                          seed=seed, resume=(run / STATE_FILE).exists(), progress=progress))
         paths.append(str(run))
     return paths
 
