@@ -386,13 +386,13 @@ SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "ramptool" / "recipes" /
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_fine_tune_that_wrecks_clean_accuracy_says_so_in_the_epoch_line(tmp_path, capsys):
-    train(quick_config(tmp_path, init=str(SHIPPED_LINF_AT), method="at", norms=["linf"], optimizer="sgd", lr=1.0))
-    [record] = _records(tmp_path)
-    start = read_metadata(tmp_path)["start_clean"]
-    assert start > 0.7 and record["test_clean"] < start - 0.1
-    line = capsys.readouterr().out
-    assert "WARNING: clean accuracy fell" in line and f"(checkpoint {100 * start:.1f})" in line
+def test_a_fine_tune_that_wrecks_clean_accuracy_to_chance_stops_without_a_checkpoint(tmp_path):
+    from ramptool.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="wrecked.*--lr.*no checkpoint was written.*untouched") as stopped:
+        train(quick_config(tmp_path, init=str(SHIPPED_LINF_AT), method="at", norms=["linf"], optimizer="sgd", lr=1.0))
+    assert stopped.value.exit_code == 3 and "checkpoint: 7" in str(stopped.value)
+    assert not (tmp_path / "model.safetensors").exists() and not _records(tmp_path)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -509,3 +509,24 @@ def test_the_command_line_leaves_the_callers_signal_handlers_as_they_were():
     with pytest.raises(SystemExit):
         main(["train", "--out", "/nonexistent/x", "--method", "no-such-method"])
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_fine_tune_keeps_its_last_good_epoch_and_stops_at_chance_without_saving_the_wreck(tmp_path, monkeypatch,
+                                                                                             capsys):
+    from ramptool.errors import TrainingDiverged
+    from ramptool.training.trainer import LAST_GOOD_FILE, Trainer
+
+    # the clean-accuracy check's answers: the checkpoint, then each epoch (the weights themselves are real)
+    answers = iter([0.80, 0.79, 0.55, 0.10])
+    monkeypatch.setattr(Trainer, "clean_accuracy", lambda self: next(answers))
+    config = dict(init=str(SHIPPED_LINF_AT), method="clean", optimizer="adam", lr=1e-3)
+    train(quick_config(tmp_path, **config, epochs=2))
+    assert read_metadata(tmp_path / LAST_GOOD_FILE)["epoch"] == 1  # epoch 2 fell 25 points: not good
+    line = capsys.readouterr().out
+    assert read_metadata(tmp_path)["epoch"] == 2 and "WARNING: clean accuracy fell 25.0 points" in line
+    assert "(checkpoint 80.0)" in line and "last-good.safetensors keeps" in line
+    with pytest.raises(TrainingDiverged, match=r"fell to 10\.0% at epoch 3 \(chance: 10\.0%.*--lr.*intact"):
+        train(TrainConfig(out=str(tmp_path), resume=True, epochs=3))
+    assert read_metadata(tmp_path)["epoch"] == 2 and len(_records(tmp_path)) == 2  # the wreck was not saved
+    assert read_metadata(tmp_path / LAST_GOOD_FILE)["epoch"] == 1

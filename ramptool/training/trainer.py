@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ from ramptool.checkpoints.format import MODEL_FILE, STATE_FILE, load_state, run_
 from ramptool.checkpoints.loading import load_checkpoint, recorded_normalize
 from ramptool.data.batches import batch_loader, batch_seed, default_workers, iterate_batches, num_batches, to_unit_float
 from ramptool.data.datasets import dataset_spec, held_out_split, load_split
-from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped
+from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, TrainingDiverged
 from ramptool.evaluation.report import attack_label
 from ramptool.evaluation.union import evaluate_union
 from ramptool.models import build_model, resolve_normalize
@@ -65,6 +66,8 @@ STATE_KEYS = ("model", "optimizer", "combiner", "method", "epoch", "step", "rng"
 # a fine-tune checks its clean accuracy on this many test points before it starts and after every epoch
 CLEAN_CHECK_POINTS = 1000
 CLEAN_DROP_WARNING = 0.10
+CHANCE_MARGIN = 0.02  # a fine-tune whose clean accuracy is within this of chance has been wrecked (too high an lr)
+LAST_GOOD_FILE = "last-good.safetensors"  # the last epoch whose clean accuracy stayed within CLEAN_DROP_WARNING
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -376,6 +379,20 @@ class Trainer:
                 print(f"warning: {line}", file=sys.stderr, flush=True)
         return {"check_points": points, **record, "check_seconds": round(time.perf_counter() - started, 2)}
 
+    def _stop_if_wrecked(self, clean: float) -> None:
+        """A fine-tune at chance clean accuracy stops before its epoch is saved: the last checkpoint stays the
+        previous epoch's (or there is none, and the checkpoint it started from is untouched)."""
+        chance = 1 / self.train_data.num_classes
+        if self.start_clean is None or clean > chance + CHANCE_MARGIN:
+            return
+        kept = (f"the last checkpoint in {self.out} is intact" if (self.out / MODEL_FILE).exists() else
+                f"no checkpoint was written; {self.cfg.init} is untouched")
+        if (self.out / LAST_GOOD_FILE).exists():
+            kept += f", and {LAST_GOOD_FILE} is the last epoch within {100 * CLEAN_DROP_WARNING:.0f} points"
+        raise TrainingDiverged(f"clean accuracy on the check points fell to {100 * clean:.1f}% at epoch {self.epoch} "
+                               f"(chance: {100 * chance:.1f}%, checkpoint: {100 * self.start_clean:.1f}%): the "
+                               f"model is wrecked, most likely by too high a --lr; stopped, {kept}")
+
     def _clean_check_points(self):
         try:
             return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS,
@@ -477,6 +494,7 @@ class Trainer:
             record.update(self.evaluate())
         if self.check_data is not None:
             record["test_clean"] = round(self.clean_accuracy(), 5)
+            self._stop_if_wrecked(record["test_clean"])
         if self.gap_points is not None and (self.epoch % cfg.check_every == 0 or self.epoch == cfg.epochs):
             record.update(self.check_training_attack())
         self.history.append(record)
@@ -484,6 +502,8 @@ class Trainer:
         self.save(finished=False)
         if not self.dist.is_main:
             return
+        if self.start_clean is not None and record.get("test_clean", 0) >= self.start_clean - CLEAN_DROP_WARNING:
+            atomic_write(self.out / LAST_GOOD_FILE, lambda tmp: shutil.copyfile(self.out / MODEL_FILE, tmp))
         if cfg.tensorboard:
             board.write(record)
         _report_epoch(record, self.start_clean)
@@ -528,7 +548,8 @@ def _report_epoch(record: dict, start_clean: float | None) -> None:
         drop = start_clean - record["test_clean"]
         if drop > CLEAN_DROP_WARNING:
             parts.append(f"[bold red]WARNING: clean accuracy fell {100 * drop:.1f} points below the checkpoint's; "
-                         f"lower --lr?[/]")
+                         f"lower --lr? ({LAST_GOOD_FILE} keeps the last epoch within "
+                         f"{100 * CLEAN_DROP_WARNING:.0f} points)[/]")
     Console().print("  ".join(parts), highlight=False)
 
 
