@@ -521,3 +521,24 @@ def test_a_deeply_nested_header_is_one_line(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "deep.safetensors"), metadata={"ramptool": "[" * 200_000})
     with pytest.raises(RamptoolError, match="nested too deeply"):
         read_metadata(tmp_path / "deep.safetensors")
+
+
+@pytest.mark.parametrize("change", [{"arch_options": {"width": 65_536}}, {"num_classes": 100_000},
+                                    {"input_shape": [1, 4096, 4096]}])
+def test_header_sizes_within_bounds_are_checked_against_the_tensors_before_anything_is_allocated(tmp_path, change,
+                                                                                                 monkeypatch):
+    """Bounded sizes can still ask for far more than the file holds (width 65536: ~10^11 weights): the network is
+    first built on the meta device, where nothing is allocated, and compared with the file's tensors."""
+    import ramptool.checkpoints.loading as loading
+
+    model = build_model("small-cnn", 10, (1, 28, 28), FMNIST_METADATA["mean"], FMNIST_METADATA["std"])
+    save_checkpoint(tmp_path / "crafted.safetensors", model, {**FMNIST_METADATA, **change})
+    build = loading.build_model
+
+    def only_on_meta(*args, **kwargs):
+        assert torch.empty(0).device.type == "meta", "a model was allocated from an unchecked header"
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "build_model", only_on_meta)
+    with pytest.raises(RamptoolError, match="do not fit the architecture"):
+        load_checkpoint(tmp_path / "crafted.safetensors")

@@ -24,26 +24,28 @@ def _strip_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        missing, unexpected, shapes = [], [], []
-        own = model.state_dict()
-        missing = [k for k in own if k not in weights]
-        unexpected = [k for k in weights if k not in own]
-        shapes = [k for k in weights if k in own and weights[k].shape != own[k].shape]
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-            if all(k.startswith("sub_block1.") for k in unexpected):
-                details.append("a TRADES-style WideResNet (RobustBench's layout): add --arch-option sub_block1=true")
-        if shapes:
-            details.append(f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
-                           f"vs {tuple(own[shapes[0]].shape)})")
-        raise RamptoolError(f"weights in {source} do not fit the architecture: "
-                            f"{'; '.join(details) or str(error).splitlines()[0]}") from None
+    check_fit(model.state_dict(), weights, source)
+    model.load_state_dict(weights, strict=True)
+
+
+def check_fit(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], source: str) -> None:
+    """One line when ``weights`` do not fit a model whose state_dict is ``own`` (its tensors may be on the meta
+    device: only their names and shapes count)."""
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    details = []
+    if missing:
+        details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if all(k.startswith("sub_block1.") for k in unexpected):
+            details.append("a TRADES-style WideResNet (RobustBench's layout): add --arch-option sub_block1=true")
+    if shapes:
+        details.append(f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
+                       f"vs {tuple(own[shapes[0]].shape)})")
+    if details:
+        raise RamptoolError(f"weights in {source} do not fit the architecture: {'; '.join(details)}")
 
 
 def foreign_metadata(path: Path, arch: str | None, dataset: str | None = None, num_classes: int | None = None,
@@ -121,8 +123,11 @@ def load_checkpoint(ckpt, arch: str | None = None, dataset: str | None = None, d
     else:
         check_metadata(metadata, path)
         _check_recorded(path, metadata, arch, normalize, arch_options)
-    model = model_from_metadata(metadata)
     wrapped = any(k.startswith("backbone.") for k in weights)
+    with torch.device("meta"):  # names and shapes first: a header must not make ramptool allocate what the file lacks
+        probe = model_from_metadata(metadata)
+    check_fit((probe if wrapped else probe.backbone).state_dict(), weights, str(path))
+    model = model_from_metadata(metadata)
     load_into(model if wrapped else model.backbone, weights, str(path))
     return model.to(device).eval(), metadata
 

@@ -380,10 +380,11 @@ class Trainer:
         return {"check_points": points, **record, "check_seconds": round(time.perf_counter() - started, 2)}
 
     def _stop_if_wrecked(self, clean: float) -> None:
-        """A fine-tune at chance clean accuracy stops before its epoch is saved: the last checkpoint stays the
+        """A fine-tune fallen to chance clean accuracy stops before its epoch is saved: the last checkpoint stays the
         previous epoch's (or there is none, and the checkpoint it started from is untouched)."""
         chance = 1 / self.train_data.num_classes
-        if self.start_clean is None or clean > chance + CHANCE_MARGIN:
+        # a checkpoint that was itself near chance (random weights) has nothing to lose
+        if self.start_clean is None or clean > chance + CHANCE_MARGIN or self.start_clean - clean <= CLEAN_DROP_WARNING:
             return
         kept = (f"the last checkpoint in {self.out} is intact" if (self.out / MODEL_FILE).exists() else
                 f"no checkpoint was written; {self.cfg.init} is untouched")
