@@ -223,7 +223,7 @@ def test_normalize_puts_exactly_that_normalisation_in_front_of_the_network(tmp_p
     ("imagenet", "takes none, dataset or MEAN/STD"),
     ("0.5,0.5/0.2,0.2", "give 1 or 3 values"),
     ("0.5,0.5,0.5/0.2,0,0.2", "STD values must be positive"),
-    ("a,b,c/1,1,1", "MEAN must be comma-separated numbers"),
+    ("a,b,c/1,1,1", "MEAN must be comma-separated finite numbers"),
 ])
 def test_a_bad_normalize_is_a_clear_error(tmp_path, normalize, message):
     torch.save(SmallCNN(10, 3, 32).state_dict(), tmp_path / "small.pt")

@@ -530,3 +530,18 @@ def test_a_fine_tune_keeps_its_last_good_epoch_and_stops_at_chance_without_savin
         train(TrainConfig(out=str(tmp_path), resume=True, epochs=3))
     assert read_metadata(tmp_path)["epoch"] == 2 and len(_records(tmp_path)) == 2  # the wreck was not saved
     assert read_metadata(tmp_path / LAST_GOOD_FILE)["epoch"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch-option", "width=0"], "small-cnn's width must be a whole number of at least 1, got 0"),
+    (["--normalize", "inf/inf"], "--normalize MEAN must be comma-separated finite numbers, got 'inf'"),
+    (["--data-dir", "{file}"], "--data-dir {file} is a file, not a folder"),
+    (["--tensorboard", "{file}"], "--tensorboard {file} is a file, not a folder"),
+])
+def test_bad_options_that_used_to_fail_late_are_one_line_before_training(ramptool_cli, tmp_path, args, message):
+    (tmp_path / "a-file").write_text("")
+    args = [arg.format(file=tmp_path / "a-file") for arg in args]
+    code, out, err = ramptool_cli(["train", "--out", str(tmp_path / "run"), "--subset", "64", "--no-progress",
+                                   "--device", "cpu", *args])
+    assert code == 2 and err.strip().splitlines() == [f"error: {message.format(file=tmp_path / 'a-file')}"], err
+    assert "epoch 1" not in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -48,7 +49,9 @@ def _numbers(text: str, what: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise RamptoolError(f"--normalize {what} must be comma-separated numbers, got {text!r}") from None
+        values = []
+    if not values or not all(math.isfinite(value) for value in values):
+        raise RamptoolError(f"--normalize {what} must be comma-separated finite numbers, got {text!r}")
     return values
 
 
@@ -75,14 +78,20 @@ def resolve_normalize(normalize: str | None, default: str, spec) -> tuple[str, l
     return normalize, mean, std
 
 
+def _positive_width(width: int) -> int:
+    if not isinstance(width, int) or width < 1:
+        raise RamptoolError(f"small-cnn's width must be a whole number of at least 1, got {width!r}")
+    return width
+
+
 def small_cnn(num_classes, in_chans, image_size, *, width: int = 16):
     """Small CNN (conv16-32-64 + fc256, no BatchNorm) for 28x28/32x32: fast on a CPU; width scales the convs."""
-    return SmallCNN(num_classes, in_chans, image_size, width=width)
+    return SmallCNN(num_classes, in_chans, image_size, width=_positive_width(width))
 
 
 def small_cnn_bn(num_classes, in_chans, image_size, *, width: int = 16):
     """Small CNN with BatchNorm after each convolution (BatchNorm and --sync-bn on a CPU)."""
-    return SmallCNN(num_classes, in_chans, image_size, width=width, batchnorm=True)
+    return SmallCNN(num_classes, in_chans, image_size, width=_positive_width(width), batchnorm=True)
 
 
 def preact_resnet18(num_classes, in_chans, image_size, *, activation: Literal["relu", "softplus"] = "relu"):
@@ -182,3 +191,23 @@ def build_model(arch: str, num_classes: int, input_shape, mean=None, std=None, *
     """The backbone behind the [0,1]-input wrapper; mean/std None when the backbone takes [0,1] pixels itself."""
     in_chans, image_size = input_shape[0], input_shape[-1]
     return Normalized(build_backbone(arch, num_classes, in_chans, image_size, **options), mean, std)
+
+
+def check_forward(model: nn.Module, input_shape, arch: str, options: dict) -> None:
+    """One forward of a zero image, so that options that build a network which cannot run (``width=0``) are one
+    line before training, not a traceback from its first batch."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            logits = model(torch.zeros(1, *input_shape, device=device))
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError, IndexError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise RamptoolError(f"backbone {arch!r} with options {options} builds a network that cannot run on "
+                            f"{tuple(input_shape)} inputs: {first}") from None
+    finally:
+        model.train(was_training)
+    if logits.ndim != 2 or logits.shape[0] != 1:
+        raise RamptoolError(f"backbone {arch!r} gives outputs of shape {tuple(logits.shape)} for one image, not "
+                            f"(1, classes)")

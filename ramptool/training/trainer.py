@@ -35,7 +35,7 @@ from ramptool.data.datasets import dataset_spec, held_out_split, load_split
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, TrainingDiverged
 from ramptool.evaluation.report import attack_label
 from ramptool.evaluation.union import evaluate_union
-from ramptool.models import build_model, resolve_normalize
+from ramptool.models import build_model, check_forward, resolve_normalize
 from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
 from ramptool.runtime.device import eval_mode, resolve_device, set_threads
@@ -45,6 +45,7 @@ from ramptool.runtime.rundir import (
     FolderLock,
     discard_set_aside,
     is_writer,
+    prepare_folder,
     recover_set_aside,
     restore_set_aside,
     set_aside,
@@ -161,6 +162,10 @@ class Trainer:
     def _setup(self, cfg: TrainConfig) -> None:
         resumed_state = self._open_run_folder(cfg)
         cfg = self.cfg
+        if cfg.data_dir and Path(cfg.data_dir).exists() and not Path(cfg.data_dir).is_dir():
+            raise RamptoolError(f"--data-dir {cfg.data_dir} is a file, not a folder")
+        if cfg.tensorboard and is_writer():
+            prepare_folder(cfg.tensorboard, "--tensorboard")
         self.dist = distributed.setup(resolve_device(cfg.device))
         self.device = self.dist.device
         set_threads(cfg.threads, self.device)
@@ -237,6 +242,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
             self.model = build_model(self.arch, self.train_data.num_classes, self.spec.input_shape, mean, std,
                                      **cfg.arch_options)
+            check_forward(self.model, self.spec.input_shape, self.arch, cfg.arch_options)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
