@@ -21,9 +21,12 @@ def test_scale_bench_smoke_counts_every_method_s_passes(tmp_path, monkeypatch, c
     rows = {match[0]: match[1:] for match in re.findall(r"^(\S+)\s+[\d.]+\s+1\s+\d+\s+-\s+([\d.]+)\s+([\d.]+)\s+"
                                                          r"(\S+)", out, re.MULTILINE)}
     # forwards/backwards per image, attack+train: E-AT one 10-step attack; RAMP two sharing their start, then two
-    # train-mode forwards; the reference style two separate attacks and three train-mode forwards; MAX three
+    # train-mode forwards; MAX three; the reference style two separate attacks and three train-mode forwards (of
+    # which two or three take a backward: f(x_r) only does when some point is kept for the pairing loss)
+    reference = rows.pop("ramp-reference")
     assert rows == {"e-at": ("12.0", "11.0", "11+1/10+1"), "max": ("32.0", "29.0", "31+1/28+1"),
-                    "ramp": ("23.0", "21.0", "21+2/19+2"), "ramp-reference": ("25.0", "22.0", "22+3/20+2")}
+                    "ramp": ("23.0", "21.0", "21+2/19+2")}
+    assert reference[0] == "25.0" and reference[2] in ("22+3/20+2", "22+3/20+3")
     assert re.search(r"^ramp / e-at s/epoch: [\d.]+x", out, re.MULTILINE)
     assert re.search(r"^ramp throughput / ramp-reference throughput: [\d.]+x", out, re.MULTILINE)
     assert re.search(r"^ramptool --union-only\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.MULTILINE)
