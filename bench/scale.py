@@ -101,8 +101,8 @@ def reference_style_apgd(model, x, y, norm, eps, steps, l1_topk=0.05):
     x_adv = x.clone()
     logits, loss, grad = evaluate(x_adv)
     x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-    loss_steps, reduced_last, loss_best_last = torch.zeros(steps, x.shape[0], device=x.device), \
-        torch.ones_like(loss), loss.clone()
+    loss_steps = torch.zeros(steps, x.shape[0], device=x.device)
+    reduced_last, loss_best_last = torch.ones_like(loss), loss.clone()
     x_old, since_check = x_adv.clone(), 0
     for i in range(steps):
         momentum = x_adv - x_old
@@ -137,8 +137,8 @@ def reference_style_apgd(model, x, y, norm, eps, steps, l1_topk=0.05):
             step[~restart] /= 1.5
             step.clamp_(eps / 10.0, eps)
         else:
-            increases = (loss_steps[i - window + 1:i + 1] > torch.cat([loss_steps[:1] * 0, loss_steps])[
-                i - window + 1:i + 1]).float().sum(dim=0)
+            history = torch.cat([torch.zeros_like(loss_steps[:1]), loss_steps])  # the record starts at zero
+            increases = (history[i - window + 2:i + 2] > history[i - window + 1:i + 1]).float().sum(dim=0)
             restart = (increases <= 0.75 * window) | ((1 - reduced_last).bool() & (loss_best_last >= loss_best))
             reduced_last, loss_best_last = restart.float(), loss_best.clone()
             if restart.sum() > 0:
@@ -216,6 +216,8 @@ class MethodRun:
 
     def __init__(self, name, model, args, device):
         self.name, self.model = name, copy.deepcopy(model)
+        if args.compile != "off":  # compiled on its first calls, in each mode and batch size: the warm-up's time
+            self.model = torch.compile(self.model, mode=None if args.compile == "default" else args.compile)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else None
         ctx = MethodContext(norms=["linf", "l2", "l1"], eps=dict(EPS), pair=("linf", "l1"), attack_steps=10,
                             lam=0.5, autocast=autocast, batch_attacks=args.batch_attacks == "on")
@@ -247,6 +249,18 @@ class MethodRun:
             self.peak = max(self.peak, torch.cuda.max_memory_allocated(device) - resident)
 
 
+def profile_step(run, batch, device, rows=15):
+    """Where one step's time goes: torch.profiler's operators, by their own device (or CPU) time."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                          if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        run.step(*batch)
+        synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of one {run.name} step, by {key}:")
+    print(profiler.key_averages().table(sort_by=key, row_limit=rows))
+
+
 def random_batches(count, batch_size, device, memory_format, seed):
     generator = torch.Generator().manual_seed(seed)
     batches = []
@@ -257,12 +271,15 @@ def random_batches(count, batch_size, device, memory_format, seed):
     return batches
 
 
+def memory_format_of(args):
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
 def bench_training(args, device):
     torch.manual_seed(args.seed)
     model = build_model(args.arch, CLASSES, SHAPE, CIFAR10_MEAN, CIFAR10_STD).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    batches = random_batches(args.steps, args.batch_size, device, memory_format, args.seed)
+    model.to(memory_format=memory_format_of(args))
+    batches = random_batches(args.steps, args.batch_size, device, memory_format_of(args), args.seed)
     flops = flops_per_image(model, *batches[0])
     runs = [MethodRun(name, model, args, device) for name in args.methods]
     for run in runs:
@@ -285,7 +302,7 @@ def report_training(args, device, runs, flops):
     print(f"\n{args.arch}, CIFAR-shaped random tensors {'x'.join(map(str, SHAPE))}, {CLASSES} classes, batch "
           f"{args.batch_size}, APGD-10, fine-tuning setting; {args.steps} steps per round, fastest of "
           f"{args.rounds} rounds, scaled to {EPOCH_IMAGES:,} images; {card}; amp {args.amp}, channels_last "
-          f"{args.channels_last}, batch attacks {args.batch_attacks}")
+          f"{args.channels_last}, batch attacks {args.batch_attacks}, torch.compile {args.compile}")
     print(f"model GFLOPs per image: forward {flops['forward'] / 1e9:.3f}, attack backward (input only) "
           f"{flops['attack backward'] / 1e9:.3f}, training backward {flops['train backward'] / 1e9:.3f}; "
           f"bf16 peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
@@ -379,6 +396,11 @@ def main(argv=None):
     parser.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto", help="auto: bf16 on CUDA")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: on CUDA")
     parser.add_argument("--batch-attacks", choices=["auto", "on", "off"], default="auto", help="auto: on CUDA")
+    parser.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
+                        help="torch.compile every method's model in this mode (reduce-overhead: with CUDA graphs); "
+                             "compiling is in the warm-up column, mostly the first method's (the others reuse "
+                             "its kernels)")
+    parser.add_argument("--profile", default="", help="methods (comma-separated) to profile one more step of")
     parser.add_argument("--eval-points", type=int, default=500, help="points of the union evaluation (0: none)")
     parser.add_argument("--eval-batch-size", type=int, default=500)
     parser.add_argument("--eval-steps", type=int, default=100, help="ramptool's APGD iterations (AutoAttack: 100)")
@@ -393,8 +415,8 @@ def main(argv=None):
         args.arch, args.device, args.batch_size, args.steps, args.warmup, args.rounds = "small-cnn", "cpu", 8, 1, 1, 1
         args.eval_points, args.eval_batch_size, args.eval_steps = min(args.eval_points, 8), 8, 3
         args.skip_autoattack = True  # its 100 iterations per norm, whatever the model, take longer than the rest
-    args.methods = args.methods.split(",")
-    unknown = [name for name in args.methods if name not in METHODS]
+    args.methods, args.profile = args.methods.split(","), [name for name in args.profile.split(",") if name]
+    unknown = [name for name in args.methods + args.profile if name not in METHODS]
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     device = resolve_device(args.device)
@@ -410,6 +432,8 @@ def main(argv=None):
     print(f"bench/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}: {versions}")
     runs, flops = bench_training(args, device)
     report_training(args, device, runs, flops)
+    for run in (run for run in runs if run.name in args.profile):
+        profile_step(run, random_batches(1, args.batch_size, device, memory_format_of(args), args.seed)[0], device)
     if args.eval_points > 0:
         bench_evaluation(args, device)
     return 0
