@@ -10,6 +10,8 @@ import torch
 
 from ramptool.attacks.apgd import apgd, apgd_joint
 from ramptool.models.small_cnn import SmallCNN
+from ramptool.plugins.registry import get
+from ramptool.training.methods import MethodContext
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,3 +85,18 @@ def test_apgd_on_cuda_makes_no_sync(norm, model_and_batch):
         apgd_joint(model, x, y, [("linf", EPS["linf"]), ("l1", EPS["l1"])], steps=10, batched=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("method", ["ramp", "max"])
+def test_a_training_step_waits_a_fixed_few_times_whatever_the_attack_steps(method, model_and_batch, host_syncs):
+    """Outside the attack loop a step does wait: each norm's threat-model check (one reduction read back) and RAMP's
+    gather of the points kept for the pairing loss; never once per attack iteration."""
+    model, x, y = model_and_batch
+    counts = []
+    for steps in (3, 6):
+        host_syncs.clear()
+        ctx = MethodContext(eps=EPS, pair=("linf", "l1"), attack_steps=steps, batch_attacks=True)
+        get("method", method)(ctx).loss(model.train(), x, y)
+        counts.append(dict(host_syncs))
+    assert counts[0] == counts[1]
+    assert sum(counts[0].values()) <= 4  # ramp: 2 checks + 2 gathers; max: 3 checks
