@@ -7,9 +7,11 @@ that start. ``large_eps`` is AutoAttack's l1 schedule (``decr_eps_pgd``): 3x, 2x
 40% of the steps, each stage starting from the previous stage's highest-loss point projected into its ball.
 Random starts for evaluation are drawn per point by ``base.autoattack_start`` and passed as ``x_init``.
 
-Per-sample bookkeeping uses masks (``torch.where``), so the loop has no per-sample Python loop. ``drop_fooled``
-takes a point out of the batch at the first iterate that fools it (a host sync per step): its outcome is settled,
-the other points' iterates are unchanged, and an evaluation spends nothing more on it.
+Per-sample bookkeeping uses masks (``torch.where``), so the loop has no per-sample Python loop and, without
+``drop_fooled``, never waits for the device: no value is read back and nothing is gathered by a boolean mask
+(tests/test_attacks_sync.py). ``drop_fooled`` takes a point out of the batch at the first iterate that fools it (a
+host sync per step): its outcome is settled, the other points' iterates are unchanged, and an evaluation spends
+nothing more on it.
 
 ``apgd_joint`` runs several APGD instances (one per threat model) on the same batch, as RAMP and MAX need: every
 instance follows exactly the iterates a lone ``apgd`` would, but without a given start they share the first
