@@ -129,7 +129,11 @@ def project_l1(x: torch.Tensor, x_adv: torch.Tensor, eps) -> torch.Tensor:
     u = x_adv.flatten(1).double() - x64
     room = torch.where(u > 0, 1.0 - x64, x64).clamp_min(0.0)
     magnitude = u.abs()
-    eps_t = torch.as_tensor(eps, dtype=torch.float64, device=x.device).expand(u.shape[0])
+    # a number is filled in on the device: as_tensor would copy it from the host, which waits for the GPU
+    if isinstance(eps, (int, float)):
+        eps_t = torch.full((u.shape[0],), float(eps), dtype=torch.float64, device=x.device)
+    else:
+        eps_t = torch.as_tensor(eps, dtype=torch.float64, device=x.device).expand(u.shape[0])
 
     capped = torch.minimum(magnitude, room)
     inside = capped.sum(dim=1) <= eps_t

@@ -7,9 +7,11 @@ that start. ``large_eps`` is AutoAttack's l1 schedule (``decr_eps_pgd``): 3x, 2x
 40% of the steps, each stage starting from the previous stage's highest-loss point projected into its ball.
 Random starts for evaluation are drawn per point by ``base.autoattack_start`` and passed as ``x_init``.
 
-Per-sample bookkeeping uses masks (``torch.where``), so the loop has no per-sample Python loop. ``drop_fooled``
-takes a point out of the batch at the first iterate that fools it (a host sync per step): its outcome is settled,
-the other points' iterates are unchanged, and an evaluation spends nothing more on it.
+Per-sample bookkeeping uses masks (``torch.where``), so the loop has no per-sample Python loop and, without
+``drop_fooled``, never waits for the device: no value is read back and nothing is gathered by a boolean mask
+(tests/test_attacks_sync.py). ``drop_fooled`` takes a point out of the batch at the first iterate that fools it (a
+host sync per step): its outcome is settled, the other points' iterates are unchanged, and an evaluation spends
+nothing more on it.
 
 ``apgd_joint`` runs several APGD instances (one per threat model) on the same batch, as RAMP and MAX need: every
 instance follows exactly the iterates a lone ``apgd`` would, but without a given start they share the first
@@ -155,7 +157,7 @@ class _APGDRun:
             self._drop_fooled()
         if not self.finished and self.i == self.steps:
             if self.last_stage:
-                self._flush(torch.ones_like(self.fooled))
+                self._flush()
                 self.finished = True
             else:
                 self.stage += 1
@@ -243,14 +245,19 @@ class _APGDRun:
         self._select(~mask)
         self.finished = self.x.shape[0] == 0
 
-    def _flush(self, mask):
-        """Write the outcome of the points in ``mask`` into the whole batch's result."""
-        positions, x_best, loss_best = self.positions[mask], self.x_best[mask], self.loss_best[mask]
+    def _flush(self, mask=None):
+        """Write the outcome of the points in ``mask`` (default: all still here) into the whole batch's result.
+        Without a mask nothing is gathered by a boolean mask, whose size the host would have to wait for."""
+
+        def rows(value):
+            return value if mask is None else value[mask]
+
+        positions, x_best, loss_best = rows(self.positions), rows(self.x_best), rows(self.loss_best)
         # a misclassified point counts only in the last stage's ball: earlier large-eps stages are outside it
-        fooled = self.fooled[mask] if self.last_stage else torch.zeros_like(self.fooled[mask])
+        fooled = rows(self.fooled) if self.last_stage else torch.zeros_like(rows(self.fooled))
         if self.keep == "misclassified":
-            x_best = torch.where(per_sample(fooled, x_best), self.x_fooled[mask], x_best)
-            loss_best = torch.where(fooled, self.loss_fooled[mask], loss_best)
+            x_best = torch.where(per_sample(fooled, x_best), rows(self.x_fooled), x_best)
+            loss_best = torch.where(fooled, rows(self.loss_fooled), loss_best)
         self.out_x[positions], self.out_loss[positions], self.out_fooled[positions] = x_best, loss_best, fooled
 
     def _select(self, keep):

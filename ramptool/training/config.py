@@ -314,9 +314,11 @@ class TrainConfig:
                             panel="Evaluation")
     check_gap: float = knob(0.10, "Training-attack accuracy minus AutoAttack-grade accuracy above which the check "
                                   "warns (a fraction).", minimum=0, maximum=1, on_resume="free", panel="Evaluation")
-    amp: str | None = knob(None, "Autocast precision (CUDA): none or bf16.", choices=("none", "bf16"),
+    amp: str | None = knob(None, "Autocast precision of training, its attacks included: none or bf16 "
+                                 "(evaluation stays float32).", choices=("none", "bf16"),
                            shown_default="none", panel="Hardware")
-    channels_last: bool = knob(False, "Channels-last memory format (CUDA).", panel="Hardware")
+    channels_last: bool = knob(False, "Channels-last memory format for the model and its inputs (faster "
+                                      "convolutions on a GPU).", panel="Hardware")
     batch_attacks: str = knob("auto", "Run several norms' attacks as one batch (ramp, max, avg); auto = on for "
                                       "CUDA.", choices=("auto", "on", "off"), panel="Attacks")
     image_size: int | None = knob(None, "Image folders (imagenet, imagefolder): the side images are cropped to.",

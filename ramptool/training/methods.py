@@ -15,6 +15,7 @@ through ``distributed.agree``, and attacks run on the module inside DDP (per-ran
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Literal
@@ -100,7 +101,8 @@ class TrainingMethod:
         return list(self.ctx.norms)
 
     def _autocast(self):
-        return self.ctx.autocast if self.ctx.autocast is not None else contextlib.nullcontext()
+        # a copy per block: one torch.autocast entered twice (nested blocks) stays on after both have ended
+        return copy.copy(self.ctx.autocast) if self.ctx.autocast is not None else contextlib.nullcontext()
 
     def attack(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str) -> AttackResult:
         """The run's training attack (``--attack`` family, its options and steps) in ``norm`` at the run's eps,
