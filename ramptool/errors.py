@@ -26,9 +26,9 @@ class Stopped(BaseException):
     BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it; not a KeyboardInterrupt, so
     that click does not turn it into "Aborted!" and exit code 1."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.exit_code = 128 + signum
+    def __init__(self, signum: int, during: str = ""):
+        super().__init__(f"stopped by {signal.Signals(signum).name}{' ' + during if during else ''}")
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 def raise_stopped(signum, frame):

@@ -476,3 +476,11 @@ def test_eval_union_writes_nothing_through_links_and_checks_save_adv_before_any_
         code, stdout, err = run_cli(args + ["--save-adv", str(tmp_path / "busy"), "--overwrite"], capsys)
     assert code == 2 and "in use by another ramptool process" in err and "evaluating" not in stdout
     assert not (tmp_path / "busy" / f"{name}.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1.5])
+def test_non_finite_or_out_of_box_pixels_through_the_python_api_are_refused(clean_model, fmnist_test, bad):
+    x, y = fmnist_test[0][:4].clone(), fmnist_test[1][:4]
+    x[1, 0, 3, 3] = bad
+    with pytest.raises(RamptoolError, match=r"finite pixels in \[0, 1\]"):
+        evaluate_union(clean_model, x, y, ["linf"], {"linf": 0.1}, steps=3)

@@ -542,3 +542,11 @@ def test_header_sizes_within_bounds_are_checked_against_the_tensors_before_anyth
     monkeypatch.setattr(loading, "build_model", only_on_meta)
     with pytest.raises(RamptoolError, match="do not fit the architecture"):
         load_checkpoint(tmp_path / "crafted.safetensors")
+
+
+def test_files_that_are_no_checkpoint_or_cannot_be_read_are_one_line_that_says_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("abc")
+    with pytest.raises(RamptoolError, match="is not a checkpoint: neither a safetensors file nor one torch.save"):
+        read_weights(tmp_path / "notes.txt")
+    with pytest.raises(RamptoolError, match="cannot read /proc/self/mem"):
+        load_checkpoint("/proc/self/mem", arch="small-cnn", dataset="fashion-mnist")

@@ -337,3 +337,28 @@ def test_ramptool_plugins_lists_what_it_skipped_and_why(tmp_path):
     for plugin, (_, hook, reason) in BROKEN_PLUGINS.items():
         line = next(line for line in skipped.splitlines() if f"│ {plugin} " in line)
         assert (hook or "(import)") in line and reason[:40] in line
+
+
+def test_a_plugin_that_raises_keyboardinterrupt_at_import_is_named_and_exits_130(tmp_path):
+    write_fake_distribution(tmp_path, "interrupting", "interrupting", "interrupting_plugin",
+                            "raise KeyboardInterrupt\n")
+
+    result = run_ramptool("plugins", pythonpath=[tmp_path])
+
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines() == [
+        "error: stopped by SIGINT while loading plugin 'interrupting' (interrupting_plugin)"]
+
+
+def test_a_plugin_pairing_loss_that_fails_when_used_is_one_line_naming_its_plugin(tmp_path):
+    write_fake_distribution(tmp_path, "failing-loss", "failing-loss", "failing_loss_plugin", (
+        "from ramptool import hookimpl\n\n\n"
+        "def fragile(logits_q, logits_r):\n    raise ZeroDivisionError('no pairing today')\n\n\n"
+        "@hookimpl\ndef register_pairing_losses():\n    return {'fragile': fragile}\n"))
+
+    result = run_ramptool("train", "--out", str(tmp_path / "run"), "--subset", "64", "--pairing", "fragile",
+                          "--attack-steps", "1", "--device", "cpu", "--no-progress", pythonpath=[tmp_path])
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: pairing-loss 'fragile' of plugin 'failing-loss' failed: ZeroDivisionError: no pairing today"]

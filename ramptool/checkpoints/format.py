@@ -65,13 +65,27 @@ def run_finished(run) -> bool:
     return (Path(run) / MODEL_FILE).exists() and bool((read_metadata(run) or {}).get("finished"))
 
 
+def _head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of ``path``; one line when it cannot be read (permissions, a device file)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError as error:
+        raise RamptoolError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(9)
+    head = _head(path, 9)
     if len(head) < 9:
         return False
     header_len = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 0 < header_len <= path.stat().st_size
+
+
+def _is_torch_file(path: Path) -> bool:
+    """torch.save's zip archive, or the legacy format, which starts with a pickle protocol mark."""
+    head = _head(path, 4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def read_metadata(path) -> dict[str, Any] | None:
@@ -167,8 +181,11 @@ def check_metadata(metadata: dict, path) -> None:
 def read_weights(path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True``."""
     path = resolve(path)
+    safetensors = _is_safetensors(path)
+    if not safetensors and not _is_torch_file(path):
+        raise RamptoolError(f"{path} is not a checkpoint: neither a safetensors file nor one torch.save wrote")
     try:
-        if _is_safetensors(path):
+        if safetensors:
             return load_file(str(path))
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:

@@ -198,6 +198,10 @@ def evaluate_union(model, x: torch.Tensor, y: torch.Tensor, norms: list[str], ep
         raise RamptoolError("resume needs the output folder of the interrupted evaluation")
     if len(y) == 0:
         raise RamptoolError("no points to evaluate")
+    if not bool(torch.isfinite(x).all()) or not bool(((x >= 0) & (x <= 1)).all()):
+        # the attacks clip to the [0,1] box: NaN stays NaN and an outside point is no clean point of the ball
+        raise RamptoolError("the points to evaluate must be finite pixels in [0, 1] (NaN, infinite or out-of-box "
+                            "values found); ramptool models take [0,1] images and normalise inside")
     if steps < 1:
         raise RamptoolError(f"steps must be positive, got {steps}")
     index = torch.arange(len(y)) if index is None else index.cpu()

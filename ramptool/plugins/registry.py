@@ -6,16 +6,18 @@ third-party plugins use; the latter arrive through the ``ramptool`` entry-point 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
-from ramptool.errors import RamptoolError
+from ramptool.errors import RamptoolError, Stopped
 from ramptool.plugins import hookspecs
 from ramptool.plugins.options import bind, options_of
 
@@ -186,6 +188,9 @@ def build_plugin_manager(entry_points: bool = True) -> PluginManager:
             except (Exception, SystemExit) as error:  # a broken plugin must not take ramptool down
                 manager.skipped.append(Skipped(entry_point.name, None, _error_text(error), entry_point.value))
                 continue
+            except (KeyboardInterrupt, Stopped) as stop:  # Ctrl-C, or a plugin that raises it: say where
+                raise Stopped(getattr(stop, "signum", signal.SIGINT),
+                              f"while loading plugin {entry_point.name!r} ({entry_point.value})") from None
             for caller in manager.get_hookcallers(plugin) or []:
                 if not caller.has_spec():  # a misspelt hook would otherwise never be called, silently
                     manager.skipped.append(Skipped(entry_point.name, caller.name, "no such hook; ramptool's hooks "
@@ -214,6 +219,27 @@ def reset_registry(manager: pluggy.PluginManager | None = None) -> Registry:
 def get(kind: str, name: str) -> Any:
     """The component registered as ``name`` of ``kind`` (one of ``KINDS``); unknown names are an error."""
     return registry().get(kind, name)
+
+
+def guarded(kind: str, name: str) -> Any:
+    """``get(kind, name)``; a third-party callable is wrapped so that an exception it raises when used becomes one
+    line naming its plugin (a built-in's exception is a bug in ramptool and surfaces as it is)."""
+    component = registry().components[kind].get(name)
+    obj = get(kind, name)
+    if component is None or component.plugin in DEFAULT_PLUGINS:
+        return obj
+
+    @functools.wraps(obj)
+    def call(*args, **kwargs):
+        try:
+            return obj(*args, **kwargs)
+        except RamptoolError:
+            raise
+        except Exception as error:
+            raise RamptoolError(f"{kind} {name!r} of plugin {component.plugin!r} failed: "
+                                f"{_error_text(error)[:300]}") from None
+
+    return call
 
 
 def components(kind: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ramptool.attacks import attack_for
 from ramptool.attacks.base import AttackResult
 from ramptool.errors import RamptoolError
 from ramptool.plugins.hookspecs import hookimpl
-from ramptool.plugins.registry import get
+from ramptool.plugins.registry import get, guarded
 from ramptool.runtime import distributed
 from ramptool.runtime.device import eval_mode
 from ramptool.threat import check_inside
@@ -280,7 +280,7 @@ class RAMP(TrainingMethod):
 
     def __init__(self, ctx, *, pair_on: Literal["q-correct", "all"] = "q-correct"):
         super().__init__(ctx)
-        self.pairing_loss = functools.partial(get("pairing-loss", ctx.pairing), **ctx.pairing_options)
+        self.pairing_loss = functools.partial(guarded("pairing-loss", ctx.pairing), **ctx.pairing_options)
         self.pair_on = pair_on
 
     def loss(self, model, x, y):
