@@ -193,3 +193,14 @@ def test_investigation_section_says_what_ran_and_what_did_not(tmp_path):
     assert "- 10-step training attack: RAMP − l1-only AT +0.0 [+0.0, +0.0]." in text
     assert "- 30-step training attack: RAMP − l1-only AT +25.0 [" in text
     assert f"Not run yet (`--variants`): {VARIANTS['ramp-gp'][0]}." in text
+
+
+def test_the_demo_says_when_its_budget_is_too_small_for_the_papers_claims():
+    from ramptool.workflows.demo import budget_note
+
+    shipped = build_train_config(recipe="fmnist-ramp-finetune", overrides={"out": "unused"})
+    note = budget_note({"subset": shipped.subset, "batch_size": shipped.batch_size, "epochs": shipped.epochs,
+                        "dataset": shipped.dataset})
+    assert note.startswith("note: each fine-tune took 157 optimizer steps") and "too small to test them" in note
+    paper = budget_note({"subset": 50_000, "batch_size": 128, "epochs": 3, "dataset": "fashion-mnist"})
+    assert "1,173 optimizer steps" in paper and "the paper's or more" in paper

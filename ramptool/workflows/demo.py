@@ -11,11 +11,12 @@ missing. Finished runs in runs/demo/ are reused.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from rich.console import Console
 
-from ramptool.checkpoints.format import run_finished
+from ramptool.checkpoints.format import read_metadata, run_finished
 from ramptool.checkpoints.loading import load_checkpoint
 from ramptool.data.datasets import load_split
 from ramptool.evaluation.report import print_union_table, provenance, write_union_reports
@@ -77,6 +78,23 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"wrote {written['png']}, {written['markdown']} and {written['json']}; pyautoattack itself on "
                   f"more points: `ramptool eval union --attack autoattack --ckpt {OUT / 'ramp-ft'} "
                   f"--ckpt {OUT / 'eat-ft'} --ckpt {OUT / 'l1-ft'}`", highlight=False)
+    console.print(budget_note(read_metadata(OUT / "ramp-ft")["config"]), highlight=False, soft_wrap=True)
+
+
+PAPER_STEPS = 1173  # the paper's fine-tuning: 3 epochs over CIFAR-10's 50,000 points at batch 128
+
+
+def budget_note(config: dict) -> str:
+    """What the demo's budget can and cannot show, from a fine-tune's saved configuration."""
+    points = config["subset"] or len(load_split(config["dataset"], "train"))
+    steps = math.ceil(points / config["batch_size"]) * config["epochs"]
+    share = f"about 1/{round(PAPER_STEPS / steps)} of" if steps < PAPER_STEPS else "at least"
+    verdict = ("this budget is too small to test them" if steps < PAPER_STEPS
+               else "this budget is the paper's or more")
+    return (f"note: each fine-tune took {steps:,} optimizer steps ({config['epochs']} epoch(s) over {points:,} "
+            f"points), {share} the paper's {PAPER_STEPS:,}; the paper's claims are about the end of its schedule, so "
+            f"{verdict}: docs/RESULTS.md reports the reproduction at 79 steps, docs/reproduce.md the paper-budget "
+            f"plan and what it has found")
 
 
 if __name__ == "__main__":
