@@ -14,7 +14,7 @@ from ramptool.data.datasets import held_out_split, load_split
 from ramptool.training import attack_gap
 
 SHIPPED_LINF_AT = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "fmnist-linf-at.safetensors"
-FINETUNE = ["finetune", "--ckpt", str(SHIPPED_LINF_AT), "--method", "at", "--subset", "1000", "--check-n", "100",
+FINETUNE = ["finetune", "--ckpt", str(SHIPPED_LINF_AT), "--method", "at", "--subset", "512", "--check-n", "60",
             "--optimizer", "adam", "--lr", "5e-4", "--device", "cpu", "--no-progress"]
 
 
@@ -44,7 +44,7 @@ def test_a_one_step_l1_training_attack_is_flagged_in_the_epoch_line_the_checkpoi
     warning = [line for line in err.splitlines() if line.startswith("warning: epoch 1: l1 accuracy")]
     assert len(warning) == 1 and "--attack-steps" in warning[0] and "AutoAttack-grade" in warning[0]
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["check_gap_l1"] > 0.10 and record["check_points"] == "100 training points 59900-59999, held out"
+    assert record["check_gap_l1"] > 0.10 and record["check_points"] == "60 training points 59940-59999, held out"
     assert record["check_gap_l1"] == pytest.approx(record["check_train_attack_l1"] - record["check_strong_l1"],
                                                    abs=1e-4)
     assert "check l1 " in out
