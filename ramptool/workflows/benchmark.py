@@ -74,6 +74,8 @@ def declared_threat_model(metadata: dict) -> str:
     zoo = (metadata.get("source") or {}).get("robustbench")
     if zoo:
         return f"RobustBench {zoo['dataset']} {zoo['threat_model']}"
+    if metadata.get("method") == "clean":
+        return "clean: none"
     threat = metadata.get("threat_model") or {}
     if not threat.get("norms"):
         return "-"
