@@ -67,7 +67,8 @@ def test_models_are_ranked_by_union_and_a_broken_one_is_recorded(board, models):
     for name in evaluated:
         row = rows[name]
         flags = load_file(out / name / FLAGS_FILE)  # the leaderboard's numbers are its flags' numbers
-        assert row["accuracy"]["union"] == pytest.approx(union_flags(flags, ["linf", "l2", "l1"]).float().mean().item(), abs=1e-6)
+        union = union_flags(flags, ["linf", "l2", "l1"]).float().mean().item()
+        assert row["accuracy"]["union"] == pytest.approx(union, abs=1e-6)
         assert row["accuracy"]["clean"] == pytest.approx(flags["clean"].float().mean().item(), abs=1e-6)
         assert row["upper_bounds"] == ["linf", "l2", "l1"]  # the union-only cascade's per-norm numbers
         low, high = row["interval"]["union"]
@@ -147,6 +148,10 @@ def test_bad_input_is_one_error_line(ramptool_cli, tmp_path):
     assert code == 2 and "give at least one model" in err and "Traceback" not in err
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--version", "slow", "--out", str(tmp_path / "b")])
     assert code == 2 and "unknown --version 'slow'" in err
+    code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--steps", "2", "--n-examples", "4", "--device", "cpu",
+                                 "--out", str(tmp_path / "b")])
+    assert code == 2 and "needs at least 3 steps" in err  # the settings, not a model: nothing is recorded
+    assert not (tmp_path / "b" / "leaderboard.json").exists()
     code, _, err = ramptool_cli(["benchmark", "--zoo", "cifar10/Linf", "--model-dir", str(tmp_path),
                                  "--out", str(tmp_path / "b")])
     assert code == 2 and "no weights of its models" in err
@@ -173,20 +178,21 @@ def zoo_dir(tmp_path_factory):
 def test_zoo_models_whose_weights_are_present_enter_the_leaderboard(zoo_dir, tmp_path, ramptool_cli):
     model_dir, data = zoo_dir
     code, out, err = ramptool_cli(["benchmark", "--zoo", "cifar10", "--model-dir", str(model_dir), "--data-dir",
-                                   str(data), "--n-examples", "8", "--steps", "2", "--device", "cpu", "--out",
+                                   str(data), "--n-examples", "4", "--steps", "3", "--device", "cpu", "--out",
                                    str(tmp_path / "zoo")])
     assert code == 0, err
     document = json.loads((tmp_path / "zoo" / "leaderboard.json").read_text())
     rows = {row["name"]: row for row in document["models"]}
-    assert set(rows) == {"Wong2020Fast", "Rice2020Overfitting"} and all(r["status"] == "ok" for r in rows.values())
+    assert set(rows) == {"Wong2020Fast", "Rice2020Overfitting"}
+    assert all(row["status"] == "ok" for row in rows.values()), out
     assert rows["Wong2020Fast"]["threat_model"] == "RobustBench cifar10 Linf"
     assert rows["Rice2020Overfitting"]["threat_model"] == "RobustBench cifar10 L2"
-    assert document["settings"]["eps"] == DEFAULT_EPS["cifar10"] and document["settings"]["n"] == 8
+    assert document["settings"]["eps"] == DEFAULT_EPS["cifar10"] and document["settings"]["n"] == 4
     weights = model_dir / "cifar10" / "Linf" / "Wong2020Fast.pt"
     assert rows["Wong2020Fast"]["provenance"]["weights_sha256"] == [file_sha256(weights)]
     assert rows["Wong2020Fast"]["provenance"]["robustbench"]
     code, _, _ = ramptool_cli(["benchmark", "--zoo", "cifar10/L2", "--model-dir", str(model_dir), "--data-dir",
-                               str(data), "--n-examples", "4", "--steps", "2", "--device", "cpu", "--out",
+                               str(data), "--n-examples", "4", "--steps", "3", "--device", "cpu", "--out",
                                str(tmp_path / "l2")])
     assert code == 0
     names = [row["name"] for row in json.loads((tmp_path / "l2" / "leaderboard.json").read_text())["models"]]

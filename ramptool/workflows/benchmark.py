@@ -24,7 +24,6 @@ from ramptool.evaluation.report import attack_label, eps_text, provenance, write
 from ramptool.evaluation.suite import VERSIONS
 from ramptool.evaluation.union import (
     FLAGS_FILE,
-    EvaluationInterrupted,
     evaluate_union,
     evaluation_points,
     load_for_evaluation,
@@ -182,21 +181,26 @@ def benchmark(models: list[str], out, *, dataset: str | None = None, data_dir=No
             continue
         try:
             model, metadata, _ = load_for_evaluation(path, name, device=device, model_dir=model_dir)
+        except Exception as error:  # unreadable, weights missing, another dataset: recorded, the others go on
+            row = failed_row(model_name, path, error)
+        else:
             shape = tuple(metadata["input_shape"])
             if shape not in points:
                 points[shape] = evaluation_points(name, data_dir, subset, sample_seed, shape)
-            x, y = points[shape]
-            console.print(f"evaluating {model_name} on {len(y)} {name} points", highlight=False)
-            report = evaluate_union(model, x, y, list(norms), eps_values, version=version, out_dir=folder,
-                                    resume=resume, union_only=union_only, batch_size=batch_size, seed=seed,
-                                    steps=steps, recorded_clean=recorded_clean_accuracy(metadata), console=console,
-                                    on_progress=on_progress and (lambda task, *state, model_name=model_name:
-                                                                 on_progress(f"{model_name} {task}", *state)))
-            row = model_row(model_name, path, report, metadata, model, device)
-        except EvaluationInterrupted:
-            raise
-        except Exception as error:  # any failure of one model is its row's reason; the others go on
-            row = failed_row(model_name, path, error)
+            console.print(f"evaluating {model_name} on {len(points[shape][1])} {name} points", highlight=False)
+            progress = on_progress and (lambda task, *state, model_name=model_name:
+                                        on_progress(f"{model_name} {task}", *state))
+            try:
+                report = evaluate_union(model, *points[shape], list(norms), eps_values, version=version,
+                                        out_dir=folder, resume=resume, union_only=union_only, batch_size=batch_size,
+                                        seed=seed, steps=steps, recorded_clean=recorded_clean_accuracy(metadata),
+                                        console=console, on_progress=progress)
+                row = model_row(model_name, path, report, metadata, model, device)
+            except RamptoolError:  # the settings (steps, resume, ...), not this model: every model would fail
+                raise
+            except Exception as error:  # a model that breaks the attacks (e.g. in its forward): recorded
+                row = failed_row(model_name, path, error)
+        if row["status"] != "ok":
             console.print(f"[bold yellow]{model_name} not evaluated:[/] {row['reason']}", highlight=False)
         if distributed.is_main():
             write_json(folder / RESULT_FILE, {"settings": settings, "status": row["status"], "row": row})
