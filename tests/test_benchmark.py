@@ -148,6 +148,8 @@ def test_bad_input_is_one_error_line(ramptool_cli, tmp_path):
     assert code == 2 and "give at least one model" in err and "Traceback" not in err
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--version", "slow", "--out", str(tmp_path / "b")])
     assert code == 2 and "unknown --version 'slow'" in err
+    code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--corruptions", "smog", "--out", str(tmp_path / "b")])
+    assert code == 2 and "unknown corruption 'smog'" in err
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--steps", "2", "--n-examples", "4", "--device", "cpu",
                                  "--out", str(tmp_path / "b")])
     assert code == 2 and "needs at least 3 steps" in err  # the settings, not a model: nothing is recorded
@@ -246,3 +248,27 @@ def test_two_processes_give_the_leaderboard_of_one(models, tmp_path):
     for name in ("fmnist-linf-at", "l1-finetune"):
         flags = [load_file(tmp_path / run / name / FLAGS_FILE) for run in ("two", "one")]
         assert all(torch.equal(flags[0][key], flags[1][key]) for key in flags[1])
+
+
+def test_the_corruption_column_from_memory_or_from_a_cifar10c_style_folder(tmp_path, one_thread):
+    from ramptool.evaluation.corruptions import corrupt_images, evaluate_corruptions, to_uint8_images
+    from ramptool.workflows.benchmark import corruption_request
+
+    x, y = evaluation_points("fashion-mnist", None, 16)
+    stacked = np.concatenate([corrupt_images(to_uint8_images(x), "fog", s, seed=0) for s in range(1, 6)])
+    np.save(tmp_path / "fog.npy", stacked[..., 0])  # CIFAR-10-C style grayscale: (5N, H, W)
+    np.save(tmp_path / "labels.npy", np.tile(y.numpy(), 5))
+    boards = {}
+    for source, request in (("memory", corruption_request(["fog"], [1, 5], None)),
+                            ("folder", corruption_request(None, [1, 5], tmp_path))):
+        boards[source] = benchmark([str(SHIPPED)], tmp_path / source, corruptions=request,
+                                   corruption_cache=tmp_path / "cache", device="cpu", n_examples=16, steps=5)
+    model, _ = load_checkpoint(SHIPPED)
+    expected = evaluate_corruptions(model, x, y, ["fog"], [1, 5], seed=0)["mean"]
+    for source, document in boards.items():
+        row = document["models"][0]
+        assert row["accuracy"]["corruptions"] == pytest.approx(expected, abs=1e-6), source
+        assert row["upper_bounds"] == ["linf", "l2", "l1"]  # the corruption column is no attack's bound
+        assert "corruptions" in (tmp_path / source / "leaderboard.md").read_text()
+    assert boards["folder"]["settings"]["corruptions"]["names"] == ["fog"]
+    assert "pre-corrupted sets in" in (tmp_path / "folder" / "leaderboard.md").read_text()

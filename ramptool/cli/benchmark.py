@@ -18,18 +18,19 @@ from ramptool.cli.eval import (
     console,
     parse_n_examples,
 )
-from ramptool.evaluation.leaderboard import LEADERBOARD_FILES, accuracy_keys
+from ramptool.evaluation.corruptions import parse_corruptions, parse_severities
+from ramptool.evaluation.leaderboard import LEADERBOARD_FILES, columns
 from ramptool.evaluation.report import display
 from ramptool.runtime.device import set_threads
 from ramptool.runtime.distributed import is_main
 from ramptool.runtime.progress import task_progress
 from ramptool.runtime.rundir import writer_lock
 from ramptool.threat import parse_eps, parse_norms
-from ramptool.workflows.benchmark import benchmark, zoo_selection
+from ramptool.workflows.benchmark import benchmark, corruption_request, zoo_selection
 
 
 def leaderboard_table(document: dict) -> Table:
-    keys = accuracy_keys(document["settings"]["norms"])
+    keys = columns(document)
     table = Table(title=f"leaderboard (%), {document['settings']['n']} points")
     for column in ("rank", "model", *(display(key) for key in keys)):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -57,6 +58,13 @@ def benchmark_command(
     steps: int = STEPS_OPTION,
     union_only: bool = typer.Option(True, "--union-only/--full", help="--union-only: the cascade, the same union "
                                     "in less time, per-norm columns upper bounds; --full: every norm exactly."),
+    corruptions: str | None = typer.Option(None, "--corruptions", help="Add the mean accuracy under these common "
+                                           "corruptions (e.g. fog,snow, or all) as a column; it ranks nothing.",
+                                           show_default=False),
+    corruptions_from: Path | None = typer.Option(None, help="Pre-corrupted sets for that column instead: "
+                                                 "RobustBench's CIFAR-10-C folder (<corruption>.npy, labels.npy) "
+                                                 "or an ImageNet-C tree.", show_default=False),
+    severities: str | None = typer.Option(None, help="Corruption severities, e.g. 1,3,5.", show_default="1-5"),
     resume: bool = typer.Option(False, "--resume", help="Keep the models finished in --out and continue the "
                                 "interrupted one from its last attack run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Evaluate every model again, replacing --out's."),
@@ -75,6 +83,9 @@ def benchmark_command(
     _positive(batch_size, "--batch-size")
     if threads is not None:
         _positive(threads, "--threads")
+    names = None if corruptions in (None, "all") else parse_corruptions(corruptions)
+    request = corruption_request(names, parse_severities(severities), corruptions_from) \
+        if corruptions is not None or corruptions_from is not None else None
     listed = [*(models or []), *zoo_selection(zoo, model_dir)]
     with writer_lock(out):
         target = _device(device)
@@ -83,7 +94,8 @@ def benchmark_command(
             document = benchmark(listed, out, dataset=dataset, data_dir=data_dir, norms=norm_list, eps=eps,
                                  n_examples=subset, sample_seed=sample_seed, version=version, union_only=union_only,
                                  steps=steps, batch_size=batch_size, seed=seed, device=target, model_dir=model_dir,
-                                 resume=resume, overwrite=overwrite, console=console, on_progress=progress)
+                                 corruptions=request, resume=resume, overwrite=overwrite, console=console,
+                                 on_progress=progress)
     console.print(leaderboard_table(document))
     for row in document["models"]:
         if row["status"] != "ok":

@@ -34,10 +34,16 @@ def ranked(rows: list[dict]) -> list[dict]:
     return done + failed
 
 
-def accuracy_keys(norms: list[str]) -> list[str]:
-    """union first (the ranking), then clean, then the norms (linf, l2, l1 first)."""
+def accuracy_keys(norms: list[str], corruptions: bool = False) -> list[str]:
+    """union first (the ranking), then clean, the norms (linf, l2, l1 first) and the mean accuracy under common
+    corruptions if it was measured."""
     ordered = [norm for norm in NORM_ORDER if norm in norms] + [norm for norm in norms if norm not in NORM_ORDER]
-    return ["union", "clean", *ordered]
+    return ["union", "clean", *ordered, *(["corruptions"] if corruptions else [])]
+
+
+def columns(document: dict) -> list[str]:
+    settings = document["settings"]
+    return accuracy_keys(settings["norms"], settings.get("corruptions") is not None)
 
 
 def with_intervals(accuracy: dict[str, float], n: int) -> dict[str, list[float]]:
@@ -66,9 +72,14 @@ def settings_text(document: dict) -> str:
     settings = document["settings"]
     cascade = (f"union-only cascade: {UPPER_BOUND_MARK} marks an upper bound (points broken in another norm are not "
                f"attacked again)" if settings["union_only"] else "full evaluation of every norm")
+    request = settings.get("corruptions")
+    corruptions = "" if request is None else (
+        f"; corruptions: mean accuracy over {len(request['names'])} corruptions x "
+        f"severities {','.join(map(str, request['severities']))} "
+        f"({'pre-corrupted sets in ' + request['from'] if request['from'] else 'imagecorruptions'})")
     return (f"{document['attack']}, {settings['n']} {settings['dataset']} test points (fingerprint "
-            f"{settings['points_fingerprint']}), eps {eps_line(settings['eps'])}; {cascade}; accuracies in %, "
-            f"[95% Wilson interval]")
+            f"{settings['points_fingerprint']}), eps {eps_line(settings['eps'])}; {cascade}{corruptions}; "
+            f"accuracies in %, [95% Wilson interval]")
 
 
 def title(document: dict) -> str:
@@ -87,7 +98,7 @@ HEADERS = ["threat model (declared)", "parameters", "attack cost", "forwards/poi
 
 
 def markdown(document: dict) -> str:
-    keys = accuracy_keys(document["settings"]["norms"])
+    keys = columns(document)
     rows = document["models"]
     header = ["rank", "model", *[display(key) for key in keys], *HEADERS]
     lines = [f"# {title(document)}", "", settings_text(document), "",
@@ -104,7 +115,7 @@ def markdown(document: dict) -> str:
 
 def csv_text(document: dict) -> str:
     """One line per model, numbers as fractions; ``<column>_upper_bound`` says which ones are upper bounds."""
-    keys = accuracy_keys(document["settings"]["norms"])
+    keys = columns(document)
     fields = ["rank", "name", "model", "status", "n", "union", "union_low", "union_high",
               "clean", *[f"{key}{suffix}" for key in keys[2:] for suffix in ("", "_upper_bound")],
               "threat_model", "parameters", "device", "processes", "seconds", "device_seconds", "forward_per_point",
@@ -169,7 +180,7 @@ def _cell(value, shown: str, text: bool = False) -> str:
 
 
 def html_page(document: dict) -> str:
-    keys = accuracy_keys(document["settings"]["norms"])
+    keys = columns(document)
     headers = [("rank", "number"), ("model", "text"), *[(display(key), "number") for key in keys],
                ("threat model (declared)", "text"), ("parameters", "number"), ("attack cost (s)", "number"),
                ("forwards/point", "number"), ("weights sha256", "text")]

@@ -19,6 +19,14 @@ from rich.console import Console
 from ramptool.checkpoints.format import read_metadata
 from ramptool.checkpoints.loading import checkpoint_names
 from ramptool.errors import RamptoolError
+from ramptool.evaluation.corruptions import (
+    CORRUPTIONS,
+    SEVERITIES,
+    default_cache_dir,
+    evaluate_corruption_folder,
+    evaluate_corruptions,
+    folder_corruptions,
+)
 from ramptool.evaluation.leaderboard import accuracy_keys, ranked, with_intervals, write_leaderboard
 from ramptool.evaluation.report import attack_label, eps_text, provenance, write_json
 from ramptool.evaluation.suite import VERSIONS
@@ -123,6 +131,32 @@ def saved_result(folder: Path) -> dict | None:
         return None
 
 
+def corruption_request(names: list[str] | None, severities: list[int] | None, folder) -> dict:
+    """Which corruptions the column averages over: ``names`` (default: the 15 standard ones, or those the folder
+    holds), at ``severities`` (default 1-5), corrupted here or read from ``folder`` (CIFAR-10-C / ImageNet-C)."""
+    if names is None:
+        names = folder_corruptions(folder) if folder is not None else list(CORRUPTIONS)
+    return {"names": list(names), "severities": list(severities or SEVERITIES),
+            "from": str(Path(folder).resolve()) if folder is not None else None}
+
+
+def add_corruptions(row: dict, model, metadata: dict, x, y, request: dict, dataset: str, seed: int, batch_size: int,
+                    cache_dir=None) -> dict:
+    """The row with the mean accuracy under the requested corruptions (on the same first points, or the first
+    ones of each pre-corrupted set), which ranks nothing: union accuracy does."""
+    if request["from"] is not None:
+        report = evaluate_corruption_folder(model, request["from"], request["names"], request["severities"], len(y),
+                                            metadata["input_shape"], metadata["num_classes"], batch_size)
+    else:
+        report = evaluate_corruptions(model, x, y, request["names"], request["severities"], seed, dataset,
+                                      cache_dir or default_cache_dir(), batch_size)
+    mean = round(report["mean"], 6)
+    row["accuracy"]["corruptions"] = mean
+    row["interval"]["corruptions"] = with_intervals({"mean": mean}, report["n"])["mean"]
+    row["corruptions"] = {key: report[key] for key in ("n", "source", "corruption_mean", "severity_mean")}
+    return row
+
+
 def failed_row(name: str, path, error: Exception) -> dict:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return {"name": name, "model": str(path), "status": "failed", "reason": reason}
@@ -141,14 +175,15 @@ def check_out(out: Path, names, resume: bool, overwrite: bool) -> None:
 def benchmark(models: list[str], out, *, dataset: str | None = None, data_dir=None, norms=NORMS, eps=None,
               n_examples: int | None | str = "default", sample_seed: int | None = None, version: str = "fast",
               union_only: bool = True, steps: int = 100, batch_size: int = 500, seed: int = 0, device="cpu",
-              model_dir=None, resume: bool = False, overwrite: bool = False, console: Console | None = None,
-              on_progress=None) -> dict:
+              model_dir=None, corruptions: dict | None = None, corruption_cache=None, resume: bool = False,
+              overwrite: bool = False, console: Console | None = None, on_progress=None) -> dict:
     """Evaluate every model (anything ``--ckpt`` takes) on the same test points and write the leaderboard
     (``leaderboard.{json,md,csv,html}``) into ``out``; the leaderboard document.
 
     ``eps``: text or dict, completed from the dataset's defaults; ``n_examples``: a number, None (the whole test
     split) or 'default' (RobustBench's convention: 10,000 CIFAR points, 5,000 ImageNet ones, else all);
-    ``union_only``: the cascade (same union, per-norm numbers upper bounds) or the full per-norm evaluation."""
+    ``union_only``: the cascade (same union, per-norm numbers upper bounds) or the full per-norm evaluation;
+    ``corruptions`` (``corruption_request``): adds the mean accuracy under common corruptions as a column."""
     console = console or Console(quiet=not distributed.is_main())
     if not models:
         raise RamptoolError("give at least one model (a checkpoint, run folder or robustbench: name) or --zoo")
@@ -166,7 +201,7 @@ def benchmark(models: list[str], out, *, dataset: str | None = None, data_dir=No
     check_out(out, names, resume, overwrite)
     settings = {"dataset": name, "norms": list(norms), "eps": eps_values, "n_examples": subset,
                 "sample_seed": sample_seed, "version": version, "union_only": union_only, "attack": "apgd",
-                "steps": steps, "seed": seed}
+                "steps": steps, "seed": seed, "corruptions": corruptions}
     points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     rows = []
     for model_name, path in names.items():
@@ -196,6 +231,9 @@ def benchmark(models: list[str], out, *, dataset: str | None = None, data_dir=No
                                         seed=seed, steps=steps, recorded_clean=recorded_clean_accuracy(metadata),
                                         console=console, on_progress=progress)
                 row = model_row(model_name, path, report, metadata, model, device)
+                if corruptions is not None:
+                    row = add_corruptions(row, model, metadata, *points[shape], corruptions, name, seed, batch_size,
+                                          corruption_cache)
             except RamptoolError:  # the settings (steps, resume, ...), not this model: every model would fail
                 raise
             except Exception as error:  # a model that breaks the attacks (e.g. in its forward): recorded
