@@ -272,3 +272,33 @@ def test_the_corruption_column_from_memory_or_from_a_cifar10c_style_folder(tmp_p
         assert "corruptions" in (tmp_path / source / "leaderboard.md").read_text()
     assert boards["folder"]["settings"]["corruptions"]["names"] == ["fog"]
     assert "pre-corrupted sets in" in (tmp_path / "folder" / "leaderboard.md").read_text()
+
+
+def test_a_model_that_breaks_during_the_attacks_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, one_thread):
+    from ramptool.workflows import benchmark as workflow
+
+    broken_copy = tmp_path / "fails-in-attacks.safetensors"
+    shutil.copy(SHIPPED, broken_copy)
+    loaded = workflow.load_for_evaluation
+
+    class FailsOnItsSecondBatch(torch.nn.Module):  # a model whose forward fails once the attacks start
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("shape mismatch inside the model")
+            return self.model(x)
+
+    def load(path, *args, **kwargs):
+        model, metadata, dataset = loaded(path, *args, **kwargs)
+        return (FailsOnItsSecondBatch(model) if Path(path) == broken_copy else model), metadata, dataset
+
+    monkeypatch.setattr(workflow, "load_for_evaluation", load)
+    document = benchmark([str(broken_copy), str(SHIPPED)], tmp_path / "out", device="cpu", n_examples=8, steps=5)
+    rows = {row["name"]: row for row in document["models"]}
+    assert rows["fmnist-linf-at"]["status"] == "ok" and rows["fmnist-linf-at"]["rank"] == 1
+    assert rows["fails-in-attacks"] == {"name": "fails-in-attacks", "model": str(broken_copy), "status": "failed",
+                                      "reason": "shape mismatch inside the model", "rank": None}
