@@ -77,9 +77,10 @@ def benchmark_dataset(models: dict, dataset: str | None) -> str:
 
 
 def declared_threat_model(metadata: dict) -> str:
-    """What the model says it was trained against: its method and eps (ramptool), or its RobustBench track."""
+    """What the model says it was trained against: its method and eps (a ramptool checkpoint, a fine-tune of a zoo
+    model included), or its RobustBench track."""
     zoo = (metadata.get("source") or {}).get("robustbench")
-    if zoo:
+    if "method" not in metadata and zoo:
         return f"RobustBench {zoo['dataset']} {zoo['threat_model']}"
     if metadata.get("method") == "clean":
         return "clean: none"
@@ -92,14 +93,14 @@ def declared_threat_model(metadata: dict) -> str:
 
 
 def weights_record(path, metadata: dict, device) -> dict:
-    """Versions and the sha256 of every weights file (a zoo model's files as RobustBench reads them)."""
+    """Versions and the sha256 of the weights: the checkpoint file, or a zoo model's files as RobustBench reads
+    them."""
     record = provenance(path if isinstance(path, Path) else None, device)
-    zoo_files = (metadata.get("source") or {}).get("weights")
-    record["weights_sha256"] = [entry["sha256"] for entry in zoo_files] if zoo_files else \
-        [record["checkpoint_sha256"]] if "checkpoint_sha256" in record else []
-    zoo = (metadata.get("source") or {}).get("robustbench")
-    if zoo:
-        record["robustbench"] = zoo["version"]
+    source = metadata.get("source") or {}
+    record["weights_sha256"] = [record["checkpoint_sha256"]] if "checkpoint_sha256" in record else \
+        [entry["sha256"] for entry in source.get("weights", [])]
+    if "robustbench" in source:
+        record["robustbench"] = source["robustbench"]["version"]
     return record
 
 
