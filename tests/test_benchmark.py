@@ -148,6 +148,13 @@ def test_bad_input_is_one_error_line(ramptool_cli, tmp_path):
     assert code == 2 and "give at least one model" in err and "Traceback" not in err
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--version", "slow", "--out", str(tmp_path / "b")])
     assert code == 2 and "unknown --version 'slow'" in err
+    code, _, err = ramptool_cli(["benchmark", str(tmp_path / "typo.safetensors"), "--out", str(tmp_path / "b")])
+    assert code == 2 and "typo.safetensors" in err  # a path that is not there costs no evaluation of the others
+    (tmp_path / "unreadable.safetensors").write_bytes(b"\0")
+    code, out, _ = ramptool_cli(["benchmark", str(tmp_path / "unreadable.safetensors"), "--dataset", "fashion-mnist",
+                                 "--out", str(tmp_path / "none")])
+    assert code == 0 and "unreadable: not evaluated" in out  # a leaderboard of no model still says why
+    assert "No model could be evaluated" in (tmp_path / "none" / "leaderboard.md").read_text()
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--corruptions", "smog", "--out", str(tmp_path / "b")])
     assert code == 2 and "unknown corruption 'smog'" in err
     code, _, err = ramptool_cli(["benchmark", str(SHIPPED), "--steps", "2", "--n-examples", "4", "--device", "cpu",

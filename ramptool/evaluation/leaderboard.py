@@ -70,6 +70,8 @@ def _weights(row: dict) -> str:
 
 def settings_text(document: dict) -> str:
     settings = document["settings"]
+    if settings["n"] is None:
+        return "No model could be evaluated"
     cascade = (f"union-only cascade: {UPPER_BOUND_MARK} marks an upper bound (points broken in another norm are not "
                f"attacked again)" if settings["union_only"] else "full evaluation of every norm")
     request = settings.get("corruptions")
