@@ -183,7 +183,6 @@ def zoo_dir(tmp_path_factory):
     return model_dir, data
 
 
-@pytest.mark.slow
 def test_zoo_models_whose_weights_are_present_enter_the_leaderboard(zoo_dir, tmp_path, ramptool_cli):
     model_dir, data = zoo_dir
     code, out, err = ramptool_cli(["benchmark", "--zoo", "cifar10", "--model-dir", str(model_dir), "--data-dir",
