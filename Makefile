@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 # Fashion-MNIST: Debian's package when we can install it; otherwise ramptool falls back to torchvision's download.
+# Chromium (Debian's): the headless browser that tests `ramptool benchmark`'s leaderboard.html.
 data:
 	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -29,6 +30,13 @@ data:
 	     (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
 	    || echo "could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST"; \
 	  else echo "not root: torchvision will download Fashion-MNIST"; fi; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) \
+	    || echo "could not install chromium; the leaderboard page's browser test will be skipped"; \
+	  else echo "not root: install chromium for the leaderboard page's browser test (skipped without it)"; fi; \
 	fi
 
 demo: setup data

@@ -4,16 +4,18 @@ RobustBench zoo names, and foreign state_dicts (``--arch`` and ``--normalize`` s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ramptool.checkpoints.format import check_metadata, read_metadata, read_weights, resolve
+from ramptool.checkpoints.format import MODEL_FILE, check_metadata, read_metadata, read_weights, resolve
 from ramptool.data.datasets import get_dataset
 from ramptool.errors import RamptoolError
 from ramptool.models import Normalized, bind_arch_options, build_model, resolve_normalize, robustbench
 from ramptool.runtime.files import file_sha256
+from ramptool.runtime.rundir import safe_name
 
 
 def _strip_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -147,3 +149,26 @@ def describe_input(metadata: dict) -> str:
         return f"[0,1] pixels ({shape}) fed to the network as they are (normalize: none)"
     return (f"[0,1] pixels ({shape}), normalised inside as (x - mean) / std with mean {metadata['mean']} and std "
             f"{metadata['std']} (normalize: {recorded_normalize(metadata)})")
+
+
+def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
+    """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
+    file's stem, or the zoo model's name), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a
+    safe path component."""
+    if not paths:
+        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
+    names: dict[str, Path | str] = {}
+    for given in paths:
+        if robustbench.is_zoo_name(given):
+            path, base = given, given.rsplit("/", 1)[-1]
+        else:
+            path = resolve(given)
+            normalised = Path(os.path.abspath(path))
+            base = normalised.parent.name if normalised.name == MODEL_FILE else normalised.stem
+        base = safe_name(base)
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names[name] = path
+    return names

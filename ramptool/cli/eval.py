@@ -12,7 +12,6 @@ import contextlib
 import functools
 import inspect
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,7 @@ import typer
 from rich.console import Console
 from safetensors.torch import save_file
 
-from ramptool.checkpoints.format import MODEL_FILE, resolve
-from ramptool.data.datasets import get_dataset, load_split
+from ramptool.checkpoints.loading import checkpoint_names
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.corruptions import (
     CORRUPTIONS,
@@ -53,6 +51,7 @@ from ramptool.evaluation.suite import get_suite
 from ramptool.evaluation.union import (
     FLAGS_FILE,
     evaluate_union,
+    evaluation_points,
     load_for_evaluation,
     recorded_clean_accuracy,
     robustness_curve,
@@ -65,13 +64,12 @@ from ramptool.evaluation.unseen import (
     parse_adversaries,
     parse_budgets,
 )
-from ramptool.models.robustbench import is_zoo_name
 from ramptool.plugins.options import parse_assignments
 from ramptool.runtime.device import resolve_device, set_threads
 from ramptool.runtime.distributed import is_main, setup
 from ramptool.runtime.files import atomic_write
 from ramptool.runtime.progress import task_progress
-from ramptool.runtime.rundir import prepare_folder, refuse_links, safe_name, writer_lock
+from ramptool.runtime.rundir import prepare_folder, refuse_links, writer_lock
 from ramptool.threat import parse_eps, parse_norm, parse_norms, parse_number
 
 eval_app = typer.Typer(no_args_is_help=True)
@@ -115,29 +113,6 @@ def loading_options(normalize: str | None, arch_option: list[str], model_dir: st
             "model_dir": model_dir}
 
 
-def checkpoint_names(paths: list[str]) -> dict[str, Path | str]:
-    """Short unique names for the table and for per-model folders inside --out: the run folder's name (or the
-    file's stem, or the zoo model's name), from the normalised path (``runs/x/a/..`` is ``x``) and reduced to a
-    safe path component."""
-    if not paths:
-        raise RamptoolError("give at least one --ckpt (a checkpoint file or run folder)")
-    names: dict[str, Path | str] = {}
-    for given in paths:
-        if is_zoo_name(given):
-            path, base = given, given.rsplit("/", 1)[-1]
-        else:
-            path = resolve(given)
-            normalised = Path(os.path.abspath(path))
-            base = normalised.parent.name if normalised.name == MODEL_FILE else normalised.stem
-        base = safe_name(base)
-        name, count = base, 1
-        while name in names:
-            count += 1
-            name = f"{base}-{count}"
-        names[name] = path
-    return names
-
-
 def parse_n_examples(text: str) -> int | None:
     """'1000' -> 1000; 'all' -> None (the whole test split)."""
     if text.strip().lower() == "all":
@@ -150,14 +125,9 @@ def parse_n_examples(text: str) -> int | None:
 
 
 def _test_points(dataset: str, data_dir, n_examples: str | int, sample_seed, metadata: dict):
-    """The test points at the checkpoint's resolution (image folders can be read at any): the first N, a seeded
-    random N, or all of them."""
-
-    subset = parse_n_examples(str(n_examples))
-    if subset is None and sample_seed is not None:
-        raise RamptoolError("--sample-seed draws a random subset: give --n-examples N with it, not 'all'")
-    size = metadata["input_shape"][-1] if get_dataset(dataset).resizable else None
-    return load_split(dataset, "test", data_dir, subset, sample_seed=sample_seed, image_size=size).tensors()
+    """The test points of ``eval`` commands: --n-examples as given (a number or 'all')."""
+    return evaluation_points(dataset, data_dir, parse_n_examples(str(n_examples)), sample_seed,
+                             metadata.get("input_shape"))
 
 
 def eps_as_given(text: str | None, eps: dict[str, float]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from rich.table import Table
 from ramptool.checkpoints.export import export_checkpoint, sidecar_path
 from ramptool.checkpoints.format import read_metadata, read_weights, resolve
 from ramptool.checkpoints.loading import describe_input
+from ramptool.cli.benchmark import benchmark_command
 from ramptool.cli.eval import (
     ARCH_OPTION,
     ARCH_OPTIONS_OPTION,
@@ -291,6 +292,7 @@ def pair(
                           device=device, seed=seed, console=console, attack=attack, model_dir=model_dir)
 
 
+app.command("benchmark")(benchmark_command)
 app.add_typer(eval_app, name="eval", help="Evaluate checkpoints: union (AutoAttack), corruptions, curve, unseen.")
 
 

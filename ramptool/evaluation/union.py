@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from ramptool.checkpoints.format import read_metadata
 from ramptool.checkpoints.loading import load_checkpoint
-from ramptool.data.datasets import dataset_spec, get_dataset
+from ramptool.data.datasets import dataset_spec, get_dataset, load_split
 from ramptool.errors import RamptoolError
 from ramptool.evaluation.flags import accuracies, logits_of, verified_successes
 from ramptool.evaluation.passes import PassCounter
@@ -396,3 +396,12 @@ def recorded_clean_accuracy(metadata: dict) -> float | None:
     """The clean accuracy the trainer measured on the test set after the last epoch, if it did."""
     value = (metadata.get("metrics") or {}).get("eval", {}).get("clean")
     return float(value) if value is not None else None
+
+
+def evaluation_points(dataset: str, data_dir, subset: int | None, sample_seed=None, input_shape=None):
+    """(x, y): the test points at the checkpoint's resolution (``input_shape``: image folders can be read at
+    any), the first ``subset``, a seeded random ``subset``, or all of them (None)."""
+    if subset is None and sample_seed is not None:
+        raise RamptoolError("--sample-seed draws a random subset: give --n-examples N with it, not 'all'")
+    size = input_shape[-1] if get_dataset(dataset).resizable else None
+    return load_split(dataset, "test", data_dir, subset, sample_seed=sample_seed, image_size=size).tensors()

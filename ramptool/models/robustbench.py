@@ -200,3 +200,24 @@ def load(spec: str, model_dir=None) -> tuple[nn.Module, dict]:
     metadata = model.metadata()
     metadata["source"]["weights"] = [{"path": str(path.resolve()), "sha256": file_sha256(path)} for path in files]
     return network.eval(), metadata
+
+
+def present_models(selection: str, model_dir=None) -> list[str]:
+    """The zoo names (``robustbench:...``) of ``selection`` (``<dataset>`` or ``<dataset>/<threat_model>``, e.g.
+    cifar10/Linf) whose weights are all in ``model_dir``, in RobustBench's layout; timm-hosted entries are left
+    out, as they have no file there."""
+    parts = [part for part in selection.strip().split("/") if part]
+    if not 1 <= len(parts) <= 2:
+        raise RamptoolError(f"--zoo {selection!r}: write <dataset> or <dataset>/<threat_model>, e.g. cifar10/Linf")
+    zoo = _zoo()
+    dataset = _pick(parts[0], zoo, "dataset", f"--zoo {selection}")
+    threats = [_pick(parts[1], zoo[dataset], f"{dataset} threat model", f"--zoo {selection}")] if len(parts) == 2 \
+        else list(zoo[dataset])
+    folder = Path(model_dir or DEFAULT_MODEL_DIR)
+    found = []
+    for threat in threats:
+        for name in zoo[dataset][threat]:
+            files = ZooModel(dataset, threat, name).weight_files(folder)
+            if files and all(path.is_file() for path in files):
+                found.append(ZooModel(dataset, threat, name).spec)
+    return found
