@@ -61,7 +61,7 @@ def test_models_are_ranked_by_union_and_a_broken_one_is_recorded(board, models):
     rows = {row["name"]: row for row in document["models"]}
     evaluated = ["fmnist-linf-at", "l1-finetune", "clean-finetune"]
     assert list(rows) == sorted(evaluated, key=lambda n: -rows[n]["accuracy"]["union"]) + ["broken"]
-    assert rows["broken"]["status"] == "failed" and "not a readable checkpoint" in rows["broken"]["reason"]
+    assert rows["broken"]["status"] == "failed" and "is not a checkpoint" in rows["broken"]["reason"]
     assert json.loads((out / "broken" / RESULT_FILE).read_text())["status"] == "failed"
     x, y = evaluation_points("fashion-mnist", None, 24)
     for name in evaluated:
