@@ -1,0 +1,96 @@
+"""Loggers: where a run's numbers go besides metrics.jsonl and the reports (TensorBoard, Weights & Biases, or a
+plugin's, through ``register_loggers``).
+
+A logger is a ``Logger`` subclass registered under a name; a run opens the ones it is given as
+``{name: target}`` (``--tensorboard DIR`` is ``tensorboard=DIR``, ``--wandb PROJECT`` is ``wandb=PROJECT``,
+``--logger NAME=TARGET`` any other) on its first process only. What a logger must keep to continue after a resume
+(W&B's run id) it returns from ``state()``; the trainer saves that in the training state and hands it back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ramptool.loggers.base import Logger, LogRun, scalars
+from ramptool.loggers.tensorboard import TensorBoardLogger
+from ramptool.loggers.wandb import WandbLogger
+from ramptool.plugins.hookspecs import hookimpl
+from ramptool.plugins.registry import get
+
+__all__ = ["Logger", "LogRun", "Loggers", "open_loggers", "report_table", "scalars", "wanted"]
+
+
+
+class Loggers:
+    """The loggers of one run, called together; empty on every process but the first."""
+
+    def __init__(self, loggers: dict[str, Logger]):
+        self.loggers = loggers
+
+    def log_step(self, values: dict[str, float], step: int) -> None:
+        for logger in self.loggers.values():
+            logger.log_step(values, step)
+
+    def log_epoch(self, record: dict, step: int) -> None:
+        for logger in self.loggers.values():
+            logger.log_epoch(record, step)
+
+    def log_evaluation(self, name: str, table: dict[str, dict[str, float]], images: list[Path]) -> None:
+        for logger in self.loggers.values():
+            logger.log_evaluation(name, table, images)
+
+    def state(self) -> dict:
+        return {name: logger.state() for name, logger in self.loggers.items()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for logger in self.loggers.values():
+            logger.close()
+
+
+def wanted(tensorboard: str | None = None, wandb: str | None = None, others: dict[str, str] | None = None
+           ) -> dict[str, str]:
+    """name -> target of the loggers that the options ask for."""
+    return {**({"tensorboard": tensorboard} if tensorboard else {}), **({"wandb": wandb} if wandb else {}),
+            **(others or {})}
+
+
+def open_loggers(targets: dict[str, str], kind: str, folder, config: dict, saved: dict | None = None,
+                 main: bool = True) -> Loggers:
+    """The loggers ``targets`` names (name -> target), opened on the first process (``main``); ``saved`` maps
+    each name to what its ``state()`` returned before the run was interrupted."""
+    for name in targets:
+        get("logger", name)  # an unknown name: one line listing the known ones, on every process
+    if not main:
+        return Loggers({})
+    folder, saved = Path(folder), saved or {}
+    opened: dict[str, Logger] = {}
+    try:
+        for name, target in targets.items():
+            run = LogRun(kind, folder, folder.resolve().name, config, dict(saved.get(name) or {}))
+            opened[name] = get("logger", name)(target, run)
+    except BaseException:
+        Loggers(opened).__exit__()
+        raise
+    return Loggers(opened)
+
+
+def report_table(reports: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """model -> column -> number of an evaluation's reports: each one's accuracies, flattened
+    (``corruption/severity``), and its top-level mean and clean accuracy where it has them."""
+    table = {}
+    for model, report in reports.items():
+        accuracy = report.get("accuracy")
+        row = scalars(accuracy) if isinstance(accuracy, dict) else {}
+        for key in ("clean", "mean"):
+            if isinstance(report.get(key), int | float) and key not in row:
+                row[key] = float(report[key])
+        table[model] = row
+    return table
+
+
+@hookimpl
+def register_loggers():
+    return {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}
