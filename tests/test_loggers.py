@@ -119,6 +119,36 @@ def test_wandb_offline_and_tensorboard_get_config_and_scalars_and_a_resume_conti
     assert [event.value for event in events.Scalars("step/loss")] == pytest.approx(wandb_losses)
 
 
+def test_an_evaluation_logs_its_table_and_figure_and_names_upper_bounds(tmp_path, monkeypatch, ramptool_cli):
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(quick(tmp_path / "run", method="clean", combiner="none", subset=64))
+    out = tmp_path / "eval"
+    code, _, err = ramptool_cli(["eval", "union", "--ckpt", str(tmp_path / "run"), "--n-examples", "8", "--attack",
+                                 "apgd-ce", "--steps", "3", "--device", "cpu", "--out", str(out), "--wandb",
+                                 "ramptool-test", "--tensorboard", str(tmp_path / "tb")])
+    assert code == 0, err
+    accuracy = json.loads((out / "report.json").read_text())["models"]["run"]["accuracy"]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"union/run/clean", *(f"union/run/{column} (upper bound)"
+                                                                  for column in ("linf", "l2", "l1", "union"))}
+    assert events.Scalars("union/run/union (upper bound)")[0].value == pytest.approx(accuracy["union"])
+    assert events.Tags()["images"] == ["union/report"]
+    ((_, config, history),) = wandb_run(out)
+    assert config["evaluation"] == "union" and config["attack"] == "apgd-ce" and config["n_examples"] == "8"
+    (values,) = [values for _, values in history]
+    assert values["union/table/_type"] == "table-file" and values["union/report/_type"] == "image-file"
+    table = json.loads(next((out / "wandb").glob("offline-run-*/files/" + values["union/table/path"])).read_text())
+    assert table["columns"] == ["model", "clean", "l1 (upper bound)", "l2 (upper bound)", "linf (upper bound)",
+                                "union (upper bound)"]
+    assert table["data"][0][0] == "run" and table["data"][0][-1] == pytest.approx(accuracy["union"])
+
+
 class Recorder(Logger):
     """A third-party logger: keeps what it is given."""
 

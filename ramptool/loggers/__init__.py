@@ -17,7 +17,7 @@ from ramptool.loggers.wandb import WandbLogger
 from ramptool.plugins.hookspecs import hookimpl
 from ramptool.plugins.registry import get
 
-__all__ = ["Logger", "LogRun", "Loggers", "open_loggers", "report_table", "scalars", "wanted"]
+__all__ = ["Logger", "LogRun", "Loggers", "check_loggers", "open_loggers", "scalars", "wanted"]
 
 
 
@@ -57,12 +57,17 @@ def wanted(tensorboard: str | None = None, wandb: str | None = None, others: dic
             **(others or {})}
 
 
+def check_loggers(targets: dict[str, str]) -> None:
+    """An unknown logger name is one line listing the known ones (checked on every process, before any work)."""
+    for name in targets:
+        get("logger", name)
+
+
 def open_loggers(targets: dict[str, str], kind: str, folder, config: dict, saved: dict | None = None,
                  main: bool = True) -> Loggers:
     """The loggers ``targets`` names (name -> target), opened on the first process (``main``); ``saved`` maps
     each name to what its ``state()`` returned before the run was interrupted."""
-    for name in targets:
-        get("logger", name)  # an unknown name: one line listing the known ones, on every process
+    check_loggers(targets)
     if not main:
         return Loggers({})
     folder, saved = Path(folder), saved or {}
@@ -75,20 +80,6 @@ def open_loggers(targets: dict[str, str], kind: str, folder, config: dict, saved
         Loggers(opened).__exit__()
         raise
     return Loggers(opened)
-
-
-def report_table(reports: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """model -> column -> number of an evaluation's reports: each one's accuracies, flattened
-    (``corruption/severity``), and its top-level mean and clean accuracy where it has them."""
-    table = {}
-    for model, report in reports.items():
-        accuracy = report.get("accuracy")
-        row = scalars(accuracy) if isinstance(accuracy, dict) else {}
-        for key in ("clean", "mean"):
-            if isinstance(report.get(key), int | float) and key not in row:
-                row[key] = float(report[key])
-        table[model] = row
-    return table
 
 
 @hookimpl
