@@ -3,6 +3,7 @@
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,11 @@ def test_sources_that_hold_no_comparable_numbers_are_one_line(tmp_path, ramptool
     (tmp_path / "unseen.json").write_text(json.dumps({"models": {"m": {"adversaries": {}}}}))
     code, _, err = ramptool_cli(["compare", str(tmp_path / "unseen.json")])
     assert code == 2 and "not an `eval union` result" in err
+
+
+def test_the_evaluations_make_reproduce_saved_are_rows_named_by_their_run():
+    evidence = "docs/evidence/reproduce-paper/finetune/*/seed0/test1000"
+    rows = compare([str(Path(__file__).resolve().parents[1] / evidence)])["rows"]
+    assert [row["name"] for row in rows] == ["avg/seed0", "l1/seed0", "max/seed0", "sat/seed0"]
+    report = json.loads(Path(rows[0]["source"].split(" [")[0]).read_text())["report"]
+    assert rows[0]["accuracy"] == report["accuracy"] and rows[0]["n"] == 1000 and rows[0]["grade"] == "AutoAttack-grade"

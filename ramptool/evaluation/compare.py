@@ -1,7 +1,7 @@
 """``ramptool compare``: the numbers of many runs and evaluations in one table, one plot, one file.
 
-A source is an ``eval union`` report (its folder or report.json; every model in it is a row) or a run folder (its
-last per-epoch evaluation, ``--eval-n``). Each row says how its numbers were measured (eps, points, attack) and
+A source is an ``eval union`` report (its folder or report.json; every model in it is a row), an evaluation
+``make reproduce`` saved (its report.json), or a run folder (its last per-epoch evaluation, ``--eval-n``). Each row says how its numbers were measured (eps, points, attack) and
 how the model was trained (read from the checkpoint's metadata), and where both came from. Rows whose numbers
 were measured differently (eps, points or attack) are refused side by side unless mixing is asked for.
 """
@@ -84,6 +84,9 @@ def training_of(checkpoint) -> dict:
 def _report_rows(path: Path) -> list[dict]:
     document = _read_json(path)
     models = document.get("models") if isinstance(document, dict) else None
+    if isinstance(document, dict) and isinstance(document.get("report"), dict):  # `make reproduce`'s: one model
+        checkpoint = str((document.get("key") or {}).get("checkpoint") or path.parent)
+        models = {"/".join(Path(checkpoint).parts[-2:]): {"checkpoint": checkpoint, **document["report"]}}
     if not isinstance(models, dict) or not models:
         raise RamptoolError(f"{path} is not an `eval union` report (no models)")
     rows = []
