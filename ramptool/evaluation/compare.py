@@ -1,9 +1,10 @@
 """``ramptool compare``: the numbers of many runs and evaluations in one table, one plot, one file.
 
 A source is an ``eval union`` report (its folder or report.json; every model in it is a row), an evaluation
-``make reproduce`` saved (its report.json), or a run folder (its last per-epoch evaluation, ``--eval-n``). Each row says how its numbers were measured (eps, points, attack) and
-how the model was trained (read from the checkpoint's metadata), and where both came from. Rows whose numbers
-were measured differently (eps, points or attack) are refused side by side unless mixing is asked for.
+``make reproduce`` saved (its report.json), or a run folder (its last per-epoch evaluation, ``--eval-n``). Each
+row says how its numbers were measured (eps, points, attack) and how the model was trained (read from the
+checkpoint's metadata), and where both came from. Rows whose numbers were measured differently (eps, points or
+attack) are refused side by side unless mixing is asked for.
 """
 
 from __future__ import annotations
