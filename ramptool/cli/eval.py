@@ -65,7 +65,7 @@ from ramptool.evaluation.unseen import (
     parse_adversaries,
     parse_budgets,
 )
-from ramptool.loggers import check_loggers, open_loggers, wanted
+from ramptool.loggers import check_loggers, open_loggers, parse_targets, wanted
 from ramptool.models.robustbench import is_zoo_name
 from ramptool.plugins.options import parse_assignments
 from ramptool.runtime.device import resolve_device, set_threads
@@ -242,8 +242,8 @@ class EvalRun:
 
     @classmethod
     def from_options(cls, ckpt, dataset, data_dir, arch, normalize, arch_option, model_dir, out, batch_size,
-                     device, threads, seed, tensorboard, wandb, options) -> EvalRun:
-        loggers = wanted(tensorboard, wandb)
+                     device, threads, seed, tensorboard, wandb, logger, options) -> EvalRun:
+        loggers = wanted(tensorboard, wandb, parse_targets(logger))
         check_loggers(loggers)
         return cls(checkpoint_names(ckpt), dataset, data_dir, arch,
                    loading_options(normalize, arch_option, model_dir), out, batch_size, device, threads, seed,
@@ -284,7 +284,9 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
                                                                          "the report's numbers and figures.")),
                          _option("wandb", str | None, typer.Option(None, help="Weights & Biases project to log the "
                                                                    "report to, as a table and images (pip install "
-                                                                   "'ramptool[wandb]'; files in OUT/wandb).")))
+                                                                   "'ramptool[wandb]'; files in OUT/wandb).")),
+                         _option("logger", list[str], typer.Option([], "--logger", help="Another registered logger "
+                                                                   "(a plugin's), name=target; repeatable.")))
     shared = [parameter.name for parameter in (*MODEL_PARAMETERS, *report_parameters)]
 
     def register(body):

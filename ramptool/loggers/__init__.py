@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ramptool.errors import RamptoolError
 from ramptool.loggers.base import Logger, LogRun, scalars
 from ramptool.loggers.tensorboard import TensorBoardLogger
 from ramptool.loggers.wandb import WandbLogger
 from ramptool.plugins.hookspecs import hookimpl
 from ramptool.plugins.registry import get
 
-__all__ = ["Logger", "LogRun", "Loggers", "check_loggers", "open_loggers", "scalars", "wanted"]
+__all__ = ["Logger", "LogRun", "Loggers", "check_loggers", "open_loggers", "parse_targets", "scalars", "wanted"]
 
 
 
@@ -55,6 +56,17 @@ def wanted(tensorboard: str | None = None, wandb: str | None = None, others: dic
     """name -> target of the loggers that the options ask for."""
     return {**({"tensorboard": tensorboard} if tensorboard else {}), **({"wandb": wandb} if wandb else {}),
             **(others or {})}
+
+
+def parse_targets(entries: list[str]) -> dict[str, str]:
+    """['mlflow=http://host:5000', ...] -> {'mlflow': 'http://host:5000', ...}."""
+    targets = {}
+    for entry in entries:
+        name, equals, target = entry.partition("=")
+        if not (equals and name.strip() and target.strip()):
+            raise RamptoolError(f"--logger: {entry!r} is not name=target (e.g. mlflow=http://localhost:5000)")
+        targets[name.strip()] = target.strip()
+    return targets
 
 
 def check_loggers(targets: dict[str, str]) -> None:

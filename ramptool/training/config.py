@@ -28,6 +28,7 @@ from typing import Any
 
 from ramptool.attacks import attack_families, known_norms
 from ramptool.errors import RamptoolError
+from ramptool.loggers import parse_targets
 from ramptool.plugins.options import parse_assignments
 from ramptool.plugins.registry import registry
 from ramptool.threat import ANY_NORM, parse_eps, parse_norms, parse_number
@@ -190,10 +191,10 @@ def step_list(value: Any, text: bool) -> list[int]:
 def logger_table(value: Any, text: bool) -> dict[str, str]:
     """'mlflow=http://host:5000,other=DIR' or {mlflow = "..."} -> {'mlflow': 'http://host:5000', ...}."""
     if isinstance(value, str):
-        entries = [part.split("=", 1) for part in value.split(",") if part.strip()]
-        if not all(len(entry) == 2 and entry[0].strip() and entry[1].strip() for entry in entries):
-            raise Invalid("name=target entries, e.g. mlflow=http://localhost:5000")
-        value = {name.strip(): target.strip() for name, target in entries}
+        try:
+            value = parse_targets([part for part in value.split(",") if part.strip()])
+        except RamptoolError as error:
+            raise Invalid(detail=str(error).removeprefix("--logger: ")) from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Invalid("name=target entries, e.g. mlflow=http://localhost:5000")
     return dict(value)
