@@ -81,6 +81,7 @@ def wandb_run(folder):
     return runs
 
 
+@pytest.mark.slow
 def test_wandb_offline_and_tensorboard_get_config_and_scalars_and_a_resume_continues_both(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -119,6 +120,7 @@ def test_wandb_offline_and_tensorboard_get_config_and_scalars_and_a_resume_conti
     assert [event.value for event in events.Scalars("step/loss")] == pytest.approx(wandb_losses)
 
 
+@pytest.mark.slow
 def test_an_evaluation_logs_its_table_and_figure_and_names_upper_bounds(tmp_path, monkeypatch, ramptool_cli):
     pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
