@@ -25,7 +25,7 @@ MOVED = {
     "ramptool.distributed": ("ramptool.runtime.distributed",),
     "ramptool.rundir": ("ramptool.runtime.rundir",),
     "ramptool.progress": ("ramptool.runtime.progress",),
-    "ramptool.tensorboard": ("ramptool.runtime.tensorboard",),
+    "ramptool.tensorboard": ("ramptool.loggers.tensorboard",),
     "ramptool.hookspecs": ("ramptool.plugins.hookspecs",),
     "ramptool.options": ("ramptool.plugins.options",),
     "ramptool.robustbench": ("ramptool.models.robustbench",),

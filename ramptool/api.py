@@ -1,7 +1,7 @@
 """ramptool's plugin API: everything a plugin may rely on, importable from this one module.
 
 A plugin is a module of ``@hookimpl`` functions, one per kind of component it adds, each returning a dict
-``name -> component`` (``ramptool.hookspecs``). The six kinds and what each component must be:
+``name -> component`` (``ramptool.hookspecs``). The seven kinds and what each component must be:
 
 - attack (``register_attacks``): an ``Attack`` wrapping an ``AttackFunction``; a family is the attacks named
   ``{family}-{norm}`` (``attack_family`` builds them), usable as ``--attack family`` in training and evaluation.
@@ -10,6 +10,8 @@ A plugin is a module of ``@hookimpl`` functions, one per kind of component it ad
 - backbone (``register_backbones``): a ``BackboneBuilder``.
 - dataset (``register_datasets``): a ``DatasetSpec``.
 - method (``register_methods``): a ``TrainingMethod`` subclass.
+- logger (``register_loggers``): a ``Logger`` subclass, built as ``cls(target, run)`` (a ``LogRun``) on the first
+  process of a run that names it (``--logger name=target``; the built-ins are ``--tensorboard`` and ``--wandb``).
 
 Options: a component's parameters after the ones ramptool passes (declare them keyword-only) are its options,
 set with ``--attack-option``, ``--pairing-option``, ``--combiner-option``, ``--arch-option``, ``--method-option`` or
@@ -37,6 +39,7 @@ from ramptool.attacks.base import Attack, AttackResult, input_gradients_only
 from ramptool.attacks.pgd import steepest_direction
 from ramptool.data.spec import DatasetSpec, FolderSplit, TensorSplit
 from ramptool.errors import RamptoolError
+from ramptool.loggers import Logger, LogRun
 from ramptool.plugins.hookspecs import API_VERSION, hookimpl
 from ramptool.plugins.registry import get
 from ramptool.runtime.device import eval_mode
@@ -100,4 +103,6 @@ __all__ = [
     "PairingLoss", "Combiner", "checked_backward", "BackboneBuilder",
     "DatasetSpec", "DatasetLoader", "TensorSplit", "FolderSplit",
     "TrainingMethod", "MethodContext", "eval_mode",
+    # loggers
+    "Logger", "LogRun",
 ]

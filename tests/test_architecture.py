@@ -16,7 +16,7 @@ LAYERS = [
     {"threat", "_moved"},
     {"runtime"},
     {"plugins"},
-    {"attacks", "models", "data"},
+    {"attacks", "models", "data", "loggers"},
     {"checkpoints"},
     {"evaluation"},
     {"training"},

@@ -221,6 +221,27 @@ def test_two_processes_train_ramp_with_gradient_projection_like_one(tmp_path, on
 
 
 @pytest.mark.slow
+def test_two_processes_log_the_steps_one_process_logs_from_rank_0_only(tmp_path, one_thread):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [*FINETUNE, "--method", "ramp", "--subset", "160", "--epochs", "1", "--log-every", "1"]
+    launched = torchrun([*args, "--out", str(tmp_path / "two"), "--tensorboard", str(tmp_path / "tb-two")])
+    run_here([*args, "--out", str(tmp_path / "one"), "--tensorboard", str(tmp_path / "tb-one")])
+    finish(launched)
+    assert len(list((tmp_path / "tb-two").glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
+    logged = {}
+    for name in ("two", "one"):
+        events = EventAccumulator(str(tmp_path / f"tb-{name}"))
+        events.Reload()
+        logged[name] = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+                        if tag.startswith("step/") and tag != "step/img_per_s"}
+    assert set(logged["two"]) == set(logged["one"]) >= {"step/loss", "step/acc_linf", "step/loss_pair", "step/lr"}
+    for tag, values in logged["one"].items():
+        assert [step for step, _ in logged["two"][tag]] == [step for step, _ in values] == [1, 2, 3]
+        assert [value for _, value in logged["two"][tag]] == pytest.approx([value for _, value in values], abs=5e-5)
+
+
+@pytest.mark.slow
 def test_two_processes_with_sync_bn_train_a_batchnorm_model_like_one(tmp_path, one_thread):
     # without --sync-bn each rank normalises by its own half batch: the weights then differ by ~5e-3
     args = ["train", "--method", "ramp", "--arch", "small-cnn-bn", "--sync-bn", "--subset", "128", "--epochs", "1",

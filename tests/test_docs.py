@@ -2,6 +2,7 @@
 every component it adds is used through ramptool (trained with, evaluated with, loaded), so the documentation
 cannot drift from the code."""
 
+import json
 import re
 import types
 from pathlib import Path
@@ -84,8 +85,15 @@ def use_method(name, tmp_path, model, x, y):
     assert torch.isfinite(torch.tensor(read_metadata(tmp_path / name)["metrics"]["loss"]))
 
 
+def use_logger(name, tmp_path, model, x, y):
+    log = tmp_path / f"{name}.log"
+    train(quick_config(tmp_path / name, method="clean", loggers={name: str(log)}, log_every=1))
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 2] and lines[-1]["epoch"]["epoch"] == 1
+
+
 USE = {"attack": use_attack, "pairing-loss": use_pairing_loss, "combiner": use_combiner, "backbone": use_backbone,
-       "dataset": use_dataset, "method": use_method}
+       "dataset": use_dataset, "method": use_method, "logger": use_logger}
 
 
 def test_the_snippets_cover_every_kind_of_component():

@@ -1,5 +1,6 @@
 """The plugin registry: built-ins, a real third-party plugin installed with pip, clashes, broken plugins."""
 
+import csv
 import json
 import math
 import os
@@ -93,7 +94,8 @@ def test_unknown_name_lists_the_known_ones(kind):
 EXAMPLE_COMPONENTS = {("attack", "margin-linf"): "step_scale: float = 2.5", ("attack", "margin-l1"): "l1_topk",
                       ("pairing-loss", "js"): "temperature: float = 1.0",
                       ("combiner", "clip-grad"): "max_norm: float = 1.0", ("backbone", "tiny-mlp"): "hidden: int = 64",
-                      ("dataset", "fashion-mnist-14"): "-", ("method", "trades"): "beta: float = 6.0"}
+                      ("dataset", "fashion-mnist-14"): "-", ("method", "trades"): "beta: float = 6.0",
+                      ("logger", "csv"): "-"}
 
 
 def test_installed_example_plugin_is_listed_with_its_options(example_plugin_site):
@@ -119,7 +121,8 @@ def test_installed_example_plugin_is_listed_with_its_options(example_plugin_site
 
 
 def test_every_example_component_works_from_the_cli_in_train_finetune_and_eval(example_plugin_site, tmp_path):
-    """The pip-installed example plugin, each of its six components with an option, through the command line."""
+    """The pip-installed example plugin, each of its seven components (with an option, but the logger), through the
+    command line."""
     eps = ["--eps", "linf=0.1,l2=0.75,l1=2.5"]
     common = ["--dataset", "fashion-mnist-14", "--attack", "margin", "--attack-steps", "3", "--subset", "1000",
               "--batch-size", "100", "--optimizer", "adam", "--no-progress", "--device", "cpu", *eps]
@@ -142,8 +145,12 @@ def test_every_example_component_works_from_the_cli_in_train_finetune_and_eval(e
 
     finetune = run_ramptool("finetune", *common, "--ckpt", str(scratch), "--pair", "linf,l1", "--pairing", "js",
                             "--pairing-option", "temperature=2", "--combiner", "clip-grad", "--combiner-option",
-                            "max_norm=2", "--lr", "5e-4", "--out", str(tuned), pythonpath=[example_plugin_site])
+                            "max_norm=2", "--lr", "5e-4", "--out", str(tuned), "--logger",
+                            f"csv={tmp_path / 'log.csv'}", "--log-every", "5", pythonpath=[example_plugin_site])
     assert finetune.returncode == 0, finetune.stderr
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert {(row["kind"], row["step"]) for row in rows if row["name"] == "loss"} == {("step", "5"), ("step", "10"),
+                                                                                    ("epoch", "10")}
     metadata = read_metadata(tuned)
     assert metadata["method"] == "ramp" and metadata["pairing"] == "js" and metadata["init"] == str(scratch)
     assert metadata["pairing_options"] == {"temperature": 2.0} and metadata["arch_options"] == {"hidden": 32}

@@ -38,6 +38,7 @@ from ramptool.evaluation.report import (
     corruption_table,
     curve_table,
     eps_text,
+    logged_numbers,
     print_union_table,
     print_unseen_table,
     provenance,
@@ -64,6 +65,7 @@ from ramptool.evaluation.unseen import (
     parse_adversaries,
     parse_budgets,
 )
+from ramptool.loggers import check_loggers, open_loggers, parse_targets, wanted
 from ramptool.plugins.options import parse_assignments
 from ramptool.runtime.device import resolve_device, set_threads
 from ramptool.runtime.distributed import is_main, setup
@@ -226,12 +228,17 @@ class EvalRun:
     device: str
     threads: int | None
     seed: int
+    loggers: dict[str, str]  # logger name -> target (--tensorboard, --wandb)
+    options: dict  # every option of the command, as the loggers record it
 
     @classmethod
     def from_options(cls, ckpt, dataset, data_dir, arch, normalize, arch_option, model_dir, out, batch_size,
-                     device, threads, seed) -> EvalRun:
+                     device, threads, seed, tensorboard, wandb, logger, options) -> EvalRun:
+        loggers = wanted(tensorboard, wandb, parse_targets(logger))
+        check_loggers(loggers)
         return cls(checkpoint_names(ckpt), dataset, data_dir, arch,
-                   loading_options(normalize, arch_option, model_dir), out, batch_size, device, threads, seed)
+                   loading_options(normalize, arch_option, model_dir), out, batch_size, device, threads, seed,
+                   loggers, options)
 
     def start(self, *, protect_reports: bool = False, resume: bool = False, overwrite: bool = False) -> torch.device:
         """This process's device, after the command's own checks and the shared ones, so that a mistake costs
@@ -264,7 +271,14 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
                          _option("threads", int | None, typer.Option(None, help="Torch CPU threads per process.",
                                                                      show_default="$OMP_NUM_THREADS, else 1 on a "
                                                                                   "CPU")),
-                         _option("seed", int, typer.Option(0, help=seed_help)))
+                         _option("seed", int, typer.Option(0, help=seed_help)),
+                         _option("tensorboard", str | None, typer.Option(None, help="Folder for TensorBoard logs of "
+                                                                         "the report's numbers and figures.")),
+                         _option("wandb", str | None, typer.Option(None, help="Weights & Biases project to log the "
+                                                                   "report to, as a table and images (pip install "
+                                                                   "'ramptool[wandb]'; files in OUT/wandb).")),
+                         _option("logger", list[str], typer.Option([], "--logger", help="Another registered logger "
+                                                                   "(a plugin's), name=target; repeatable.")))
     shared = [parameter.name for parameter in (*MODEL_PARAMETERS, *report_parameters)]
 
     def register(body):
@@ -275,8 +289,10 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
             settings = {name: options.pop(name) for name in shared}
             if settings["out"] is None:  # a folder per model, so that evaluating another one needs no --out
                 settings["out"] = str(Path(out_default) / "+".join(checkpoint_names(settings["ckpt"])))
+            recorded = {name: str(value) if isinstance(value, Path) else value
+                        for name, value in {**settings, **options}.items()}
             with writer_lock(settings["out"]):
-                return body(EvalRun.from_options(**settings), **options)
+                return body(EvalRun.from_options(**settings, options=recorded), **options)
 
         # typer reads the options from the signature: the body's own between the shared ones, as --help lists them
         command.__signature__ = inspect.Signature(
@@ -286,12 +302,18 @@ def eval_command(*, out_help: str, seed_help: str, out_default: str = "runs/eval
     return register
 
 
-def _write_reports(write: Callable[[], dict[str, Path]]) -> None:
-    """Rank 0 writes the reports and names them; the other processes are done once they have computed."""
+def _write_reports(write: Callable[[], dict[str, Path]], run: EvalRun, evaluation: str,
+                   reports: dict[str, dict]) -> None:
+    """Rank 0 writes the reports, names them and hands them to the loggers; the other processes are done once
+    they have computed."""
     if not is_main():
         return
     written = write()
     console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    if run.loggers:
+        with open_loggers(run.loggers, "eval", run.out, {"evaluation": evaluation, **run.options}) as loggers:
+            loggers.log_evaluation(evaluation, logged_numbers(reports),
+                                   [path for path in written.values() if path.suffix == ".png"])
 
 
 @eval_command(out_help="Folder for report.json, report.md, report.png and flags.", batch_size_help="Attack batch size.",
@@ -332,7 +354,7 @@ def union(
         reports = evaluate_each(run, target, n_examples, sample_seed, eps, norm_list, version, attack,
                                 attack_options, steps, union_only, resume, save_adv)
     print_union_table(reports, console)
-    _write_reports(lambda: write_union_reports(reports, run.out, provenance(device=target)))
+    _write_reports(lambda: write_union_reports(reports, run.out, provenance(device=target)), run, "union", reports)
 
 
 def evaluate_each(run: EvalRun, target, n_examples, sample_seed, eps, norm_list, version, attack, attack_options,
@@ -415,7 +437,7 @@ def corruptions(
         console.print(corruption_comparison_table(reports))
         return write_corruption_comparison(reports, run.out)
 
-    _write_reports(write)
+    _write_reports(write, run, "corruptions", reports)
 
 
 def parse_eps_values(entries: list[str], norms: list[str]) -> dict[str, list[float]]:
@@ -481,7 +503,7 @@ def curve(
                                       console=console, attack_options=attack_options, on_progress=progress)
         curves[name] = {"checkpoint": str(path), "dataset": dataset_name, **result}
     console.print(curve_table(curves))
-    _write_reports(lambda: write_curve_report(curves, run.out))
+    _write_reports(lambda: write_curve_report(curves, run.out), run, "curve", curves)
 
 
 @eval_command(out_default="runs/eval-unseen", out_help="Folder for report.json, report.md, report.png and flags.",
@@ -523,4 +545,4 @@ def unseen(
             report["accuracy"]["corruptions"] = corruptions[name]["mean"]
         reports[name] = {"checkpoint": str(path), "dataset": dataset_name, "sample_seed": sample_seed, **report}
     print_unseen_table(reports, console)
-    _write_reports(lambda: write_unseen_reports(reports, run.out))
+    _write_reports(lambda: write_unseen_reports(reports, run.out), run, "unseen", reports)

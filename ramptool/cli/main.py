@@ -27,6 +27,7 @@ from ramptool.cli.eval import (
 )
 from ramptool.cli.options import cli_options
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, stop_on_signals
+from ramptool.evaluation import compare as comparison
 from ramptool.evaluation.suite import UPPER_BOUND
 from ramptool.models import robustbench
 from ramptool.plugins.registry import registry
@@ -233,6 +234,32 @@ def evaluation_line(metrics: dict) -> str | None:
     if not isinstance(attack, str):
         return f"last evaluation: {numbers}: {UPPER_BOUND}: the attack that measured it is not recorded"
     return f"last evaluation: {numbers} ({attack})"
+
+
+@app.command()
+def compare(
+    paths: list[str] = typer.Argument(..., help="Run folders, `eval union` folders, report.json files or globs "
+                                      "of them (quote a glob with ** so that ramptool expands it)."),
+    group_by: str | None = typer.Option(None, "--group-by", help="Training keys to group by, e.g. method,lambda: "
+                                        "each group's mean ± std over its models (seeds). Keys: "
+                                        + ", ".join(comparison.TRAINING_KEYS) + "."),
+    allow_mixed: bool = typer.Option(False, "--allow-mixed", help="Show numbers measured on different eps, "
+                                     "points or attacks side by side (refused otherwise)."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write the table as CSV (accuracies as fractions)."),
+    md_path: Path | None = typer.Option(None, "--md", help="Write the table as markdown."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every row (and group) as JSON."),
+    plot_path: Path | None = typer.Option(None, "--plot", help="Plot union against clean accuracy, one marker per "
+                                          "group or model, to FILE.png (PDF and SVG beside it)."),
+):
+    """One table of many runs and evaluations: clean, per-norm and union accuracy, how each was measured and
+    trained, and where each number came from."""
+    result = comparison.compare(paths, comparison.parse_group_by(group_by), allow_mixed)
+    console.print(comparison.rich_table(result["rows"], result["groups"]))
+    shared = comparison.shared_measurement(result["rows"])
+    if shared:
+        console.print(shared, highlight=False, soft_wrap=True)
+    for path in comparison.write_outputs(result, csv_path, md_path, json_path, plot_path):
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from ramptool.evaluation.autoattack import installed_version
 from ramptool.evaluation.suite import UPPER_BOUND
 from ramptool.evaluation.unseen import ADVERSARIES
 from ramptool.evaluation.unseen import UPPER_BOUND as UNSEEN_UPPER_BOUND
+from ramptool.loggers.base import scalars
 from ramptool.runtime.files import atomic_write
 from ramptool.version import __version__
 
@@ -121,6 +122,22 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def logged_numbers(reports: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """model -> column -> number of an evaluation's reports, for the loggers: each one's accuracies (flattened:
+    ``corruption/severity``) and its top-level clean and mean accuracy; a number that is an upper bound says so
+    in its name, ``union (upper bound)``."""
+    table = {}
+    for model, report in reports.items():
+        accuracy = report.get("accuracy")
+        row = scalars(accuracy) if isinstance(accuracy, dict) else {}
+        row.update({key: float(report[key]) for key in ("clean", "mean")
+                    if isinstance(report.get(key), int | float) and key not in row})
+        bounded = report.get("bound") == UNSEEN_UPPER_BOUND
+        table[model] = {f"{column} (upper bound)" if is_bound(report, column.split("/")[0]) or
+                        (bounded and column != "clean") else column: value for column, value in row.items()}
+    return table
 
 
 def percent_cell(report: dict, column: str, with_error: bool = False) -> str:

@@ -46,3 +46,8 @@ def register_datasets():
 @hookspec
 def register_methods():
     """Training methods: name -> a ``ramptool.api.TrainingMethod`` subclass."""
+
+
+@hookspec
+def register_loggers():
+    """Loggers: name -> a ``ramptool.api.Logger`` subclass (``--logger name=target``)."""

@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = {
     "ramptool.models": "ramptool.models",
     "ramptool.data": "ramptool.data.datasets",
     "ramptool.methods": "ramptool.training.methods",
+    "ramptool.loggers": "ramptool.loggers",
 }
 
 ENTRY_POINT_GROUP = "ramptool"
@@ -41,6 +42,7 @@ KINDS = {
     "backbone": "register_backbones",
     "dataset": "register_datasets",
     "method": "register_methods",
+    "logger": "register_loggers",
 }
 
 

@@ -16,6 +16,7 @@ weights and take identical averaged steps on every rank, so every rank computes 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -34,11 +35,19 @@ def checked_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos(a, b) of two tensors as vectors; 0 when either is zero."""
+    return (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-30)
+
+
 def project_gradient(g_natural: torch.Tensor, g_adversarial: torch.Tensor) -> torch.Tensor:
     """GP^l = cos(g_n, g_a) * g_n if cos > 0 else 0, for one parameter tensor."""
-    denominator = g_natural.norm() * g_adversarial.norm()
-    cos = (g_natural * g_adversarial).sum() / denominator.clamp_min(1e-30)
+    cos = cosine(g_natural, g_adversarial)
     return torch.where(cos > 0, cos * g_natural, torch.zeros_like(g_natural))
+
+
+def angle_degrees(cos: torch.Tensor) -> float:
+    return round(math.degrees(math.acos(max(-1.0, min(1.0, float(cos))))), 3)
 
 
 def combine(anchor: torch.Tensor, natural: torch.Tensor, adversarial: torch.Tensor, beta: float) -> torch.Tensor:
@@ -78,8 +87,9 @@ class Combiner:
         optimizer.step()
         return loss.detach(), stats
 
-    def end_epoch(self, model: torch.nn.Module) -> None:
-        """Called after the last step of every epoch, before the checkpoint is written."""
+    def end_epoch(self, model: torch.nn.Module) -> dict | None:
+        """Called after the last step of every epoch, before the checkpoint is written. What it returns (numbers,
+        nested dicts of numbers) goes into the epoch's metrics.jsonl record and to the loggers."""
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the coming step, for optimisers the combiner owns."""
@@ -126,10 +136,21 @@ class EpochGradientProjection(Combiner):
 
     @torch.no_grad()
     def end_epoch(self, model):
+        """Fuse, and measure what the fusion rests on: the angle between the epoch's natural and adversarial
+        updates, over the whole model and per parameter tensor, and the share of tensors projected (cos > 0;
+        the others take no natural part)."""
         natural = dict(self.natural.named_parameters())
+        angles, total = {}, torch.zeros(3, dtype=torch.float64)
         for name, param in model.named_parameters():
+            g_n, g_a = natural[name] - self.anchor[name], param - self.anchor[name]
+            angles[name] = cosine(g_n, g_a)
+            total += torch.stack([(g_n * g_a).sum(), g_n.pow(2).sum(), g_a.pow(2).sum()]).double().cpu()
             param.copy_(combine(self.anchor[name], natural[name], param, self.beta))
         self.anchor = None
+        overall = total[0] / (total[1].sqrt() * total[2].sqrt()).clamp_min(1e-30)
+        return {"gp": {"angle": angle_degrees(overall),
+                       "projected": round(sum(float(cos) > 0 for cos in angles.values()) / max(len(angles), 1), 5),
+                       "angle_per_layer": {name: angle_degrees(cos) for name, cos in angles.items()}}}
 
     def set_lr(self, lr):
         for group in self.natural_optimizer.param_groups:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ramptool.attacks import attack_families, known_norms
 from ramptool.errors import RamptoolError
+from ramptool.loggers import parse_targets
 from ramptool.plugins.options import parse_assignments
 from ramptool.plugins.registry import registry
 from ramptool.threat import ANY_NORM, parse_eps, parse_norms, parse_number
@@ -187,6 +188,18 @@ def step_list(value: Any, text: bool) -> list[int]:
     return sorted(set(steps))
 
 
+def logger_table(value: Any, text: bool) -> dict[str, str]:
+    """'mlflow=http://host:5000,other=DIR' or {mlflow = "..."} -> {'mlflow': 'http://host:5000', ...}."""
+    if isinstance(value, str):
+        try:
+            value = parse_targets([part for part in value.split(",") if part.strip()])
+        except RamptoolError as error:
+            raise Invalid(detail=str(error).removeprefix("--logger: ")) from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise Invalid("name=target entries, e.g. mlflow=http://localhost:5000")
+    return dict(value)
+
+
 def device_name(value: Any, text: bool) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise Invalid("auto, cpu, cuda or cuda:N")
@@ -332,8 +345,17 @@ class TrainConfig:
                                       "start (learning curves), as step<N>.safetensors in OUT/checkpoints.",
                                  default_factory=list, parse=step_list, on_resume="free", shown_default="none",
                                  panel="Output")
-    tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds.",
-                                   on_resume="free", panel="Output")
+    tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds, and of "
+                                         "the training scalars every --log-every steps.", on_resume="free",
+                                   panel="Output")
+    wandb: str | None = knob(None, "Weights & Biases project to log the run to (pip install 'ramptool[wandb]'; "
+                                   "files in OUT/wandb; WANDB_MODE=offline needs no network). A resumed run "
+                                   "continues its W&B run.", on_resume="free", panel="Output")
+    loggers: dict[str, str] = knob(help="Other registered loggers (plugins: `ramptool plugins`), name=target,...",
+                                   default_factory=dict, parse=logger_table, flag="--logger", on_resume="free",
+                                   shown_default="none", panel="Output")
+    log_every: int = knob(10, "Loggers get the training scalars (loss, accuracies, lr, img/s) averaged over every N "
+                              "optimizer steps.", positive=True, on_resume="free", panel="Output")
     resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",
                         recipe=False, on_resume="free", panel="Output")
     overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "

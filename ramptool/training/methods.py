@@ -244,7 +244,8 @@ class EAT(TrainingMethod):
         return weights / weights.sum()
 
     def loss(self, model, x, y):
-        index = distributed.agree(int(torch.multinomial(self.probabilities(), 1)))
+        probabilities = self.probabilities()
+        index = distributed.agree(int(torch.multinomial(probabilities, 1)))
         norm = self.norms[index]
         result = self.attack(model, x, y, norm)
         # the running accuracies count every rank's points, so every rank holds the same probabilities
@@ -253,7 +254,9 @@ class EAT(TrainingMethod):
         self.correct[index] += counts[0]
         self.seen[index] += counts[1]
         logits = self.forward(model, result.x_adv)
-        return _cross_entropy(logits, y), {f"acc_{norm}": _accuracy(logits, y)}
+        # the sampling probabilities the batch was drawn with: their epoch mean is in metrics.jsonl
+        chances = {f"p_{name}": probabilities[i].float() for i, name in enumerate(self.norms)}
+        return _cross_entropy(logits, y), {f"acc_{norm}": _accuracy(logits, y), **chances}
 
     def state_dict(self):
         return {"correct": self.correct.clone(), "seen": self.seen.clone()}

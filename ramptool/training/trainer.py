@@ -35,6 +35,7 @@ from ramptool.data.datasets import dataset_spec, held_out_split, load_split
 from ramptool.errors import STOP_SIGNALS, RamptoolError, Stopped, TrainingDiverged
 from ramptool.evaluation.report import attack_label
 from ramptool.evaluation.union import evaluate_union
+from ramptool.loggers import Loggers, open_loggers, wanted
 from ramptool.models import build_model, check_forward, resolve_normalize
 from ramptool.plugins.registry import get
 from ramptool.runtime import distributed
@@ -50,7 +51,6 @@ from ramptool.runtime.rundir import (
     restore_set_aside,
     set_aside,
 )
-from ramptool.runtime.tensorboard import TensorboardLog
 from ramptool.threat import eps_scale_warnings
 from ramptool.training import attack_gap
 from ramptool.training.config import TrainConfig
@@ -177,6 +177,9 @@ class Trainer:
         self.history: list[dict] = []
         self.running = _fresh_running()
         self.replacing = False
+        self.loggers, self.saved_loggers = Loggers({}), {}
+        # every rank sums the training scalars at the logged steps (a collective), so every rank must know
+        self.log_steps = bool(wanted(cfg.tensorboard, cfg.wandb, cfg.loggers))
         # a fine-tune watches its clean accuracy against the checkpoint's (a too-high lr destroys it quietly)
         self.check_data = self._clean_check_points() if cfg.init else None
         self.start_clean = self.clean_accuracy() if self.check_data is not None and resumed_state is None else None
@@ -273,7 +276,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "combiner": self.combiner.state_dict(),
                 "method": self.method.state_dict(), "epoch": self.epoch, "step": self.step,
                 "rng": torch.get_rng_state(), "config": dataclasses.asdict(self.cfg) | {"resume": False},
-                "history": self.history, "running": running, "start_clean": self.start_clean}
+                "history": self.history, "running": running, "start_clean": self.start_clean,
+                "loggers": self.loggers.state()}
 
     def _load_state(self, state: dict, path: Path) -> None:
         missing = [key for key in STATE_KEYS if key not in state]
@@ -293,6 +297,7 @@ class Trainer:
             # the saved sums are over every rank: one rank carries them on, the others start from zero
             self.running = saved if self.dist.is_main else {**_fresh_running(), "seconds": saved["seconds"]}
             self.start_clean = state.get("start_clean")
+            self.saved_loggers = state.get("loggers") or {}
             torch.set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
             first = (str(error).strip().splitlines() or [""])[0][:200]
@@ -400,6 +405,16 @@ class Trainer:
                                f"(chance: {100 * chance:.1f}%, checkpoint: {100 * self.start_clean:.1f}%): the "
                                f"model is wrecked, most likely by too high a --lr; stopped, {kept}")
 
+    def _log_steps(self, lr: float) -> None:
+        """The training scalars since the last logged step, over every rank, to the loggers."""
+        now, last = _sum_over_ranks(self.running), self.logged
+        self.logged = now
+        values = {key: (total - last["sums"].get(key, 0.0)) / (now["counts"][key] - last["counts"].get(key, 0.0))
+                  for key, total in now["sums"].items() if now["counts"][key] > last["counts"].get(key, 0.0)}
+        seconds = now["seconds"] - last["seconds"]
+        self.loggers.log_step({**values, "lr": lr, "img_per_s": (now["images"] - last["images"]) / max(seconds, 1e-9)},
+                              self.global_step)
+
     def _clean_check_points(self):
         try:
             return load_split(self.cfg.dataset, "test", self.cfg.data_dir, CLEAN_CHECK_POINTS,
@@ -429,11 +444,12 @@ class Trainer:
                     self.replacing = cfg.overwrite and set_aside(self.out, RUN_FILES)
                 self._write_metrics()  # a resumed run's: the lines of the epochs its checkpoint holds
             progress = _progress(cfg.progress and main)
-            board = TensorboardLog(cfg.tensorboard) if cfg.tensorboard and main else nullcontext()
+            self.loggers = open_loggers(wanted(cfg.tensorboard, cfg.wandb, cfg.loggers), "train", self.out,
+                                        dataclasses.asdict(cfg), self.saved_loggers, main)
             lost = f"the last checkpoint in {self.out} is intact; continue with --resume"
-            with distributed.guard(lost), stop_requests() as stop, progress, board:
+            with distributed.guard(lost), stop_requests() as stop, progress, self.loggers:
                 while self.epoch < cfg.epochs:
-                    self._run_epoch(progress, stop, board)
+                    self._run_epoch(progress, stop)
             self.save(finished=True)
             return {"out": str(self.out), "epochs": self.epoch, "history": self.history}
         finally:
@@ -441,7 +457,7 @@ class Trainer:
                 restore_set_aside(self.out)
             self._release()
 
-    def _run_epoch(self, progress, stop, board) -> None:
+    def _run_epoch(self, progress, stop) -> None:
         cfg, epoch = self.cfg, self.epoch
         if self.step == 0:
             self.combiner.start_epoch(self.model)
@@ -452,6 +468,7 @@ class Trainer:
         # the uninterrupted one would; each stat is averaged over the samples of the batches that produced it
         sums, counts = self.running["sums"], self.running["counts"]
         started = time.perf_counter() - self.running["seconds"]
+        self.logged = _sum_over_ranks(self.running) if self.log_steps else None
         batches = batch_loader(self.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                augment=self.spec.augment, start=self.step, rank=self.dist.rank,
                                world_size=self.dist.world_size, workers=self.workers,
@@ -479,6 +496,8 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + float(value) * share
                 counts[key] = counts.get(key, 0.0) + share
             self.running["seconds"] = time.perf_counter() - started
+            if self.log_steps and self.global_step % cfg.log_every == 0:
+                self._log_steps(lr)
             if task is not None:
                 shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
                 rate = self.running["images"] / max(self.running["seconds"], 1e-9)
@@ -490,12 +509,12 @@ class Trainer:
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
                                           f"{self.step}: checkpoint saved in {self.out}, continue with --resume",
                                           signum)
-        self.combiner.end_epoch(self.model)
+        combined = self.combiner.end_epoch(self.model) or {}  # what the combination measured (GP's angles)
         total = _sum_over_ranks(self.running)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 2),
                   "img_per_s": round(total["images"] / max(seconds, 1e-9), 1),
-                  **{k: round(v / total["counts"][k], 5) for k, v in total["sums"].items()}}
+                  **{k: round(v / total["counts"][k], 5) for k, v in total["sums"].items()}, **combined}
         self.epoch, self.step = epoch + 1, 0
         if cfg.eval_n:
             record.update(self.evaluate())
@@ -511,8 +530,7 @@ class Trainer:
             return
         if self.start_clean is not None and record.get("test_clean", 0) >= self.start_clean - CLEAN_DROP_WARNING:
             atomic_write(self.out / LAST_GOOD_FILE, lambda tmp: shutil.copyfile(self.out / MODEL_FILE, tmp))
-        if cfg.tensorboard:
-            board.write(record)
+        self.loggers.log_epoch(record, self.global_step)
         _report_epoch(record, self.start_clean)
 
 

@@ -9,6 +9,7 @@ from ramptool_example.attacks import margin_pgd
 from ramptool_example.backbones import tiny_mlp
 from ramptool_example.combiners import ClipGradNorm
 from ramptool_example.datasets import FASHION_MNIST_14
+from ramptool_example.loggers import CsvLogger
 from ramptool_example.methods import TRADES
 from ramptool_example.pairing import jensen_shannon
 
@@ -43,3 +44,8 @@ def register_datasets():
 @hookimpl
 def register_methods():
     return {"trades": TRADES}
+
+
+@hookimpl
+def register_loggers():
+    return {"csv": CsvLogger}
