@@ -317,16 +317,14 @@ class TrainConfig:
                           "(0: none).", minimum=0, panel="Evaluation")
     eval_steps: int = knob(100, "APGD iterations of that evaluation (AutoAttack's: 100; at least 3, which "
                                   "l1's large-eps schedule needs).", minimum=3, panel="Evaluation")
-    check_n: int | None = knob(None, "After each --check-every epochs and at the end, measure each trained norm's "
-                                    "accuracy under the training attack and under an AutoAttack-grade attack on N "
-                                    "points the run does not train on, and warn when they differ by more than "
+    check_n: int | None = knob(None, "Each --check-every epochs: per trained norm, accuracy under the training "
+                                    "attack and AutoAttack-grade on N held-out points; warn on a gap above "
                                     "--check-gap (0: no check).", minimum=0, panel="Evaluation",
-                               shown_default="one point per 250 trained, at most 256; none below 100 (runs on "
-                                             "fewer than 25,000 points)")
+                               shown_default="1 per 250 trained, at most 256; 0 below 100")
     check_every: int = knob(1, "Epochs between training-attack checks.", positive=True, on_resume="free",
                             panel="Evaluation")
-    check_gap: float = knob(0.10, "Training-attack accuracy minus AutoAttack-grade accuracy above which the check "
-                                  "warns (a fraction).", minimum=0, maximum=1, on_resume="free", panel="Evaluation")
+    check_gap: float = knob(0.10, "Gap (a fraction) above which the check warns.", minimum=0, maximum=1,
+                            on_resume="free", panel="Evaluation")
     amp: str | None = knob(None, "Autocast precision of training, its attacks included: none or bf16 "
                                  "(evaluation stays float32).", choices=("none", "bf16"),
                            shown_default="none", panel="Hardware")
@@ -348,14 +346,13 @@ class TrainConfig:
     tensorboard: str | None = knob(None, "Folder for TensorBoard logs of every scalar metrics.jsonl holds, and of "
                                          "the training scalars every --log-every steps.", on_resume="free",
                                    panel="Output")
-    wandb: str | None = knob(None, "Weights & Biases project to log the run to (pip install 'ramptool[wandb]'; "
-                                   "files in OUT/wandb; WANDB_MODE=offline needs no network). A resumed run "
-                                   "continues its W&B run.", on_resume="free", panel="Output")
+    wandb: str | None = knob(None, "Weights & Biases project (ramptool[wandb]; WANDB_MODE=offline works without "
+                                   "a network); --resume continues its run.", on_resume="free", panel="Output")
     loggers: dict[str, str] = knob(help="Other registered loggers (plugins: `ramptool plugins`), name=target,...",
                                    default_factory=dict, parse=logger_table, flag="--logger", on_resume="free",
                                    shown_default="none", panel="Output")
-    log_every: int = knob(10, "Loggers get the training scalars (loss, accuracies, lr, img/s) averaged over every N "
-                              "optimizer steps.", positive=True, on_resume="free", panel="Output")
+    log_every: int = knob(10, "Log the training scalars averaged over every N optimizer steps.", positive=True,
+                          on_resume="free", panel="Output")
     resume: bool = knob(False, "Continue the run in --out from its last checkpoint.", flag="--resume",
                         recipe=False, on_resume="free", panel="Output")
     overwrite: bool = knob(False, "Replace the run already in --out (it is kept until the new run's first "
