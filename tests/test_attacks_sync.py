@@ -7,6 +7,7 @@ import collections
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ramptool.attacks.apgd import apgd, apgd_joint
 from ramptool.models.small_cnn import SmallCNN
@@ -20,26 +21,42 @@ FROM_HOST = ("tensor", "as_tensor")
 EPS = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
 
 
+class ReadBacks(TorchFunctionMode):
+    """Counts the tensor methods that read a value back (``READ_BACK``, torch.nonzero included) and indexing by a
+    boolean mask, a nonzero() in disguise. A mode, not patched Tensor methods: CPython does not give a C type back
+    its sequence slots when a patched __getitem__ is removed, and torch.tensor then takes every 0-d tensor for a
+    sequence for the rest of the process."""
+
+    def __init__(self, counts: collections.Counter):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in READ_BACK:
+            self.counts[name] += 1
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__):
+            index = args[1]
+            if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+                self.counts[f"{name}[bool]"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.fixture
 def host_syncs(monkeypatch):
     """Counts, by name, the calls that would synchronise with a GPU."""
     counts = collections.Counter()
 
-    def counted(name, original, bool_index_only=False):
+    def counted(name, original):
         def call(*args, **kwargs):
-            index = args[1] if bool_index_only else None
-            if not bool_index_only or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
-                counts[name] += 1
+            counts[name] += 1
             return original(*args, **kwargs)
         return call
 
-    for name in READ_BACK:
-        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    for name in ("__getitem__", "__setitem__"):  # a boolean mask is a nonzero() in disguise
-        monkeypatch.setattr(torch.Tensor, name, counted(f"{name}[bool]", getattr(torch.Tensor, name), True))
-    for name in (*FROM_HOST, "nonzero", "masked_select"):
+    for name in (*FROM_HOST, "masked_select"):  # module functions: patching them leaves no trace
         monkeypatch.setattr(torch, name, counted(f"torch.{name}", getattr(torch, name)))
-    return counts
+    with ReadBacks(counts):
+        yield counts
 
 
 @pytest.fixture

@@ -66,9 +66,21 @@ def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for one, two in zip(a, b):
         assert one.keys() == two.keys() and one["epoch"] == two["epoch"]
-        for key in one:
-            if key not in ("seconds", "img_per_s"):
-                assert one[key] == pytest.approx(two[key], abs=5e-5), key
+        _assert_same_values(one, two, "")
+
+
+def _assert_same_values(one: dict, two: dict, where: str) -> None:
+    for key in one:
+        if key in ("seconds", "img_per_s"):
+            continue
+        if isinstance(one[key], dict):  # GP's angles, per tensor
+            assert one[key].keys() == two[key].keys(), where + key
+            _assert_same_values(one[key], two[key], f"{where}{key}/")
+        else:
+            # an angle between two updates in degrees: gradients summed over ranks in another order move it by
+            # thousandths of a degree (measured: 27.723 against 27.718)
+            tolerance = 0.02 if where.startswith("gp") else 5e-5
+            assert one[key] == pytest.approx(two[key], abs=tolerance), where + key
 
 
 # ---------------------------------------------------------------------------------------------- data pipeline
