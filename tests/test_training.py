@@ -545,3 +545,33 @@ def test_bad_options_that_used_to_fail_late_are_one_line_before_training(ramptoo
                                    "--device", "cpu", *args])
     assert code == 2 and err.strip().splitlines() == [f"error: {message.format(file=tmp_path / 'a-file')}"], err
     assert "epoch 1" not in out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_stop_after_an_epochs_last_step_waits_for_the_epochs_checkpoint_and_resumes_exactly(tmp_path,
+                                                                                                monkeypatch):
+    import signal
+
+    from ramptool.checkpoints.format import read_weights
+    from ramptool.training.methods import SingleNormAT
+    from ramptool.training.trainer import TrainingInterrupted
+
+    config = dict(method="at", norms=["linf"], subset=256, epochs=2)  # 4 steps an epoch
+    train(quick_config(tmp_path / "reference", **config))
+    calls, loss = [], SingleNormAT.loss
+
+    def stopped_in_the_last_step(self, model, x, y):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return loss(self, model, x, y)
+
+    monkeypatch.setattr(SingleNormAT, "loss", stopped_in_the_last_step)
+    with pytest.raises(TrainingInterrupted, match="at the end of epoch 1"):
+        train(quick_config(tmp_path / "run", **config))
+    monkeypatch.undo()
+    saved = read_metadata(tmp_path / "run")
+    assert (saved["epoch"], saved["step"]) == (1, 0) and len(_records(tmp_path / "run")) == 1
+    train(TrainConfig(out=str(tmp_path / "run"), resume=True))
+    resumed, reference = read_weights(tmp_path / "run"), read_weights(tmp_path / "reference")
+    assert all(torch.equal(resumed[key], reference[key]) for key in reference)

@@ -502,9 +502,10 @@ class Trainer:
                 shown = "  ".join(f"{k} {v / counts[k]:.3f}" for k, v in sums.items())
                 rate = self.running["images"] / max(self.running["seconds"], 1e-9)
                 progress.update(task, advance=1, stats=f"{shown}  {rate:.0f} img/s  lr {lr:.4g}")
-            # every rank stops after the same step, so that the checkpoint's collectives match
+            # every rank stops after the same step, so that the checkpoint's collectives match; after the epoch's
+            # last step the stop waits for the epoch's own checkpoint (a state saved at step n_batches is no state)
             signum = distributed.largest(stop["signal"])
-            if signum:
+            if signum and self.step < self.n_batches:
                 self.save()
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
                                           f"{self.step}: checkpoint saved in {self.out}, continue with --resume",
@@ -526,12 +527,15 @@ class Trainer:
         self.history.append(record)
         self.running = _fresh_running()
         self.save(finished=False)
-        if not self.dist.is_main:
-            return
-        if self.start_clean is not None and record.get("test_clean", 0) >= self.start_clean - CLEAN_DROP_WARNING:
-            atomic_write(self.out / LAST_GOOD_FILE, lambda tmp: shutil.copyfile(self.out / MODEL_FILE, tmp))
-        self.loggers.log_epoch(record, self.global_step)
-        _report_epoch(record, self.start_clean)
+        signum = distributed.largest(stop["signal"])  # a stop that came after the epoch's last step
+        if self.dist.is_main:
+            if self.start_clean is not None and record.get("test_clean", 0) >= self.start_clean - CLEAN_DROP_WARNING:
+                atomic_write(self.out / LAST_GOOD_FILE, lambda tmp: shutil.copyfile(self.out / MODEL_FILE, tmp))
+            self.loggers.log_epoch(record, self.global_step)
+            _report_epoch(record, self.start_clean)
+        if signum:
+            raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} at the end of epoch {epoch + 1}: "
+                                      f"checkpoint saved in {self.out}, continue with --resume", signum)
 
 
 def _check_every_rank_gets_points(n: int, batch_size: int, world_size: int) -> None:
