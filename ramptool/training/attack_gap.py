@@ -63,25 +63,24 @@ def measure(method, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, no
     return record
 
 
+def _gaps_above(record: dict, threshold: float) -> list[str]:
+    """The norms whose gap in ``record`` exceeds ``threshold``."""
+    return [key.removeprefix("check_gap_") for key, gap in record.items()
+            if key.startswith("check_gap_") and gap > threshold]
+
+
 def flagged(history: list[dict], threshold: float) -> list[dict]:
     """Every epoch and norm whose gap exceeded ``threshold``, for the checkpoint's metadata."""
-    return [{"epoch": record["epoch"], "norm": key.removeprefix("check_gap_"), "gap": value,
-             "training_attack": record[f"check_train_attack_{key.removeprefix('check_gap_')}"],
-             "strong": record[f"check_strong_{key.removeprefix('check_gap_')}"]}
-            for record in history for key, value in record.items()
-            if key.startswith("check_gap_") and value > threshold]
+    return [{"epoch": record["epoch"], "norm": norm, "gap": record[f"check_gap_{norm}"],
+             "training_attack": record[f"check_train_attack_{norm}"], "strong": record[f"check_strong_{norm}"]}
+            for record in history for norm in _gaps_above(record, threshold)]
 
 
 def warnings(record: dict, epoch: int, threshold: float, attack: str, steps: int, points: str) -> list[str]:
     """One line per norm whose gap in ``record`` exceeds ``threshold``, with what to try."""
-    lines = []
-    for key, gap in record.items():
-        if key.startswith("check_gap_") and gap > threshold:
-            norm = key.removeprefix("check_gap_")
-            lines.append(f"epoch {epoch}: {norm} accuracy is {100 * record[f'check_train_attack_{norm}']:.1f}% "
-                         f"under the training attack ({attack}, {steps} steps; an upper bound) but "
-                         f"{100 * record[f'check_strong_{norm}']:.1f}% under an AutoAttack-grade attack on {points}: "
-                         f"the training attack misses adversarial examples that exist, so this run's training "
-                         f"accuracies overstate its robustness; try more --attack-steps, or restarts or a random "
-                         f"start through --attack-option")
-    return lines
+    return [f"epoch {epoch}: {norm} accuracy is {100 * record[f'check_train_attack_{norm}']:.1f}% under the "
+            f"training attack ({attack}, {steps} steps; an upper bound) but "
+            f"{100 * record[f'check_strong_{norm}']:.1f}% under an AutoAttack-grade attack on {points}: the training "
+            f"attack misses adversarial examples that exist, so this run's training accuracies overstate its "
+            f"robustness; try more --attack-steps, or restarts or a random start through --attack-option"
+            for norm in _gaps_above(record, threshold)]
